@@ -1,0 +1,627 @@
+"""Model specification: parse and validate a model file or dict (INTERFACE.md schema).
+
+Everything a user writes is checked here, once; a :class:`Model` that exists is
+valid, so nothing downstream (network, solver, compiled kernels) checks again.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.special import logsumexp
+
+from . import _validate as v
+from .dos import Exponential, Oscillators, Spins, Table
+from .errors import ModelError
+
+__all__ = ["Model", "Bath", "Kernel", "Spectral", "BathState", "Step", "load_model"]
+
+#: largest canonical-state mass the energy grid may cut off
+TRUNCATION_TOL = 1e-9
+KERNELS = ("sqrt", "eth", "golden", "linear")
+SHAPES = ("flat", "gaussian", "exponential")
+
+
+@dataclass(frozen=True)
+class Spectral:
+    """Even spectral function ``J(omega)`` of the energy change ``omega = E' - E``."""
+
+    shape: str = "flat"
+    width: float | None = None
+    cutoff: float | None = None
+
+    def log_j(self, omega):
+        omega = np.asarray(omega, dtype=float)
+        if self.shape == "gaussian":
+            return -(omega**2) / (2.0 * self.width**2)
+        if self.shape == "exponential":
+            return -np.abs(omega) / self.cutoff
+        return np.zeros_like(omega)
+
+    def to_dict(self):
+        d = {"shape": self.shape}
+        if self.shape == "gaussian":
+            d["width"] = self.width
+        if self.shape == "exponential":
+            d["cutoff"] = self.cutoff
+        return d
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """Bath correlation kernel (PHYSICS.md §2): sqrt | eth | golden | linear."""
+
+    model: str
+    gamma: float
+    spectral: Spectral
+    E_ref: float | None = None  # golden only: V_ref = V(E_ref)
+
+    def to_dict(self):
+        d = {"model": self.model, "gamma": self.gamma, "spectral": self.spectral.to_dict()}
+        if self.model == "golden":
+            d["E_ref"] = self.E_ref
+        return d
+
+
+@dataclass(frozen=True, eq=False)
+class BathState:
+    """Initial state of one bath, resolved to a distribution ``p`` on the grid ``0..emax``."""
+
+    state: str  # canonical | microcanonical | table
+    p: np.ndarray
+    beta: float | None = None  # canonical beta, or the reference beta given for the others
+    energy: int | None = None  # microcanonical
+    truncated: float = 0.0  # canonical mass the grid cuts off
+
+    def to_dict(self):
+        d = {"state": self.state}
+        if self.beta is not None:
+            d["beta"] = self.beta
+        if self.state == "microcanonical":
+            d["energy"] = self.energy
+        if self.state == "table":
+            d["p"] = self.p.tolist()
+        return d
+
+
+@dataclass(frozen=True, eq=False)
+class Bath:
+    name: str
+    dos: object
+    emax: int
+    kernel: Kernel
+    coupling: np.ndarray | None  # (n_ops, n_s, n_s) complex; None = the system's coupling
+    lnV: np.ndarray  # (emax+1,) float64, -inf where there are no microstates
+
+    @property
+    def quantum(self) -> int:
+        return self.dos.w
+
+    def to_dict(self):
+        d = {"name": self.name, "dos": self.dos.to_dict(), "emax": self.emax, "kernel": self.kernel.to_dict()}
+        if self.coupling is not None:
+            d["coupling"] = _matrices_to_list(self.coupling)
+        return d
+
+
+@dataclass(frozen=True)
+class Step:
+    """One protocol entry: from ``time`` on, the levels have ``energies``."""
+
+    time: float
+    energies: tuple
+
+
+@dataclass(frozen=True, eq=False)
+class Model:
+    """A validated trajmc model.  Build it with :func:`load_model`."""
+
+    name: str
+    energies: np.ndarray  # (n_s,) int64
+    coupling: np.ndarray  # (n_ops, n_s, n_s) complex128
+    baths: tuple
+    p_system: np.ndarray | None  # (n_s,) initial system distribution (product initial states)
+    system_gibbs_beta: float | None
+    bath_states: tuple | None  # per-bath BathState (product initial states)
+    joint: tuple | None  # (states (n, 1+N) int64, p (n,)) for a joint initial table
+    times: np.ndarray
+    simulation: dict
+    protocol: tuple = ()
+    source: str | None = None
+    _hash: str = field(default="", repr=False)
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.energies)
+
+    @property
+    def n_baths(self) -> int:
+        return len(self.baths)
+
+    @property
+    def bath_names(self) -> list[str]:
+        return [b.name for b in self.baths]
+
+    def coupling_weight(self, nu: int) -> np.ndarray:
+        """``c[s, s'] = sum_a |S_a[s, s']|^2`` for bath ``nu``, shape (n_s, n_s)."""
+        S = self.baths[nu].coupling
+        if S is None:
+            S = self.coupling
+        c = np.sum(np.abs(S) ** 2, axis=0)
+        np.fill_diagonal(c, 0.0)
+        return c
+
+    def beta_ref(self, nu: int) -> float:
+        """Inverse temperature used in ``Sigma_tilde`` for bath ``nu`` (NaN if the model gives none)."""
+        st = self.bath_states[nu] if self.bath_states is not None else None
+        if st is not None and st.beta is not None:
+            return st.beta
+        dos = self.baths[nu].dos
+        if isinstance(dos, Exponential):
+            return dos.beta
+        return float("nan")
+
+    def canonical_pi(self, nu: int):
+        """The canonical reference ``pi_E`` of bath ``nu`` on its grid, or None."""
+        if self.bath_states is None or self.bath_states[nu].state != "canonical":
+            return None
+        return self.bath_states[nu].p
+
+    def to_dict(self) -> dict:
+        """The resolved model (every default filled in) as plain data; reloads identically."""
+        d = {"name": self.name,
+             "system": {"energies": self.energies.tolist(), "coupling": _matrices_to_list(self.coupling)},
+             "baths": [b.to_dict() for b in self.baths]}
+        ini = {}
+        if self.joint is not None:
+            ini["joint"] = {"states": self.joint[0].tolist(), "p": self.joint[1].tolist()}
+        else:
+            if self.system_gibbs_beta is not None:
+                ini["system"] = {"gibbs": True, "beta": self.system_gibbs_beta}
+            else:
+                ini["system"] = self.p_system.tolist()
+            ini["baths"] = [st.to_dict() for st in self.bath_states]
+        d["initial"] = ini
+        d["times"] = {"values": self.times.tolist()}
+        d["simulation"] = dict(self.simulation)
+        if self.protocol:
+            d["protocol"] = [{"time": s.time, "energies": list(s.energies)} for s in self.protocol]
+        return d
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        d = self.to_dict()
+        if d["simulation"].get("seed") is None:
+            d["simulation"].pop("seed", None)
+        return tomli_w.dumps(d)
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the resolved model (without Monte Carlo settings): identifies the physics."""
+        if not self._hash:
+            d = self.to_dict()
+            d.pop("simulation")
+            d.pop("name")
+            object.__setattr__(self, "_hash", hashlib.sha256(repr(d).encode()).hexdigest())
+        return self._hash
+
+    def with_times(self, times) -> "Model":
+        t = _parse_times({"values": list(np.asarray(times, dtype=float).ravel())}, "times")
+        m = copy.copy(self)
+        object.__setattr__(m, "times", t)
+        return m
+
+
+def _matrices_to_list(S):
+    out = []
+    for M in S:
+        if np.all(M.imag == 0):
+            out.append(M.real.tolist())
+        else:
+            out.append([[repr(complex(z)).strip("()") for z in row] for row in M])
+    return out if len(out) > 1 else out[0]
+
+
+# --------------------------------------------------------------------------- parsing
+
+def load_model(source) -> Model:
+    """Load and validate a model.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, dict or Model
+        A TOML file, or a dict with the same keys (INTERFACE.md).
+
+    Returns
+    -------
+    Model
+
+    Raises
+    ------
+    trajmc.ModelError
+        One line naming the offending key and the problem.
+    """
+    if isinstance(source, Model):
+        return source
+    base = None
+    src_name = None
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise ModelError("", f"model file {str(path)!r} does not exist")
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ModelError("", f"{path}: not valid TOML ({exc})") from None
+        except UnicodeDecodeError:
+            raise ModelError("", f"{path}: not a text (UTF-8 TOML) file") from None
+        base = path.parent
+        src_name = str(path)
+    elif isinstance(source, dict):
+        data = copy.deepcopy(source)
+    else:
+        raise ModelError("", f"a model must be a TOML path or a dict, got {type(source).__name__}")
+    return _parse_model(data, base, src_name)
+
+
+def _parse_model(d, base, src_name) -> Model:
+    v.check_table(d, "", {"name", "system", "baths", "initial", "times", "simulation", "protocol"},
+                  required=("system", "baths", "initial"))
+    name = v.as_str(d.get("name", "model"), "name")
+    if not name or any(c in name for c in "/\\\0"):
+        raise ModelError("name", f"must be a non-empty name without path separators, got {name!r}")
+
+    sysd = v.check_table(d["system"], "system", {"energies", "coupling"}, required=("energies", "coupling"))
+    energies = v.as_int_array(sysd["energies"], "system.energies")
+    n_s = len(energies)
+    if n_s < 2:
+        raise ModelError("system.energies", f"needs at least 2 levels, got {n_s}")
+    coupling = _parse_coupling(sysd["coupling"], "system.coupling", n_s)
+
+    baths_raw = v.as_list(d["baths"], "baths")
+    baths = [_parse_bath(b, f"baths[{i}]", n_s, base) for i, b in enumerate(baths_raw)]
+    names = [b.name for b in baths]
+    for i, nm in enumerate(names):
+        if names.index(nm) != i:
+            raise ModelError(f"baths[{i}].name", f"duplicate bath name {nm!r}")
+
+    p_sys, gibbs_beta, bath_states, joint = _parse_initial(d["initial"], "initial", energies, baths)
+    # the golden kernel's reference energy defaults to the mean initial bath energy
+    baths = [_resolve_eref(b, i, bath_states, joint) for i, b in enumerate(baths)]
+    times = _parse_times(d.get("times", {}), "times")
+    sim = _parse_simulation(d.get("simulation", {}), "simulation")
+    protocol = _parse_protocol(d.get("protocol", []), "protocol", n_s, times)
+    if joint is None:
+        for i, (b, st) in enumerate(zip(baths, bath_states)):
+            if not np.any(np.isfinite(b.lnV) & (st.p > 0)):
+                raise ModelError(f"initial.baths[{i}]", "puts no weight on a grid energy with microstates")
+    return Model(name=name, energies=energies, coupling=coupling, baths=tuple(baths), p_system=p_sys,
+                 system_gibbs_beta=gibbs_beta, bath_states=None if joint else tuple(bath_states),
+                 joint=joint, times=times, simulation=sim, protocol=tuple(protocol), source=src_name)
+
+
+def _parse_coupling(raw, key, n_s):
+    items = v.as_list(raw, key)
+    # one matrix (list of rows of numbers) or a list of matrices
+    if all(isinstance(r, (list, tuple)) for r in items) and items and all(
+            isinstance(x, (list, tuple)) for r in items for x in r) and all(len(r) for r in items):
+        mats = [(m, f"{key}[{i}]") for i, m in enumerate(items)]
+    else:
+        mats = [(items, key)]
+    out = []
+    for m, k in mats:
+        rows = v.as_list(m, k, length=n_s)
+        M = np.array([[v.as_complex(z, f"{k}[{i}][{j}]") for j, z in enumerate(v.as_list(r, f"{k}[{i}]", length=n_s))]
+                      for i, r in enumerate(rows)], dtype=np.complex128)
+        scale = max(np.abs(M).max(), 1.0)
+        if np.abs(M - M.conj().T).max() > 1e-12 * scale:
+            i, j = np.unravel_index(np.argmax(np.abs(M - M.conj().T)), M.shape)
+            raise ModelError(k, f"must be Hermitian: S[{i}][{j}] = {M[i, j]} but conj(S[{j}][{i}]) = {np.conj(M[j, i])}")
+        out.append(M)
+    S = np.array(out)
+    off = S.copy()
+    for M in off:
+        np.fill_diagonal(M, 0)
+    if not np.any(off):
+        raise ModelError(key, "has no off-diagonal element: the system can never jump")
+    return S
+
+
+def _parse_dos(d, key, base):
+    d = v.check_table(d, key, {"model", "n", "quantum", "beta", "lnV", "file"}, required=("model",))
+    model = v.as_str(d["model"], f"{key}.model", ("oscillators", "spins", "exponential", "table"))
+    allowed = {"oscillators": {"model", "n", "quantum"}, "spins": {"model", "n", "quantum"},
+               "exponential": {"model", "beta", "quantum"}, "table": {"model", "lnV", "file"}}[model]
+    for k in d:
+        if k not in allowed:
+            raise ModelError(f"{key}.{k}", f"is not a key of the {model!r} model (allowed: {', '.join(sorted(allowed))})")
+    w = v.as_int(d.get("quantum", 1), f"{key}.quantum", lo=1)
+    if model in ("oscillators", "spins"):
+        if "n" not in d:
+            raise ModelError(f"{key}.n", "is required but missing")
+        n = v.as_int(d["n"], f"{key}.n", lo=1, what="a positive integer")
+        return (Oscillators if model == "oscillators" else Spins)(n, w)
+    if model == "exponential":
+        if "beta" not in d:
+            raise ModelError(f"{key}.beta", "is required but missing")
+        return Exponential(v.as_float(d["beta"], f"{key}.beta"), w)
+    if ("lnV" in d) == ("file" in d):
+        raise ModelError(key, "a 'table' model needs exactly one of 'lnV' or 'file'")
+    if "lnV" in d:
+        vals = v.as_float_array(d["lnV"], f"{key}.lnV", allow_neg_inf=True)
+    else:
+        fname = v.as_str(d["file"], f"{key}.file")
+        p = Path(fname) if base is None or os.path.isabs(fname) else Path(base) / fname
+        vals = _read_lnv_file(p, f"{key}.file")
+    if not np.any(np.isfinite(vals)):
+        raise ModelError(key, "lnV has no finite entry (no microstates anywhere)")
+    return Table(vals)
+
+
+def _read_lnv_file(path, key):
+    if not path.is_file():
+        raise ModelError(key, f"file {str(path)!r} does not exist")
+    rows = []
+    with open(path, newline="") as fh:
+        for row in csv.reader(fh):
+            if not row or row[0].strip().startswith("#"):
+                continue
+            rows.append(row)
+    if rows and not _is_number(rows[0][-1]):
+        rows = rows[1:]  # header
+    try:
+        vals = [float(r[-1]) for r in rows]
+    except ValueError:
+        raise ModelError(key, f"{path}: the last column must hold numbers (lnV)") from None
+    if not vals:
+        raise ModelError(key, f"{path}: no lnV values found")
+    return v.as_float_array(vals, key, allow_neg_inf=True)
+
+
+def _is_number(s):
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _parse_bath(d, key, n_s, base):
+    d = v.check_table(d, key, {"name", "dos", "emax", "kernel", "coupling"}, required=("dos", "emax", "kernel"))
+    name = v.as_str(d.get("name", key.replace("[", "").replace("]", "")), f"{key}.name")
+    if not name.isidentifier():
+        raise ModelError(f"{key}.name", f"must be an identifier (it names columns like E_<name>), got {name!r}")
+    dos = _parse_dos(d["dos"], f"{key}.dos", base)
+    emax = v.as_int(d["emax"], f"{key}.emax", lo=0)
+    if isinstance(dos, Table) and emax > dos.max_energy:
+        raise ModelError(f"{key}.emax", f"is {emax} but the lnV table only covers E = 0..{dos.max_energy}")
+    lnV = dos.lnv(np.arange(emax + 1)).astype(np.float64)
+    if not np.any(np.isfinite(lnV)):
+        raise ModelError(f"{key}.emax", f"the grid 0..{emax} holds no bath microstates")
+    kernel = _parse_kernel(d["kernel"], f"{key}.kernel", dos)
+    coupling = _parse_coupling(d["coupling"], f"{key}.coupling", n_s) if "coupling" in d else None
+    return Bath(name=name, dos=dos, emax=emax, kernel=kernel, coupling=coupling, lnV=lnV)
+
+
+def _parse_kernel(d, key, dos):
+    d = v.check_table(d, key, {"model", "gamma", "spectral", "E_ref"}, required=("model",))
+    model = v.as_str(d["model"], f"{key}.model", KERNELS)
+    gamma = v.as_float(d.get("gamma", 1.0), f"{key}.gamma", positive=True)
+    sd = v.check_table(d.get("spectral", {"shape": "flat"}), f"{key}.spectral", {"shape", "width", "cutoff"})
+    shape = v.as_str(sd.get("shape", "flat"), f"{key}.spectral.shape", SHAPES)
+    width = cutoff = None
+    if shape == "gaussian":
+        if "width" not in sd:
+            raise ModelError(f"{key}.spectral.width", "is required for a gaussian spectral function")
+        width = v.as_float(sd["width"], f"{key}.spectral.width", positive=True)
+    elif "width" in sd:
+        raise ModelError(f"{key}.spectral.width", f"only applies to shape 'gaussian', not {shape!r}")
+    if shape == "exponential":
+        if "cutoff" not in sd:
+            raise ModelError(f"{key}.spectral.cutoff", "is required for an exponential spectral function")
+        cutoff = v.as_float(sd["cutoff"], f"{key}.spectral.cutoff", positive=True)
+    elif "cutoff" in sd:
+        raise ModelError(f"{key}.spectral.cutoff", f"only applies to shape 'exponential', not {shape!r}")
+    E_ref = None
+    if "E_ref" in d:
+        if model != "golden":
+            raise ModelError(f"{key}.E_ref", f"only applies to the 'golden' kernel, not {model!r}")
+        E_ref = v.as_float(d["E_ref"], f"{key}.E_ref", nonneg=True)
+    if model == "linear" and not isinstance(dos, (Oscillators, Spins)):
+        raise ModelError(f"{key}.model", f"'linear' needs an oscillators or spins bath, not {dos.model!r}")
+    return Kernel(model=model, gamma=gamma, spectral=Spectral(shape, width, cutoff), E_ref=E_ref)
+
+
+def _resolve_eref(bath, i, bath_states, joint):
+    k = bath.kernel
+    if k.model != "golden" or k.E_ref is not None:
+        return bath
+    if joint is not None:
+        states, p = joint
+        mean = float(np.dot(p, states[:, 1 + i]))
+    else:
+        mean = float(np.dot(bath_states[i].p, np.arange(bath.emax + 1)))
+    kern = Kernel(k.model, k.gamma, k.spectral, E_ref=mean)
+    return Bath(bath.name, bath.dos, bath.emax, kern, bath.coupling, bath.lnV)
+
+
+def _parse_initial(d, key, energies, baths):
+    d = v.check_table(d, key, {"system", "baths", "joint"})
+    n_s = len(energies)
+    if "joint" in d:
+        if "system" in d or "baths" in d:
+            raise ModelError(f"{key}.joint", "excludes 'system' and 'baths' (give one or the other)")
+        return None, None, None, _parse_joint(d["joint"], f"{key}.joint", n_s, baths)
+    for k in ("system", "baths"):
+        if k not in d:
+            raise ModelError(f"{key}.{k}", "is required (or give 'joint')")
+    sysd = d["system"]
+    gibbs_beta = None
+    if isinstance(sysd, dict):
+        v.check_table(sysd, f"{key}.system", {"gibbs", "beta"}, required=("gibbs", "beta"))
+        if not v.as_bool(sysd["gibbs"], f"{key}.system.gibbs"):
+            raise ModelError(f"{key}.system.gibbs", "must be true (or give p_s(0) as a list)")
+        gibbs_beta = v.as_float(sysd["beta"], f"{key}.system.beta")
+        x = -gibbs_beta * energies.astype(float)
+        p_sys = np.exp(x - logsumexp(x))
+    else:
+        p_sys = v.as_distribution(sysd, f"{key}.system", n_s)
+    states = v.as_list(d["baths"], f"{key}.baths", length=len(baths))
+    return p_sys, gibbs_beta, [_parse_bath_state(s, f"{key}.baths[{i}]", baths[i]) for i, s in enumerate(states)], None
+
+
+def _parse_bath_state(d, key, bath):
+    d = v.check_table(d, key, {"state", "beta", "energy", "p"}, required=("state",))
+    state = v.as_str(d["state"], f"{key}.state", ("canonical", "microcanonical", "table"))
+    beta = v.as_float(d["beta"], f"{key}.beta") if "beta" in d else None
+    grid = np.arange(bath.emax + 1)
+    if state == "canonical":
+        for k in ("energy", "p"):
+            if k in d:
+                raise ModelError(f"{key}.{k}", "does not apply to a canonical state")
+        if beta is None:
+            raise ModelError(f"{key}.beta", "is required for a canonical state")
+        frac, suggest = canonical_truncation(bath.dos, beta, bath.emax, f"{key}.beta")
+        if frac > TRUNCATION_TOL:
+            hint = f"; emax = {suggest} would do" if suggest is not None else ""
+            raise ModelError(f"{bath_key(key)}.emax",
+                             f"the grid 0..{bath.emax} cuts off {frac:.3g} of the canonical bath state at beta = {beta:g} "
+                             f"(more than {TRUNCATION_TOL:g}){hint}")
+        x = bath.lnV - beta * grid
+        p = np.exp(x - logsumexp(x))
+        return BathState("canonical", p, beta=beta, truncated=frac)
+    if state == "microcanonical":
+        if "p" in d:
+            raise ModelError(f"{key}.p", "does not apply to a microcanonical state")
+        if "energy" not in d:
+            raise ModelError(f"{key}.energy", "is required for a microcanonical state")
+        E0 = v.as_int(d["energy"], f"{key}.energy")
+        if not 0 <= E0 <= bath.emax:
+            raise ModelError(f"{key}.energy", f"{E0} is off the grid 0..{bath.emax}")
+        if not np.isfinite(bath.lnV[E0]):
+            raise ModelError(f"{key}.energy", f"the bath has no microstates at E = {E0} (quantum {bath.quantum})")
+        p = np.zeros(bath.emax + 1)
+        p[E0] = 1.0
+        return BathState("microcanonical", p, beta=beta, energy=E0)
+    if "energy" in d:
+        raise ModelError(f"{key}.energy", "does not apply to a table state")
+    if "p" not in d:
+        raise ModelError(f"{key}.p", "is required for a table state")
+    p = v.as_distribution(d["p"], f"{key}.p", bath.emax + 1)
+    bad = np.flatnonzero((p > 0) & ~np.isfinite(bath.lnV))
+    if len(bad):
+        raise ModelError(f"{key}.p", f"puts weight on E = {bad[0]}, where the bath has no microstates")
+    return BathState("table", p, beta=beta)
+
+
+def bath_key(key):
+    # "initial.baths[i]" -> "baths[i]"
+    return key.split(".", 1)[1] if key.startswith("initial.") else key
+
+
+def canonical_truncation(dos, beta, emax, key):
+    """Fraction of ``V_E e^{-beta E}`` beyond ``emax``, and the smallest ``emax`` keeping it <= TRUNCATION_TOL / 2."""
+    top = dos.max_energy
+    if top is not None:
+        hi = top
+    else:
+        if isinstance(dos, Exponential) and not beta > dos.beta:
+            raise ModelError(key, f"a canonical state of an exponential(beta={dos.beta:g}) bath needs beta > {dos.beta:g}, "
+                                  f"got {beta:g} (not normalisable)")
+        if beta <= 0:
+            raise ModelError(key, f"must be > 0 for an unbounded bath, got {beta:g}")
+        hi = max(2 * emax, 256)
+        while True:
+            x = dos.lnv(np.arange(hi + 1)) - beta * np.arange(hi + 1)
+            m = np.max(x[np.isfinite(x)])
+            last = x[np.isfinite(x)][-8:]
+            if last[-1] < m - 80 and np.all(np.diff(last) <= 0):
+                break
+            hi *= 2
+            if hi > 1 << 26:
+                raise ModelError(key, f"canonical state at beta = {beta:g} is too broad to normalise")
+    E = np.arange(max(hi, emax) + 1)
+    x = dos.lnv(E) - beta * E
+    total = logsumexp(x)
+    # mass beyond each E, from the top down
+    tail = np.logaddexp.accumulate(x[::-1])[::-1]  # tail[E] = log sum_{E' >= E}
+    frac = float(np.exp(tail[emax + 1] - total)) if emax + 1 < len(E) else 0.0
+    ok = np.flatnonzero(np.append(np.exp(tail[1:] - total), 0.0) <= TRUNCATION_TOL / 2)
+    suggest = int(ok[0]) if len(ok) else None
+    return frac, suggest
+
+
+def _parse_joint(d, key, n_s, baths):
+    d = v.check_table(d, key, {"states", "p"}, required=("states", "p"))
+    rows = v.as_list(d["states"], f"{key}.states")
+    N = len(baths)
+    states = np.array([v.as_int_array(r, f"{key}.states[{i}]", length=1 + N) for i, r in enumerate(rows)], dtype=np.int64)
+    p = v.as_distribution(d["p"], f"{key}.p", len(rows))
+    for i, row in enumerate(states):
+        if not 0 <= row[0] < n_s:
+            raise ModelError(f"{key}.states[{i}][0]", f"level {row[0]} is not in 0..{n_s - 1}")
+        for nu, b in enumerate(baths):
+            E = row[1 + nu]
+            if not 0 <= E <= b.emax or not np.isfinite(b.lnV[E]):
+                raise ModelError(f"{key}.states[{i}][{1 + nu}]", f"E = {E} is off the grid of bath {b.name!r} or has no microstates")
+    if len({tuple(r) for r in states.tolist()}) != len(states):
+        raise ModelError(f"{key}.states", "lists a state twice")
+    return states, p
+
+
+def _parse_times(d, key):
+    d = v.check_table(d, key, {"stop", "num", "values"})
+    if "values" in d:
+        if "stop" in d or "num" in d:
+            raise ModelError(f"{key}.values", "excludes 'stop' and 'num'")
+        t = v.as_float_array(d["values"], f"{key}.values", nonneg=True)
+    else:
+        stop = v.as_float(d.get("stop", 5.0), f"{key}.stop", positive=True)
+        num = v.as_int(d.get("num", 51), f"{key}.num", lo=2)
+        t = np.linspace(0.0, stop, num)
+    if t[0] != 0.0:
+        raise ModelError(f"{key}.values", f"must start at 0 (the reference time of Sigma and Q), got {t[0]}")
+    if np.any(np.diff(t) <= 0):
+        raise ModelError(f"{key}.values", "must be strictly increasing")
+    return t
+
+
+SIM_DEFAULTS = {"trajectories": 100_000, "seed": None, "chunk_size": 4096}
+
+
+def _parse_simulation(d, key):
+    d = v.check_table(d, key, set(SIM_DEFAULTS))
+    out = dict(SIM_DEFAULTS)
+    if "trajectories" in d:
+        out["trajectories"] = v.as_int(d["trajectories"], f"{key}.trajectories", lo=1)
+    if "seed" in d:
+        out["seed"] = v.as_int(d["seed"], f"{key}.seed", lo=0)
+    if "chunk_size" in d:
+        out["chunk_size"] = v.as_int(d["chunk_size"], f"{key}.chunk_size", lo=1)
+    return out
+
+
+def _parse_protocol(raw, key, n_s, times):
+    if isinstance(raw, dict):
+        raw = [raw]
+    items = v.as_list(raw, key, nonempty=False)
+    steps = []
+    last = 0.0
+    for i, s in enumerate(items):
+        k = f"{key}[{i}]"
+        s = v.check_table(s, k, {"time", "energies"}, required=("time", "energies"))
+        t = v.as_float(s["time"], f"{k}.time", positive=True)
+        if t <= last:
+            raise ModelError(f"{k}.time", f"switch times must increase: {t} follows {last}")
+        last = t
+        e = v.as_int_array(s["energies"], f"{k}.energies", length=n_s)
+        steps.append(Step(t, tuple(int(x) for x in e)))
+    return steps

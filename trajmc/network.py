@@ -1,0 +1,246 @@
+"""The joint (s, E_1..E_N) network: reachable states, out-edges with log-space rates, shells.
+
+Only the states reachable from the initial distribution's support are built.
+Rates follow PHYSICS.md §2 and are computed in log space; every edge stores its
+bath and the bath energy change, so heat needs no bookkeeping along a path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+from .errors import UnsupportedError
+from .model import Model
+
+__all__ = ["Network", "build_network", "log_rates"]
+
+#: largest joint state space (levels x grid points) we agree to index with a bitmap
+MAX_SPACE = 400_000_000
+
+
+@dataclass(frozen=True, eq=False)
+class Network:
+    """Reachable joint states and their out-edges (CSR, rows = source state).
+
+    Attributes
+    ----------
+    states : ndarray (n, 1+N) int64
+        ``s, E_1..E_N`` per state, sorted lexicographically.
+    lnV : ndarray (n,) float64
+        ``ln V_x = sum_nu ln V^nu_{E_nu}``.
+    p0 : ndarray (n,) float64
+        Initial distribution.
+    indptr : ndarray (n+1,) int64
+    target, bath, dE : ndarray (m,) int64
+        Target state, bath index and that bath's energy change of each edge.
+    log_rate, rate : ndarray (m,) float64
+    exit_rate : ndarray (n,) float64
+    block : ndarray (n,) int64
+        Connected component (a closed class of the dynamics) of each state.
+    shell : ndarray (n,) int64
+        Total energy ``eps_s + sum E_nu`` (conserved, PHYSICS.md §5.3).
+    """
+
+    model: Model
+    energies: np.ndarray
+    states: np.ndarray
+    lnV: np.ndarray
+    p0: np.ndarray
+    indptr: np.ndarray
+    target: np.ndarray
+    bath: np.ndarray
+    dE: np.ndarray
+    log_rate: np.ndarray
+    rate: np.ndarray
+    exit_rate: np.ndarray
+    block: np.ndarray
+    shell: np.ndarray
+
+    @property
+    def n_states(self) -> int:
+        return len(self.states)
+
+    @property
+    def n_edges(self) -> int:
+        return len(self.target)
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.block.max()) + 1 if len(self.block) else 0
+
+    @property
+    def source(self) -> np.ndarray:
+        return np.repeat(np.arange(self.n_states), np.diff(self.indptr))
+
+    def frame(self) -> pd.DataFrame:
+        """States as a DataFrame with columns ``s`` and ``E_<bath>``."""
+        cols = {"s": self.states[:, 0]}
+        for nu, name in enumerate(self.model.bath_names):
+            cols[f"E_{name}"] = self.states[:, 1 + nu]
+        return pd.DataFrame(cols)
+
+    def generator(self) -> sp.csr_matrix:
+        """Sparse generator ``W`` with ``dp/dt = W p``: ``W[y, x] = k(x -> y)``, ``W[x, x] = -exit(x)``."""
+        n = self.n_states
+        W = sp.coo_matrix((self.rate, (self.target, self.source)), shape=(n, n)).tocsr()
+        return (W - sp.diags(self.exit_rate)).tocsr()
+
+    def index_of(self, states) -> np.ndarray:
+        """Row index of each joint state in ``states`` (k, 1+N); -1 where absent."""
+        codes = _encode(np.atleast_2d(np.asarray(states, dtype=np.int64)), self.model)
+        mine = _encode(self.states, self.model)
+        i = np.searchsorted(mine, codes)
+        i = np.clip(i, 0, len(mine) - 1)
+        return np.where(mine[i] == codes, i, -1)
+
+
+def _radix(model):
+    return np.array([model.n_levels] + [b.emax + 1 for b in model.baths], dtype=np.int64)
+
+
+def _encode(states, model):
+    # lexicographic in (s, E_1, .., E_N): the last column varies fastest
+    r = _radix(model)
+    code = np.zeros(len(states), dtype=np.int64)
+    for j in range(states.shape[1]):
+        code = code * r[j] + states[:, j]
+    return code
+
+
+def _decode(code, model):
+    r = _radix(model)
+    out = np.empty((len(code), len(r)), dtype=np.int64)
+    c = code.copy()
+    for j in range(len(r) - 1, -1, -1):
+        out[:, j] = c % r[j]
+        c //= r[j]
+    return out
+
+
+def log_rates(model, nu, s, s2, E, E2):
+    """Log rate of the jump ``(s, E) -> (s2, E2)`` through bath ``nu`` (vectorised; PHYSICS.md §2).
+
+    Returns ``-inf`` where the jump is absent (zero coupling, or a ``linear``
+    kernel jump that does not move exactly one quantum).
+    """
+    b = model.baths[nu]
+    k = b.kernel
+    c = model.coupling_weight(nu)[s, s2]
+    lnV = b.lnV
+    lv, lv2 = lnV[E], lnV[E2]
+    omega = (E2 - E).astype(float)
+    with np.errstate(divide="ignore"):
+        base = np.log(k.gamma) + np.log(c) + k.spectral.log_j(omega)
+    if k.model == "sqrt":
+        return base + 0.5 * (lv2 - lv)
+    if k.model == "eth":
+        return base + lv2 - b.dos.lnv_continuous(0.5 * (E + E2))
+    if k.model == "golden":
+        return base + lv2 - float(b.dos.lnv_continuous(k.E_ref))
+    # linear: f(n, n-1) = n V_n with n the larger number of quanta
+    one = np.abs(E2 - E) == b.quantum
+    Emax = np.maximum(E, E2)
+    with np.errstate(divide="ignore"):
+        out = base + np.log(Emax // b.quantum) + lnV[Emax] - lv
+    return np.where(one, out, -np.inf)
+
+
+def _edges(model, energies, codes):
+    """All out-edges of the states ``codes``: (src position, target code, bath, dE, log rate)."""
+    st = _decode(codes, model)
+    s = st[:, 0]
+    n_s = model.n_levels
+    out = []
+    for nu, b in enumerate(model.baths):
+        E = st[:, 1 + nu]
+        for s2 in range(n_s):
+            dE = energies[s] - energies[s2]
+            E2 = E + dE
+            ok = (s != s2) & (E2 >= 0) & (E2 <= b.emax)
+            idx = np.flatnonzero(ok)
+            if not len(idx):
+                continue
+            E2i = E2[idx]
+            fin = np.isfinite(b.lnV[E2i])
+            idx, E2i = idx[fin], E2i[fin]
+            lr = log_rates(model, nu, s[idx], np.full(len(idx), s2), E[idx], E2i)
+            live = np.isfinite(lr)
+            idx, E2i, lr = idx[live], E2i[live], lr[live]
+            tgt = st[idx].copy()
+            tgt[:, 0] = s2
+            tgt[:, 1 + nu] = E2i
+            out.append((idx, _encode(tgt, model), np.full(len(idx), nu), E2i - E[idx], lr))
+    if not out:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, z, z, np.zeros(0)
+    return tuple(np.concatenate(a) for a in zip(*out))
+
+
+def initial_support(model):
+    """Joint initial states with positive probability: (states (k, 1+N), p (k,))."""
+    if model.joint is not None:
+        states, p = model.joint
+        keep = p > 0
+        return states[keep], p[keep]
+    axes = [np.flatnonzero(model.p_system > 0)]
+    probs = [model.p_system[axes[0]]]
+    for b, st in zip(model.baths, model.bath_states):
+        e = np.flatnonzero((st.p > 0) & np.isfinite(b.lnV))
+        axes.append(e)
+        probs.append(st.p[e])
+    grids = np.meshgrid(*axes, indexing="ij")
+    states = np.stack([g.ravel() for g in grids], axis=1).astype(np.int64)
+    pg = np.meshgrid(*probs, indexing="ij")
+    p = np.prod(np.stack([g.ravel() for g in pg], axis=1), axis=1)
+    return states, p
+
+
+def build_network(model: Model, energies=None) -> Network:
+    """Build the network reachable from the initial support.
+
+    Parameters
+    ----------
+    model : Model
+    energies : array of int, optional
+        System level energies (default: the model's); a driven model has one
+        network per protocol segment on the same state set.
+    """
+    energies = model.energies if energies is None else np.asarray(energies, dtype=np.int64)
+    space = int(np.prod(_radix(model).astype(float)))
+    if space > MAX_SPACE:
+        raise UnsupportedError(f"the joint grid has {space:.3g} points (> {MAX_SPACE:.0e}); reduce emax or the number of baths")
+    s0, p = initial_support(model)
+    seen = np.zeros(space, dtype=bool)
+    frontier = np.unique(_encode(s0, model))
+    seen[frontier] = True
+    while len(frontier):
+        _, tgt, _, _, _ = _edges(model, energies, frontier)
+        new = np.unique(tgt[~seen[tgt]])
+        seen[new] = True
+        frontier = new
+    codes = np.flatnonzero(seen).astype(np.int64)
+    states = _decode(codes, model)
+    src, tgt_code, bath, dE, lr = _edges(model, energies, codes)
+    order = np.lexsort((tgt_code, bath, src))  # deterministic edge order within a row
+    src, tgt_code, bath, dE, lr = src[order], tgt_code[order], bath[order], dE[order], lr[order]
+    target = np.searchsorted(codes, tgt_code).astype(np.int64)
+    n = len(codes)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
+    rate = np.exp(lr)
+    exit_rate = np.bincount(src, weights=rate, minlength=n)
+    lnV = np.zeros(n)
+    for nu, b in enumerate(model.baths):
+        lnV += b.lnV[states[:, 1 + nu]]
+    p0 = np.zeros(n)
+    p0[np.searchsorted(codes, _encode(s0, model))] = p
+    graph = sp.coo_matrix((np.ones(len(src)), (src, target)), shape=(n, n))
+    _, block = connected_components(graph, directed=True, connection="weak")
+    shell = energies[states[:, 0]] + states[:, 1:].sum(axis=1)
+    return Network(model=model, energies=energies, states=states, lnV=lnV, p0=p0, indptr=indptr,
+                   target=target, bath=bath.astype(np.int64), dE=dE.astype(np.int64), log_rate=lr, rate=rate,
+                   exit_rate=exit_rate, block=block.astype(np.int64), shell=shell.astype(np.int64))

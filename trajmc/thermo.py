@@ -1,0 +1,143 @@
+"""Thermodynamic functionals of distributions over the joint states (PHYSICS.md §4).
+
+Pure functions of arrays: the exact solver and the Monte Carlo estimators both
+call them.  Every ``p`` is (n_t, n_states) (or (n_states,)); 0 ln 0 = 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.special import xlogy
+
+__all__ = ["Space", "space_of", "marginal_system", "marginal_bath", "observational_entropy", "shannon",
+           "bath_observational_entropy", "total_correlation", "relative_entropy", "thermo_table"]
+
+
+@dataclass(frozen=True, eq=False)
+class Space:
+    """What the functionals need to know about the joint states."""
+
+    s: np.ndarray  # (n,) level of each state
+    E: np.ndarray  # (n, N) bath energies
+    lnV: np.ndarray  # (n,) ln V_x
+    eps: np.ndarray  # (n,) system energy of each state
+    n_levels: int
+    bath_names: tuple
+    bath_lnV: tuple  # per bath (emax+1,) ln V grid
+    beta: np.ndarray  # (N,) reference inverse temperatures (NaN if none)
+    pi: tuple  # per bath canonical reference on the grid, or None
+
+
+def space_of(network, energies=None) -> Space:
+    m = network.model
+    eps_levels = network.energies if energies is None else np.asarray(energies)
+    return Space(s=network.states[:, 0], E=network.states[:, 1:], lnV=network.lnV,
+                 eps=eps_levels[network.states[:, 0]].astype(float), n_levels=m.n_levels,
+                 bath_names=tuple(m.bath_names), bath_lnV=tuple(b.lnV for b in m.baths),
+                 beta=np.array([m.beta_ref(nu) for nu in range(m.n_baths)]),
+                 pi=tuple(m.canonical_pi(nu) for nu in range(m.n_baths)))
+
+
+def _bin(p, idx, size):
+    p2 = np.atleast_2d(p)
+    out = np.zeros((p2.shape[0], size))
+    for t in range(p2.shape[0]):
+        out[t] = np.bincount(idx, weights=p2[t], minlength=size)
+    return out if np.ndim(p) == 2 else out[0]
+
+
+def marginal_system(p, space: Space):
+    """``p_s``: (n_t, n_levels)."""
+    return _bin(p, space.s, space.n_levels)
+
+
+def marginal_bath(p, space: Space, nu: int):
+    """``p_E`` of bath ``nu`` on its grid: (n_t, emax+1)."""
+    return _bin(p, space.E[:, nu], len(space.bath_lnV[nu]))
+
+
+def shannon(q):
+    """``-sum q ln q`` over the last axis."""
+    return -np.sum(xlogy(q, q), axis=-1)
+
+
+def observational_entropy(p, lnV):
+    """``S_obs = -sum_x p_x ln(p_x / V_x)`` (Eq. 9)."""
+    return shannon(p) + np.sum(np.asarray(p) * lnV, axis=-1)
+
+
+def bath_observational_entropy(pE, lnV_grid):
+    """``S_obs^B = -sum_E p_E ln(p_E / V_E)``; grid points without microstates carry no weight."""
+    lv = np.where(np.isfinite(lnV_grid), lnV_grid, 0.0)
+    return shannon(pE) + np.sum(pE * lv, axis=-1)
+
+
+def relative_entropy(q, r):
+    """``D[q || r] = sum q ln(q / r)`` over the last axis."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(q > 0, xlogy(q, q) - xlogy(q, np.where(q > 0, r, 1.0)), 0.0)
+    return np.sum(terms, axis=-1)
+
+
+def total_correlation(p, space: Space, ps=None, pEs=None):
+    """``I = sum_x p_x ln(p_x / (p_s prod_nu p_{E_nu}))`` (mutual information for one bath)."""
+    p2 = np.atleast_2d(p)
+    ps = marginal_system(p2, space) if ps is None else np.atleast_2d(ps)
+    pEs = [marginal_bath(p2, space, nu) for nu in range(space.E.shape[1])] if pEs is None else pEs
+    with np.errstate(divide="ignore"):
+        ln_prod = np.log(ps[:, space.s])
+        for nu, pE in enumerate(pEs):
+            ln_prod = ln_prod + np.log(np.atleast_2d(pE)[:, space.E[:, nu]])
+    terms = np.where(p2 > 0, xlogy(p2, p2) - p2 * np.where(p2 > 0, ln_prod, 0.0), 0.0)
+    out = terms.sum(axis=1)
+    return out if np.ndim(p) == 2 else out[0]
+
+
+def thermo_table(times, p, space: Space) -> pd.DataFrame:
+    """All PHYSICS.md §4 quantities of ``p`` (n_t, n) at ``times``, as a DataFrame indexed by ``t``.
+
+    Columns: ``S_obs, Sigma, Sigma_tilde, S_sh, I, D, E_S``, per bath ``E_<b>, Q_<b>, S_B_<b>, D_<b>``,
+    and ``lnV`` (mean ln V_x).  ``D = sum_nu D[p_E_nu || pi_nu]`` (NaN without a canonical reference);
+    ``Sigma - Sigma_tilde = -I - D`` for a product start with canonical baths (Eq. 60).
+    """
+    cols = functionals(p, space)
+    return assemble(times, cols, space)
+
+
+def functionals(p, space: Space) -> dict:
+    """The state functions of each row of ``p``: dict of (n_t,) arrays."""
+    p = np.atleast_2d(p)
+    ps = marginal_system(p, space)
+    pEs = [marginal_bath(p, space, nu) for nu in range(len(space.bath_names))]
+    out = {"S_obs": observational_entropy(p, space.lnV), "S_sh": shannon(ps),
+           "I": total_correlation(p, space, ps, pEs), "E_S": p @ space.eps, "lnV": p @ space.lnV}
+    D = np.zeros(p.shape[0])
+    for nu, (name, pE) in enumerate(zip(space.bath_names, pEs)):
+        out[f"E_{name}"] = p @ space.E[:, nu].astype(float)
+        out[f"S_B_{name}"] = bath_observational_entropy(pE, space.bath_lnV[nu])
+        pi = space.pi[nu]
+        out[f"D_{name}"] = relative_entropy(pE, pi) if pi is not None else np.full(p.shape[0], np.nan)
+        D = D + out[f"D_{name}"]
+    out["D"] = D
+    return out
+
+
+def assemble(times, cols: dict, space: Space) -> pd.DataFrame:
+    """Add the time differences (``Sigma``, ``Sigma_tilde``, ``Q_<b>``) and order the columns."""
+    c = dict(cols)
+    c["Sigma"] = c["S_obs"] - c["S_obs"][0]
+    st = c["S_sh"] - c["S_sh"][0]
+    for nu, name in enumerate(space.bath_names):
+        dE = c[f"E_{name}"] - c[f"E_{name}"][0]
+        c[f"Q_{name}"] = -dE
+        st = st + space.beta[nu] * dE
+    c["Sigma_tilde"] = st
+    order = ["S_obs", "Sigma", "Sigma_tilde", "S_sh", "I", "D", "E_S"]
+    for name in space.bath_names:
+        order += [f"E_{name}", f"Q_{name}", f"S_B_{name}", f"D_{name}"]
+    order += ["lnV"]
+    extra = [k for k in c if k not in order]
+    df = pd.DataFrame({k: c[k] for k in order + extra}, index=pd.Index(np.asarray(times, dtype=float), name="t"))
+    return df
