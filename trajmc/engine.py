@@ -1,0 +1,264 @@
+"""Monte Carlo driver: chunking, seeding, threads, streaming accumulators, checkpoints.
+
+Trajectories are split into chunks of a fixed size (a model setting, never the
+thread count).  Chunk ``i`` draws from ``SeedSequence(entropy, spawn_key=(i,))``.
+Chunks run in waves on numba threads, each into its own buffer, and buffers are
+added into the accumulators in chunk order, so the result is bit-identical for
+any number of threads and survives interruption: a checkpoint holds the
+accumulators after the first ``k`` chunks, and ``resume`` continues at chunk ``k``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from . import _kernel, _rng
+from .errors import ModelError, TrajmcError, UnsupportedError
+from .model import load_model
+from .network import Network, build_network
+
+__all__ = ["Plan", "Accumulators", "make_plan", "run_plan", "Interrupted", "resolve_seed"]
+
+#: entries of per-trajectory records (trajectories x sample times) kept by default
+AUTO_RECORD_LIMIT = 20_000_000
+PATH_CAPACITY = 2000
+
+
+class Interrupted(TrajmcError):
+    """The run was interrupted; its finished chunks are in the checkpoint."""
+
+
+def resolve_seed(seed) -> int:
+    """``None | int | SeedSequence`` -> the entropy (int) that seeds every chunk."""
+    if isinstance(seed, np.random.SeedSequence):
+        if seed.spawn_key:
+            raise ModelError("seed", "a SeedSequence with a spawn_key cannot seed a run; pass its entropy")
+        return int(seed.entropy)
+    if seed is None:
+        return int(np.random.SeedSequence().entropy)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ModelError("seed", f"must be a non-negative integer, None or a SeedSequence, got {seed!r}")
+    return int(seed)
+
+
+@dataclass
+class Plan:
+    """Everything fixed before the first trajectory: the network, the kernel's arrays, the chunking."""
+
+    model: object
+    network: Network
+    times: np.ndarray
+    entropy: int
+    trajectories: int
+    chunk_size: int
+    record: bool
+    paths: int
+    arrays: dict = field(repr=False)
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.trajectories // self.chunk_size)
+
+    def chunk_sizes(self, start, stop):
+        i = np.arange(start, stop)
+        return np.minimum(self.chunk_size, self.trajectories - i * self.chunk_size).astype(np.int64)
+
+
+@dataclass
+class Accumulators:
+    """Streaming sums; memory independent of the number of trajectories (records aside)."""
+
+    counts: np.ndarray  # (n_t, n) int64
+    cross: np.ndarray  # (n_t, n, n_g) float64
+    heat: np.ndarray  # (n_t, H) int64
+    jumps: np.ndarray  # (n_chunks,) int64 jumps per chunk
+    chunks_done: int = 0
+    rec_x: np.ndarray | None = None  # (trajectories, n_t) int32
+    rec_n: np.ndarray | None = None
+    path_t: np.ndarray | None = None
+    path_x: np.ndarray | None = None
+    path_len: np.ndarray | None = None
+    wall_s: float = 0.0
+
+    def as_dict(self):
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def _kernel_arrays(net: Network, times):
+    model = net.model
+    n = net.n_states
+    src = net.source
+    exit_rate = net.exit_rate
+    with np.errstate(divide="ignore"):
+        inv_exit = np.where(exit_rate > 0, 1.0 / np.where(exit_rate > 0, exit_rate, 1.0), 0.0)
+    # cumulative jump probabilities within each row, the last of each row exactly 1
+    cum = np.empty(net.n_edges)
+    for_rows = np.cumsum(net.rate)
+    row_base = np.concatenate([[0.0], for_rows])[net.indptr[:-1]]
+    cum[:] = (for_rows - row_base[src]) / np.where(exit_rate[src] > 0, exit_rate[src], 1.0)
+    last = net.indptr[1:][np.diff(net.indptr) > 0] - 1
+    cum[last] = 1.0
+    support = np.flatnonzero(net.p0 > 0).astype(np.int64)
+    cum0 = np.cumsum(net.p0[support])
+    cum0 /= cum0[-1]
+    cum0[-1] = 1.0
+    # functions of the initial state whose sums per (time, state) give the time correlations
+    # of the delta-method error bars: -a_0 = ln(p0/V) (Sigma) and h_0 = -ln p_s(0) + sum beta E (Sigma_tilde)
+    g0 = np.zeros((n, 2))
+    pos = net.p0 > 0
+    g0[pos, 0] = np.log(net.p0[pos]) - net.lnV[pos]
+    ps0 = np.bincount(net.states[:, 0], weights=net.p0, minlength=model.n_levels)
+    with np.errstate(divide="ignore"):
+        g0[pos, 1] = -np.log(ps0[net.states[pos, 0]])
+    betas = np.array([model.beta_ref(nu) for nu in range(model.n_baths)])
+    if np.all(np.isfinite(betas)):
+        g0[pos, 1] += net.states[pos, 1:] @ betas
+    E = np.ascontiguousarray(net.states[:, 1:])
+    emax = np.array([b.emax for b in model.baths], dtype=np.int64)
+    widths = 2 * emax + 1
+    hoff = (np.concatenate([[0], np.cumsum(widths)[:-1]]) + emax).astype(np.int64)
+    return {"cum0": cum0, "support": support, "indptr": net.indptr, "target": net.target, "cum": cum,
+            "inv_exit": inv_exit, "times": np.ascontiguousarray(times, dtype=np.float64), "g0": g0, "E": E,
+            "hoff": hoff, "H": int(widths.sum()), "emax": emax}
+
+
+def make_plan(model, trajectories=None, seed=None, times=None, chunk_size=None, records=None, paths=0) -> Plan:
+    """Validate the run parameters and build the network: nothing is simulated yet."""
+    model = load_model(model)
+    if times is not None:
+        model = model.with_times(times)
+    if model.protocol:
+        raise UnsupportedError("protocol: driven models are not supported yet (the driving issue adds them); "
+                               "remove [[protocol]] to simulate the undriven model")
+    sim = model.simulation
+    trajectories = sim["trajectories"] if trajectories is None else trajectories
+    if isinstance(trajectories, bool) or not isinstance(trajectories, (int, np.integer)) or trajectories < 1:
+        raise ModelError("trajectories", f"must be a positive integer, got {trajectories!r}")
+    chunk_size = sim["chunk_size"] if chunk_size is None else chunk_size
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ModelError("chunk_size", f"must be a positive integer, got {chunk_size!r}")
+    if isinstance(paths, bool) or not isinstance(paths, (int, np.integer)) or not 0 <= paths <= 1000:
+        raise ModelError("paths", f"must be an integer in 0..1000, got {paths!r}")
+    entropy = resolve_seed(sim["seed"] if seed is None else seed)
+    net = build_network(model)
+    n_t = len(model.times)
+    if records is None:
+        records = int(trajectories) * n_t <= AUTO_RECORD_LIMIT
+    return Plan(model=model, network=net, times=model.times, entropy=entropy, trajectories=int(trajectories),
+                chunk_size=int(chunk_size), record=bool(records), paths=int(min(paths, chunk_size, trajectories)),
+                arrays=_kernel_arrays(net, model.times))
+
+
+def new_accumulators(plan: Plan) -> Accumulators:
+    n_t, n = len(plan.times), plan.network.n_states
+    acc = Accumulators(counts=np.zeros((n_t, n), np.int64), cross=np.zeros((n_t, n, 2)),
+                       heat=np.zeros((n_t, plan.arrays["H"]), np.int64), jumps=np.zeros(plan.n_chunks, np.int64))
+    if plan.record:
+        acc.rec_x = np.zeros((plan.trajectories, n_t), np.int32)
+        acc.rec_n = np.zeros((plan.trajectories, n_t), np.int32)
+    acc.path_t = np.zeros((plan.paths, PATH_CAPACITY))
+    acc.path_x = np.zeros((plan.paths, PATH_CAPACITY), np.int64)
+    acc.path_len = np.zeros(plan.paths, np.int64)
+    return acc
+
+
+_COMPILED = {"seconds": None}
+
+
+def compile_kernel() -> float:
+    """Compile (or load from numba's cache) the kernel once per process; returns the seconds it took."""
+    if _COMPILED["seconds"] is None:
+        t0 = time.perf_counter()
+        a = {"cum0": np.array([1.0]), "support": np.array([0], np.int64), "indptr": np.array([0, 1, 2], np.int64),
+             "target": np.array([1, 0], np.int64), "cum": np.array([1.0, 1.0]), "inv_exit": np.array([1.0, 1.0]),
+             "times": np.array([0.0, 1.0]), "g0": np.zeros((2, 2)), "E": np.zeros((2, 1), np.int64),
+             "hoff": np.array([0], np.int64)}
+        _call_wave(a, np.array([_rng.chunk_state(0, 0)]), np.array([3], np.int64), np.zeros((1, 2, 2), np.int64),
+                   np.zeros((1, 2, 2, 2)), np.zeros((1, 2, 1), np.int64), np.zeros(1, np.int64),
+                   np.zeros((0, 2), np.int32), np.zeros((0, 2), np.int32), np.zeros(1, np.int64),
+                   np.zeros((0, 1)), np.zeros((0, 1), np.int64), np.zeros(0, np.int64))
+        _COMPILED["seconds"] = time.perf_counter() - t0
+    return _COMPILED["seconds"]
+
+
+def _call_wave(a, states, sizes, counts, cross, heat, jumps, rec_x, rec_n, rec_off, path_t, path_x, path_len):
+    _kernel.run_wave(states, sizes, a["cum0"], a["support"], a["indptr"], a["target"], a["cum"], a["inv_exit"],
+                     a["times"], a["g0"], a["E"], a["hoff"], counts, cross, heat, jumps, rec_x, rec_n, rec_off,
+                     path_t, path_x, path_len, _rng.ZIG_K, _rng.ZIG_W, _rng.ZIG_F)
+
+
+def resolve_threads(threads) -> int:
+    limit = numba.config.NUMBA_NUM_THREADS
+    if threads is None:
+        return min(limit, os.cpu_count() or 1)
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ModelError("threads", f"must be a positive integer, got {threads!r}")
+    if threads > limit:
+        raise ModelError("threads", f"{threads} exceeds numba's thread limit {limit} (set NUMBA_NUM_THREADS)")
+    return int(threads)
+
+
+def run_plan(plan: Plan, acc: Accumulators, threads: int, progress=None, checkpoint=None,
+             checkpoint_every=2.0, stop_after=None) -> Accumulators:
+    """Run the chunks ``acc.chunks_done .. n_chunks-1`` (or up to ``stop_after``) into ``acc``.
+
+    ``checkpoint(acc)`` is called at most every ``checkpoint_every`` seconds and on
+    interruption; ``progress(k)`` after each wave with the number of chunks finished.
+    """
+    a = plan.arrays
+    n_t, n = len(plan.times), plan.network.n_states
+    W = max(1, 2 * threads)
+    bufs = None
+    numba.set_num_threads(threads)
+    last_ck = time.perf_counter()
+    end = plan.n_chunks if stop_after is None else min(plan.n_chunks, stop_after)
+    t_start = time.perf_counter()
+    wall0 = acc.wall_s
+    try:
+        while acc.chunks_done < end:
+            c0 = acc.chunks_done
+            c1 = min(end, c0 + W)
+            w = c1 - c0
+            if bufs is None or bufs[0].shape[0] < w:
+                bufs = (np.zeros((w, n_t, n), np.int64), np.zeros((w, n_t, n, 2)),
+                        np.zeros((w, n_t, a["H"]), np.int64), np.zeros(w, np.int64))
+            else:
+                for b in bufs:
+                    b[:w] = 0
+            counts, cross, heat, jumps = (b[:w] for b in bufs)
+            states = np.array([_rng.chunk_state(plan.entropy, i) for i in range(c0, c1)])
+            sizes = plan.chunk_sizes(c0, c1)
+            rec_off = (np.arange(c0, c1) * plan.chunk_size - c0 * plan.chunk_size).astype(np.int64)
+            if acc.rec_x is not None:
+                lo = c0 * plan.chunk_size
+                hi = lo + int(sizes.sum())
+                rx, rn = acc.rec_x[lo:hi], acc.rec_n[lo:hi]
+            else:
+                rx = rn = np.zeros((0, n_t), np.int32)
+            if c0 == 0 and plan.paths:
+                pt, px, pl = acc.path_t, acc.path_x, acc.path_len
+            else:
+                pt, px, pl = np.zeros((0, 1)), np.zeros((0, 1), np.int64), np.zeros(0, np.int64)
+            _call_wave(a, states, sizes, counts, cross, heat, jumps, rx, rn, rec_off, pt, px, pl)
+            for i in range(w):  # chunk order: the float sums do not depend on scheduling
+                acc.counts += counts[i]
+                acc.cross += cross[i]
+                acc.heat += heat[i]
+            acc.jumps[c0:c1] = jumps
+            acc.chunks_done = c1
+            acc.wall_s = wall0 + time.perf_counter() - t_start
+            if progress is not None:
+                progress(c1)
+            if checkpoint is not None and time.perf_counter() - last_ck >= checkpoint_every:
+                checkpoint(acc)
+                last_ck = time.perf_counter()
+    except KeyboardInterrupt:
+        acc.wall_s = wall0 + time.perf_counter() - t_start
+        if checkpoint is not None:
+            checkpoint(acc)
+        raise Interrupted(f"interrupted after {acc.chunks_done} of {plan.n_chunks} chunks") from None
+    return acc

@@ -1,0 +1,257 @@
+"""Run directories: resolved model, provenance, accumulators, estimates, figures.
+
+Layout (INTERFACE.md)::
+
+    RUN/model.toml          resolved model; its [simulation] holds the seed entropy, trajectories, chunk size
+    RUN/provenance.json     schema, versions, git commit, seed, chunking, timings, status
+    RUN/accumulators.npz    raw streaming sums from which load_run rebuilds the Ensemble
+    RUN/records.npz         per-trajectory states and jump counts (optional)
+    RUN/estimates.csv/.parquet, RUN/p_system.csv
+    RUN/figures/
+
+Every file is written to a temporary name and renamed, so a reader never sees
+half a file; ``provenance.json`` says ``complete`` only after the rest is written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from . import engine
+from ._version import __version__
+from .ensemble import Ensemble, execute, make_stats
+from .errors import RunError
+from .model import load_model
+
+__all__ = ["RunWriter", "save_run", "load_run", "provenance", "default_run_dir"]
+
+SCHEMA = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: Path, write):
+    """``write(fileobj)`` into a temporary file next to ``path``, then rename it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_text(path, text):
+    atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def git_commit():
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(plan, acc, stats=None, status="running", extra=None) -> dict:
+    import numba
+    import pandas
+    import scipy
+
+    d = {"schema_version": SCHEMA, "status": status,
+         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+         "software": {"trajmc": __version__, "python": platform.python_version(), "numpy": np.__version__,
+                      "numba": numba.__version__, "scipy": scipy.__version__, "pandas": pandas.__version__,
+                      "platform": platform.platform()},
+         "git_commit": git_commit(), "command": sys.argv,
+         "model": {"name": plan.model.name, "digest": plan.model.digest,
+                   "states": plan.network.n_states, "edges": plan.network.n_edges},
+         "seed": {"entropy": str(plan.entropy), "chunk_seeding": "SeedSequence(entropy, spawn_key=(chunk,))",
+                  "generator": "xoshiro256++ per chunk, ziggurat exponentials"},
+         "chunking": {"trajectories": plan.trajectories, "chunk_size": plan.chunk_size, "chunks": plan.n_chunks,
+                      "chunks_done": acc.chunks_done},
+         "records": plan.record, "paths": plan.paths}
+    if stats is not None:
+        d["timings"] = {"wall_s": stats["wall_s"], "compile_s": stats["compile_s"], "threads": stats["threads"],
+                        "ns_per_jump_thread": stats["ns_per_jump"]}
+        d["jumps"] = stats["jumps"]
+        d["estimator"] = {"bias_correction": stats["bias_correction"], "se_method": stats["se_method"]}
+    if extra:
+        d.update(extra)
+    return d
+
+
+def _resolved_model_toml(plan):
+    d = plan.model.to_dict()
+    d["simulation"] = {"trajectories": plan.trajectories, "seed": plan.entropy, "chunk_size": plan.chunk_size}
+    import tomli_w
+
+    return tomli_w.dumps(d)
+
+
+def _save_accumulators(run_dir, plan, acc):
+    arrays = {"counts": acc.counts, "cross": acc.cross, "heat": acc.heat, "jumps": acc.jumps,
+              "chunks_done": np.array(acc.chunks_done), "wall_s": np.array(acc.wall_s),
+              "states": plan.network.states, "path_t": acc.path_t, "path_x": acc.path_x, "path_len": acc.path_len}
+    atomic_write(run_dir / "accumulators.npz", lambda fh: np.savez(fh, **arrays))
+    if acc.rec_x is not None:
+        done = min(acc.chunks_done * plan.chunk_size, plan.trajectories)
+        atomic_write(run_dir / "records.npz",
+                     lambda fh: np.savez_compressed(fh, x=acc.rec_x[:done], jumps=acc.rec_n[:done]))
+
+
+class RunWriter:
+    """Owns a run directory while a simulation fills it."""
+
+    def __init__(self, run_dir, plan, acc):
+        self.dir = Path(run_dir)
+        self.plan = plan
+        self.acc = acc
+
+    @classmethod
+    def create(cls, run_dir, plan):
+        run_dir = Path(run_dir)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise RunError(f"{run_dir}: run directory exists and is not empty (choose another --out, or --resume it)")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        w = cls(run_dir, plan, engine.new_accumulators(plan))
+        atomic_text(run_dir / "model.toml", _resolved_model_toml(plan))
+        w.checkpoint(w.acc)
+        return w
+
+    @classmethod
+    def resume(cls, run_dir):
+        run_dir = Path(run_dir)
+        plan, acc, prov = _read(run_dir, allow_partial=True)
+        return cls(run_dir, plan, acc), prov
+
+    def checkpoint(self, acc):
+        _save_accumulators(self.dir, self.plan, acc)
+        atomic_text(self.dir / "provenance.json", json.dumps(provenance(self.plan, acc), indent=2))
+
+    def run(self, threads, progress=False) -> Ensemble:
+        ens = execute(self.plan, self.acc, threads, progress, checkpoint=self.checkpoint)
+        save_run(ens, self.dir)
+        return ens
+
+
+def save_run(ens: Ensemble, run_dir, figures=True):
+    """Write a finished ensemble's run directory (estimates, accumulators, provenance, figures)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plan, acc = ens.plan, ens.acc
+    if not (run_dir / "model.toml").exists():
+        atomic_text(run_dir / "model.toml", _resolved_model_toml(plan))
+    _save_accumulators(run_dir, plan, acc)
+    th = ens.thermo()
+    atomic_text(run_dir / "estimates.csv", th.to_csv())
+    atomic_write(run_dir / "estimates.parquet", lambda fh: th.to_parquet(fh))
+    ps, pse = ens.p_system()
+    import pandas as pd
+
+    cols = {}
+    for s in range(ps.shape[1]):
+        cols[f"p_{s}"] = ps[:, s]
+        cols[f"p_{s}_se"] = pse[:, s]
+    atomic_text(run_dir / "p_system.csv", pd.DataFrame(cols, index=pd.Index(ens.times, name="t")).to_csv())
+    if figures:
+        from .plotting import summary_figure
+
+        (run_dir / "figures").mkdir(exist_ok=True)
+        summary_figure(ens, run_dir / "figures" / "summary.png")
+    prov = provenance(plan, acc, ens.stats, status="complete")
+    atomic_text(run_dir / "provenance.json", json.dumps(prov, indent=2))
+    return run_dir
+
+
+def _read(run_dir, allow_partial=False):
+    run_dir = Path(run_dir)
+    for name in ("model.toml", "provenance.json", "accumulators.npz"):
+        if not (run_dir / name).is_file():
+            raise RunError(f"{run_dir}: not a trajmc run directory (missing {name})")
+    try:
+        prov = json.loads((run_dir / "provenance.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{run_dir}/provenance.json: not valid JSON ({exc})") from None
+    model = load_model(run_dir / "model.toml")
+    sim = model.simulation
+    ch = prov.get("chunking", {})
+    if str(sim["seed"]) != prov.get("seed", {}).get("entropy") or ch.get("trajectories") != sim["trajectories"] \
+            or ch.get("chunk_size") != sim["chunk_size"]:
+        raise RunError(f"{run_dir}: provenance.json (seed, trajectories, chunk size) disagrees with model.toml")
+    plan = engine.make_plan(model, records=prov.get("records"), paths=prov.get("paths", 0))
+    try:
+        with np.load(run_dir / "accumulators.npz") as z:
+            arr = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{run_dir}/accumulators.npz: unreadable ({exc})") from None
+    n_t, n = len(plan.times), plan.network.n_states
+    if arr["states"].shape != plan.network.states.shape or not np.array_equal(arr["states"], plan.network.states):
+        raise RunError(f"{run_dir}: the stored states do not belong to model.toml (was the model edited?)")
+    if arr["counts"].shape != (n_t, n) or arr["jumps"].shape != (plan.n_chunks,):
+        raise RunError(f"{run_dir}: accumulator shapes do not match model.toml")
+    done = int(arr["chunks_done"])
+    n_done = min(done * plan.chunk_size, plan.trajectories)
+    if np.any(arr["counts"].sum(axis=1) != n_done) or np.any(arr["counts"] < 0):
+        raise RunError(f"{run_dir}: occupation counts do not add up to the {n_done} trajectories run (tampered?)")
+    if done < plan.n_chunks and not allow_partial:
+        raise RunError(f"{run_dir}: incomplete run ({done} of {plan.n_chunks} chunks); "
+                       f"finish it with `python -m trajmc simulate --resume {run_dir}`")
+    acc = engine.Accumulators(counts=arr["counts"], cross=arr["cross"], heat=arr["heat"], jumps=arr["jumps"],
+                              chunks_done=done, path_t=arr["path_t"], path_x=arr["path_x"],
+                              path_len=arr["path_len"], wall_s=float(arr["wall_s"]))
+    if plan.record:
+        acc.rec_x = np.zeros((plan.trajectories, n_t), np.int32)
+        acc.rec_n = np.zeros((plan.trajectories, n_t), np.int32)
+        if (run_dir / "records.npz").is_file():
+            with np.load(run_dir / "records.npz") as z:
+                acc.rec_x[:len(z["x"])] = z["x"]
+                acc.rec_n[:len(z["jumps"])] = z["jumps"]
+    return plan, acc, prov
+
+
+def load_run(run_dir) -> Ensemble:
+    """Rebuild the :class:`Ensemble` of a finished run directory, identical to the one that wrote it."""
+    plan, acc, prov = _read(run_dir)
+    t = prov.get("timings", {})
+    stats = make_stats(plan, acc, t.get("threads", 1), t.get("compile_s", float("nan")), 0.0)
+    stats["run_dir"] = str(run_dir)
+    return Ensemble(plan, acc, stats)
+
+
+def resume_run(run_dir, threads, progress=False) -> Ensemble:
+    """Finish an interrupted run in place; the result is bit-identical to an uninterrupted run."""
+    w, prov = RunWriter.resume(run_dir)
+    if prov.get("status") == "complete" and w.acc.chunks_done == w.plan.n_chunks:
+        raise RunError(f"{run_dir}: run is already complete")
+    return w.run(threads, progress)
+
+
+def default_run_dir(name, root="runs"):
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{name}-{stamp}"
+    d, i = base, 1
+    while d.exists():
+        d = Path(f"{base}-{i}")
+        i += 1
+    return d
+
