@@ -82,7 +82,7 @@ def next_double(s):
     return float(next_u64(s) >> U64(11)) * (1.0 / 9007199254740992.0)
 
 
-@nb.njit(cache=True)
+@nb.njit(inline="always", cache=True)
 def next_exponential(s, zk, zw, zf):
     """Standard exponential by the ziggurat (98.9% of draws: one integer, one multiply)."""
     while True:

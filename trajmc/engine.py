@@ -9,7 +9,10 @@ accumulators after the first ``k`` chunks, and ``resume`` continues at chunk ``k
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -26,6 +29,19 @@ __all__ = ["Plan", "Accumulators", "make_plan", "run_plan", "Interrupted", "reso
 #: entries of per-trajectory records (trajectories x sample times) kept by default
 AUTO_RECORD_LIMIT = 20_000_000
 PATH_CAPACITY = 2000
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT/SIGTERM until the block ends (main thread only), so it is never cut in half."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class Interrupted(TrajmcError):
@@ -73,7 +89,7 @@ class Accumulators:
     """Streaming sums; memory independent of the number of trajectories (records aside)."""
 
     counts: np.ndarray  # (n_t, n) int64
-    cross: np.ndarray  # (n_t, n, n_g) float64
+    cross: np.ndarray  # (n_t, n, 2) int64, fixed point: value * plan.arrays["g_scale"]
     heat: np.ndarray  # (n_t, H) int64
     jumps: np.ndarray  # (n_chunks,) int64 jumps per chunk
     chunks_done: int = 0
@@ -108,7 +124,7 @@ def _kernel_arrays(net: Network, times):
     cum0[-1] = 1.0
     # functions of the initial state whose sums per (time, state) give the time correlations
     # of the delta-method error bars: -a_0 = ln(p0/V) (Sigma) and h_0 = -ln p_s(0) + sum beta E (Sigma_tilde)
-    g0 = np.zeros((n, 2))
+    g0 = np.zeros((n, 2))  # float; the kernel sums a fixed-point copy (see make_plan)
     pos = net.p0 > 0
     g0[pos, 0] = np.log(net.p0[pos]) - net.lnV[pos]
     ps0 = np.bincount(net.states[:, 0], weights=net.p0, minlength=model.n_levels)
@@ -122,7 +138,7 @@ def _kernel_arrays(net: Network, times):
     widths = 2 * emax + 1
     hoff = (np.concatenate([[0], np.cumsum(widths)[:-1]]) + emax).astype(np.int64)
     return {"cum0": cum0, "support": support, "indptr": net.indptr, "target": net.target, "cum": cum,
-            "inv_exit": inv_exit, "times": np.ascontiguousarray(times, dtype=np.float64), "g0": g0, "E": E,
+            "inv_exit": inv_exit, "times": np.append(np.asarray(times, dtype=np.float64), np.inf), "g0f": g0, "E": E,
             "hoff": hoff, "H": int(widths.sum()), "emax": emax}
 
 
@@ -148,14 +164,21 @@ def make_plan(model, trajectories=None, seed=None, times=None, chunk_size=None, 
     n_t = len(model.times)
     if records is None:
         records = int(trajectories) * n_t <= AUTO_RECORD_LIMIT
+    arrays = _kernel_arrays(net, model.times)
+    # cross sums are exact int64 fixed point, so adding them is associative: the largest power-of-two
+    # scale that cannot overflow for this many trajectories (resolution ~1e-8 or finer in practice)
+    gmax = float(np.abs(arrays["g0f"]).max()) + 1.0
+    scale = 2.0 ** min(40, np.floor(np.log2(2.0**62 / (gmax * (int(trajectories) + 1)))))
+    arrays["g_scale"] = scale
+    arrays["g0"] = np.round(arrays["g0f"] * scale).astype(np.int64)
     return Plan(model=model, network=net, times=model.times, entropy=entropy, trajectories=int(trajectories),
                 chunk_size=int(chunk_size), record=bool(records), paths=int(min(paths, chunk_size, trajectories)),
-                arrays=_kernel_arrays(net, model.times))
+                arrays=arrays)
 
 
 def new_accumulators(plan: Plan) -> Accumulators:
     n_t, n = len(plan.times), plan.network.n_states
-    acc = Accumulators(counts=np.zeros((n_t, n), np.int64), cross=np.zeros((n_t, n, 2)),
+    acc = Accumulators(counts=np.zeros((n_t, n), np.int64), cross=np.zeros((n_t, n, 2), np.int64),
                        heat=np.zeros((n_t, plan.arrays["H"]), np.int64), jumps=np.zeros(plan.n_chunks, np.int64))
     if plan.record:
         acc.rec_x = np.zeros((plan.trajectories, n_t), np.int32)
@@ -175,10 +198,11 @@ def compile_kernel() -> float:
         t0 = time.perf_counter()
         a = {"cum0": np.array([1.0]), "support": np.array([0], np.int64), "indptr": np.array([0, 1, 2], np.int64),
              "target": np.array([1, 0], np.int64), "cum": np.array([1.0, 1.0]), "inv_exit": np.array([1.0, 1.0]),
-             "times": np.array([0.0, 1.0]), "g0": np.zeros((2, 2)), "E": np.zeros((2, 1), np.int64),
+             "times": np.array([0.0, 1.0, np.inf]), "g0": np.zeros((2, 2), np.int64), "E": np.zeros((2, 1), np.int64),
              "hoff": np.array([0], np.int64)}
-        _call_wave(a, np.array([_rng.chunk_state(0, 0)]), np.array([3], np.int64), np.zeros((1, 2, 2), np.int64),
-                   np.zeros((1, 2, 2, 2)), np.zeros((1, 2, 1), np.int64), np.zeros(1, np.int64),
+        T = numba.config.NUMBA_NUM_THREADS
+        _call_wave(a, np.array([_rng.chunk_state(0, 0)]), np.array([3], np.int64), np.zeros((T, 2, 2), np.int64),
+                   np.zeros((T, 2, 2, 2), np.int64), np.zeros((T, 2, 1), np.int64), np.zeros(1, np.int64),
                    np.zeros((0, 2), np.int32), np.zeros((0, 2), np.int32), np.zeros(1, np.int64),
                    np.zeros((0, 1)), np.zeros((0, 1), np.int64), np.zeros(0, np.int64))
         _COMPILED["seconds"] = time.perf_counter() - t0
@@ -211,28 +235,32 @@ def run_plan(plan: Plan, acc: Accumulators, threads: int, progress=None, checkpo
     """
     a = plan.arrays
     n_t, n = len(plan.times), plan.network.n_states
-    W = max(1, 2 * threads)
-    bufs = None
+    W = 16 * threads  # chunks per wave: between waves we checkpoint and report progress
     numba.set_num_threads(threads)
+    # hand chunks to threads one at a time (jump counts per chunk vary), not in equal blocks
+    old_chunksize = numba.set_parallel_chunksize(1)
+    # one accumulator slot per thread; integer sums make the totals independent of the scheduling
+    counts = np.zeros((threads, n, n_t), np.int64)  # state-major inside the kernel
+    cross = np.zeros((threads, n, n_t, 2), np.int64)
+    heat = np.zeros((threads, a["H"], n_t), np.int64)
     last_ck = time.perf_counter()
     end = plan.n_chunks if stop_after is None else min(plan.n_chunks, stop_after)
     t_start = time.perf_counter()
     wall0 = acc.wall_s
+
+    def flush():  # thread slots -> accumulators (exact integer sums)
+        for buf, total in ((counts, acc.counts), (cross, acc.cross), (heat, acc.heat)):
+            total += np.swapaxes(buf.sum(axis=0), 0, 1)
+            buf[:] = 0
+
     try:
         while acc.chunks_done < end:
             c0 = acc.chunks_done
             c1 = min(end, c0 + W)
-            w = c1 - c0
-            if bufs is None or bufs[0].shape[0] < w:
-                bufs = (np.zeros((w, n_t, n), np.int64), np.zeros((w, n_t, n, 2)),
-                        np.zeros((w, n_t, a["H"]), np.int64), np.zeros(w, np.int64))
-            else:
-                for b in bufs:
-                    b[:w] = 0
-            counts, cross, heat, jumps = (b[:w] for b in bufs)
+            jumps = np.zeros(c1 - c0, np.int64)
             states = np.array([_rng.chunk_state(plan.entropy, i) for i in range(c0, c1)])
             sizes = plan.chunk_sizes(c0, c1)
-            rec_off = (np.arange(c0, c1) * plan.chunk_size - c0 * plan.chunk_size).astype(np.int64)
+            rec_off = ((np.arange(c0, c1) - c0) * plan.chunk_size).astype(np.int64)
             if acc.rec_x is not None:
                 lo = c0 * plan.chunk_size
                 hi = lo + int(sizes.sum())
@@ -243,22 +271,27 @@ def run_plan(plan: Plan, acc: Accumulators, threads: int, progress=None, checkpo
                 pt, px, pl = acc.path_t, acc.path_x, acc.path_len
             else:
                 pt, px, pl = np.zeros((0, 1)), np.zeros((0, 1), np.int64), np.zeros(0, np.int64)
-            _call_wave(a, states, sizes, counts, cross, heat, jumps, rx, rn, rec_off, pt, px, pl)
-            for i in range(w):  # chunk order: the float sums do not depend on scheduling
-                acc.counts += counts[i]
-                acc.cross += cross[i]
-                acc.heat += heat[i]
-            acc.jumps[c0:c1] = jumps
-            acc.chunks_done = c1
-            acc.wall_s = wall0 + time.perf_counter() - t_start
+            with _signals_deferred():  # a wave and its bookkeeping happen entirely or not at all
+                _call_wave(a, states, sizes, counts, cross, heat, jumps, rx, rn, rec_off, pt, px, pl)
+                acc.jumps[c0:c1] = jumps
+                acc.chunks_done = c1
+                acc.wall_s = wall0 + time.perf_counter() - t_start
             if progress is not None:
                 progress(c1)
             if checkpoint is not None and time.perf_counter() - last_ck >= checkpoint_every:
+                with _signals_deferred():
+                    flush()
                 checkpoint(acc)
                 last_ck = time.perf_counter()
+        with _signals_deferred():
+            flush()
     except KeyboardInterrupt:
+        with _signals_deferred():
+            flush()
         acc.wall_s = wall0 + time.perf_counter() - t_start
         if checkpoint is not None:
             checkpoint(acc)
         raise Interrupted(f"interrupted after {acc.chunks_done} of {plan.n_chunks} chunks") from None
+    finally:
+        numba.set_parallel_chunksize(old_chunksize)
     return acc

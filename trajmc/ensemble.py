@@ -94,8 +94,9 @@ class Ensemble:
         """PHYSICS.md §4 estimates with a ``<col>_se`` column each; entropies Miller–Madow corrected
         (``df.attrs['bias_correction']``), error bars by the delta method (``df.attrs['se_method']``)."""
         a = self.plan.arrays
-        return thermo_estimates(self.times, self.acc.counts, self.acc.cross, self.acc.heat, a["hoff"], a["emax"],
-                                self.trajectories, space_of(self.network), a["g0"])
+        scale = a["g_scale"]
+        return thermo_estimates(self.times, self.acc.counts, self.acc.cross / scale, self.acc.heat, a["hoff"],
+                                a["emax"], self.trajectories, space_of(self.network), a["g0"] / scale)
 
     def __repr__(self):
         return (f"<Ensemble {self.model.name!r}: {self.trajectories} trajectories, {self.stats.get('jumps')} jumps, "

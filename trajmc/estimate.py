@@ -2,10 +2,13 @@
 
 * ``p_x(t)``: relative frequencies, multinomial standard errors.
 * Entropies (``S_obs, S_sh, S_B, I, D``): plug-in through the same functionals
-  as the exact solver (:mod:`trajmc.thermo`), Miller–Madow bias correction,
-  delta-method (influence function) standard errors.  A jackknife over a few
-  chunks under-covers (PHYSICS.md §6), so the error bar does not depend on the
-  chunking at all.
+  as the exact solver (:mod:`trajmc.thermo`), bias-corrected by the delete-one
+  jackknife over trajectories (exact from the counts).  Standard errors: the
+  delta method (influence functions), plus the second-order chi-square term,
+  plus the disagreement between the jackknife and Miller–Madow corrections
+  (both first order: where they differ the run is too sparse to trust either,
+  and the error bar says so).  A jackknife over a few chunks under-covers
+  (PHYSICS.md §6), so nothing here depends on the chunking.
 * ``Sigma`` and ``Sigma_tilde`` are differences of estimates from the same
   trajectories; their influence is ``phi_t(x_t) - phi_0(x_0)``, and the
   time-correlation term comes from the ``cross`` accumulator.
@@ -15,13 +18,15 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.special import xlogy
 
 from .thermo import Space, assemble, functionals
 
 __all__ = ["thermo_estimates", "BIAS_CORRECTION", "SE_METHOD"]
 
-BIAS_CORRECTION = "Miller-Madow"
-SE_METHOD = "delta method (influence functions, time correlations included) + second-order chi-square term"
+BIAS_CORRECTION = "delete-one jackknife (exact from counts); its disagreement with Miller-Madow enters the SE"
+SE_METHOD = ("delta method (influence functions, time correlations included) + second-order chi-square term "
+             "+ |jackknife - Miller-Madow| bias-correction uncertainty")
 
 
 def _safe_log(q):
@@ -33,6 +38,29 @@ def _var(p, f):
     """Variance of f(x) under p (rows), for f (n_t, n) or (n,)."""
     m = np.sum(p * f, axis=-1)
     return np.maximum(np.sum(p * f * f, axis=-1) - m * m, 0.0), m
+
+
+def entropy_bias(c):
+    """Bias corrections of the plug-in Shannon entropy of each row of counts ``c`` (rows, K).
+
+    Returns ``(jackknife, miller_madow)``: delete-one jackknife correction (exact from the
+    counts, Zahl 1977) and ``(K_occupied - 1) / (2N)``.  Both are first order; where they
+    disagree the sample is too sparse for either, and the disagreement enters the error bar.
+    """
+    c = np.atleast_2d(np.asarray(c, dtype=float))
+    N = c.sum(axis=1)
+    xl = xlogy(c, c)
+    S = xl.sum(axis=1)
+    H = np.log(N) - S / N
+    cm1 = np.where(c > 0, c - 1.0, 0.0)
+    # sum over observations of the entropy with that observation removed
+    inner = N * S - np.sum(c * xl, axis=1) + np.sum(c * xlogy(cm1, cm1), axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sum_loo = N * np.log(N - 1.0) - inner / (N - 1.0)
+        h_jk = N * H - (N - 1.0) / N * sum_loo
+    jk = np.where(N > 1, h_jk - H, 0.0)
+    mm = (np.count_nonzero(c > 0, axis=1) - 1) / (2.0 * N)
+    return jk, mm
 
 
 def thermo_estimates(times, counts, cross, heat, hoff, emax, N, space: Space, g0) -> pd.DataFrame:
@@ -49,44 +77,54 @@ def thermo_estimates(times, counts, cross, heat, hoff, emax, N, space: Space, g0
     s, E = space.s, space.E
     n_b = E.shape[1]
     cols = functionals(p, space)
-    occ = lambda q: np.count_nonzero(q > 0, axis=-1)  # noqa: E731
-    ps = np.stack([np.bincount(s, weights=r, minlength=space.n_levels) for r in p])
-    pEs = [np.stack([np.bincount(E[:, nu], weights=r, minlength=len(space.bath_lnV[nu])) for r in p])
+    cs = np.stack([np.bincount(s, weights=r, minlength=space.n_levels) for r in counts])
+    cEs = [np.stack([np.bincount(E[:, nu], weights=r, minlength=len(space.bath_lnV[nu])) for r in counts])
            for nu in range(n_b)]
+    ps = cs / N
+    pEs = [c / N for c in cEs]
+    occ = lambda q: np.count_nonzero(q > 0, axis=-1)  # noqa: E731
     Kx, Ks = occ(p), occ(ps)
     KE = [occ(q) for q in pEs]
-    mm = lambda K: (K - 1) / (2.0 * N)  # noqa: E731
+    # bias corrections (jackknife) and their uncertainty |jackknife - Miller-Madow|, per Shannon term
+    bx, bs = entropy_bias(counts), entropy_bias(cs)
+    bE = [entropy_bias(c) for c in cEs]
     se = {}
     # second-order variance of plug-in entropies, (K-1)/(2N^2) per term (chi-square law of 2N(S - S_plugin));
     # it dominates where the first-order influence is nearly constant (e.g. Sigma_tilde near equilibrium)
     q2 = {}
+    sysb = {}  # systematic: how much the two bias corrections disagree
     chi = lambda K: np.maximum(K - 1, 0) / (2.0 * N * N)  # noqa: E731
+
+    def correct(col, terms):
+        """Add the signed combination ``terms`` [(sign, (jk, mm)), ...] of corrections to ``col``."""
+        jk = sum(sg * b[0] for sg, b in terms)
+        mm = sum(sg * b[1] for sg, b in terms)
+        cols[col] = cols[col] + jk
+        sysb[col] = jk - mm
+        return jk, mm
+
     lnps = _safe_log(ps)[:, s]
     lnpE = [_safe_log(q)[:, E[:, nu]] for nu, q in enumerate(pEs)]
     a = -(_safe_log(p) - space.lnV)  # -ln(p_x / V_x) per state
-    # single-time entropies
-    cols["S_obs"] = cols["S_obs"] + mm(Kx)
-    v, _ = _var(p, a)
-    se["S_obs"] = v
+    correct("S_obs", [(1, bx)])
+    se["S_obs"], _ = _var(p, a)
     q2["S_obs"] = chi(Kx)
-    cols["S_sh"] = cols["S_sh"] + mm(Ks)
+    correct("S_sh", [(1, bs)])
     se["S_sh"], _ = _var(p, -lnps)
     q2["S_sh"] = chi(Ks)
-    phi_I = _safe_log(p) - lnps - sum(lnpE)
-    cols["I"] = cols["I"] + mm(Ks) + sum(mm(k) for k in KE) - mm(Kx)
-    se["I"], _ = _var(p, phi_I)
+    correct("I", [(1, bs)] + [(1, b) for b in bE] + [(-1, bx)])
+    se["I"], _ = _var(p, _safe_log(p) - lnps - sum(lnpE))
     q2["I"] = chi(np.maximum(Kx - Ks - sum(KE) + len(KE), 2))
     for nu, name in enumerate(space.bath_names):
         lv = space.bath_lnV[nu]
         lvx = np.where(np.isfinite(lv), lv, 0.0)[E[:, nu]]
-        cols[f"S_B_{name}"] = cols[f"S_B_{name}"] + mm(KE[nu])
+        correct(f"S_B_{name}", [(1, bE[nu])])
         se[f"S_B_{name}"], _ = _var(p, -(lnpE[nu] - lvx))
         q2[f"S_B_{name}"] = chi(KE[nu])
-        Ef = E[:, nu].astype(float)
-        se[f"E_{name}"], _ = _var(p, Ef)
+        se[f"E_{name}"], _ = _var(p, E[:, nu].astype(float))
         pi = space.pi[nu]
         if pi is not None:
-            cols[f"D_{name}"] = cols[f"D_{name}"] - mm(KE[nu])
+            correct(f"D_{name}", [(-1, bE[nu])])
             with np.errstate(divide="ignore"):
                 lpi = np.log(pi)[E[:, nu]]
             se[f"D_{name}"], _ = _var(p, lnpE[nu] - lpi)
@@ -95,6 +133,7 @@ def thermo_estimates(times, counts, cross, heat, hoff, emax, N, space: Space, g0
             se[f"D_{name}"] = np.full(len(times), np.nan)
     if all(pi is not None for pi in space.pi):
         cols["D"] = sum(cols[f"D_{name}"] for name in space.bath_names)
+        sysb["D"] = sum(sysb[f"D_{name}"] for name in space.bath_names)
         lpis = sum(np.log(space.pi[nu])[E[:, nu]] for nu in range(n_b))
         se["D"], _ = _var(p, sum(lnpE) - lpis)
         q2["D"] = sum(chi(k) for k in KE)
@@ -105,6 +144,7 @@ def thermo_estimates(times, counts, cross, heat, hoff, emax, N, space: Space, g0
     df = assemble(times, cols, space)
     # differences over time: Sigma, Sigma_tilde, Q (influence phi_t(x_t) - phi_0(x_0))
     df["Sigma"] = df["S_obs"] - df["S_obs"].iloc[0]
+    sysb["Sigma"] = sysb["S_obs"] - sysb["S_obs"][0]
     se["Sigma"] = _diff_var(p, a, -cross[:, :, 0], -g0[:, 0], counts[0] / N, N)
     q2["Sigma"] = chi(Kx) + chi(Kx[0])
     h = -lnps + (E @ np.nan_to_num(space.beta))
@@ -117,6 +157,7 @@ def thermo_estimates(times, counts, cross, heat, hoff, emax, N, space: Space, g0
         se[f"Q_{name}"] = np.maximum(hist @ (d * d) - mean**2, 0.0)
         st = st + space.beta[nu] * (df[f"E_{name}"] - df[f"E_{name}"].iloc[0])
     df["Sigma_tilde"] = st
+    sysb["Sigma_tilde"] = sysb["S_sh"] - sysb["S_sh"][0]
     if np.all(np.isfinite(space.beta)):
         se["Sigma_tilde"] = _diff_var(p, h, cross[:, :, 1], g0[:, 1], counts[0] / N, N)
         q2["Sigma_tilde"] = chi(Ks) + chi(Ks[0])
@@ -127,7 +168,8 @@ def thermo_estimates(times, counts, cross, heat, hoff, emax, N, space: Space, g0
         if v is None:
             df[f"{c}_se"] = np.nan
         else:
-            df[f"{c}_se"] = np.sqrt(np.asarray(v, dtype=float) / max(N - 1, 1) + q2.get(c, 0.0))
+            var = np.asarray(v, dtype=float) / max(N - 1, 1) + q2.get(c, 0.0) + np.asarray(sysb.get(c, 0.0)) ** 2
+            df[f"{c}_se"] = np.sqrt(var)
     df.loc[df.index[0], ["Sigma", "Sigma_se", "Sigma_tilde", "Sigma_tilde_se"]] = 0.0
     for name in space.bath_names:
         df.loc[df.index[0], [f"Q_{name}", f"Q_{name}_se"]] = 0.0
