@@ -134,7 +134,8 @@ def thermo_estimates(times, counts, cross, heat, hoff, emax, N, space: Space, g0
     if all(pi is not None for pi in space.pi):
         cols["D"] = sum(cols[f"D_{name}"] for name in space.bath_names)
         sysb["D"] = sum(sysb[f"D_{name}"] for name in space.bath_names)
-        lpis = sum(np.log(space.pi[nu])[E[:, nu]] for nu in range(n_b))
+        with np.errstate(divide="ignore"):
+            lpis = sum(np.log(space.pi[nu])[E[:, nu]] for nu in range(n_b))
         se["D"], _ = _var(p, sum(lnpE) - lpis)
         q2["D"] = sum(chi(k) for k in KE)
     else:

@@ -14,6 +14,7 @@ half a file; ``provenance.json`` says ``complete`` only after the rest is writte
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -72,6 +73,14 @@ def git_commit():
         return None
 
 
+def accumulator_checksum(acc) -> str:
+    """SHA-256 over the raw accumulators: any later change to the stored data is detected."""
+    h = hashlib.sha256()
+    for a in (acc.counts, acc.cross, acc.heat, acc.jumps, np.array(acc.chunks_done)):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
 def provenance(plan, acc, stats=None, status="running", extra=None) -> dict:
     import numba
     import pandas
@@ -89,7 +98,8 @@ def provenance(plan, acc, stats=None, status="running", extra=None) -> dict:
                   "generator": "xoshiro256++ per chunk, ziggurat exponentials"},
          "chunking": {"trajectories": plan.trajectories, "chunk_size": plan.chunk_size, "chunks": plan.n_chunks,
                       "chunks_done": acc.chunks_done},
-         "records": plan.record, "paths": plan.paths}
+         "records": plan.record, "paths": plan.paths,
+         "checksums": {"accumulators_sha256": accumulator_checksum(acc)}}
     if stats is not None:
         d["timings"] = {"wall_s": stats["wall_s"], "compile_s": stats["compile_s"], "threads": stats["threads"],
                         "ns_per_jump_thread": stats["ns_per_jump"]}
@@ -213,6 +223,13 @@ def _read(run_dir, allow_partial=False):
     n_done = min(done * plan.chunk_size, plan.trajectories)
     if np.any(arr["counts"].sum(axis=1) != n_done) or np.any(arr["counts"] < 0):
         raise RunError(f"{run_dir}: occupation counts do not add up to the {n_done} trajectories run (tampered?)")
+    if prov.get("model", {}).get("digest") != model.digest:
+        raise RunError(f"{run_dir}: model.toml was changed after the run (its physics digest differs from provenance.json)")
+    want = prov.get("checksums", {}).get("accumulators_sha256")
+    probe = engine.Accumulators(counts=arr["counts"], cross=arr["cross"], heat=arr["heat"], jumps=arr["jumps"],
+                                chunks_done=done)
+    if want != accumulator_checksum(probe):
+        raise RunError(f"{run_dir}: accumulators.npz does not match the checksum in provenance.json (altered data?)")
     if done < plan.n_chunks and not allow_partial:
         raise RunError(f"{run_dir}: incomplete run ({done} of {plan.n_chunks} chunks); "
                        f"finish it with `python -m trajmc simulate --resume {run_dir}`")

@@ -1,0 +1,80 @@
+"""Statistical comparisons of Monte Carlo with exact values: G-tests, z-scores, Holm correction."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sst
+from scipy.special import xlogy
+
+__all__ = ["g_test", "GTest", "z_pvalue", "holm", "pool_bins"]
+
+MIN_EXPECTED = 5.0
+
+
+@dataclass(frozen=True)
+class GTest:
+    statistic: float
+    df: int
+    pvalue: float
+    bins: int  # after pooling
+    impossible: int  # observations in bins of exact probability 0
+
+
+def pool_bins(expected, min_expected=MIN_EXPECTED):
+    """Group labels merging sparse bins: ascending expected count, cumulated until >= ``min_expected``."""
+    order = np.argsort(expected, kind="stable")
+    labels = np.empty(len(expected), dtype=np.int64)
+    g, acc = 0, 0.0
+    for i in order:
+        labels[i] = g
+        acc += expected[i]
+        if acc >= min_expected:
+            g += 1
+            acc = 0.0
+    if acc > 0 and g > 0:  # a sparse remainder joins the last full group
+        labels[labels == g] = g - 1
+    return labels
+
+
+def g_test(observed, prob, min_expected=MIN_EXPECTED) -> GTest:
+    """G-test of counts ``observed`` against exact probabilities ``prob``, sparse bins pooled.
+
+    An observation in a bin of exact probability 0 is impossible: the p-value is 0.
+    """
+    obs = np.asarray(observed, dtype=float)
+    prob = np.asarray(prob, dtype=float)
+    N = obs.sum()
+    zero = prob <= 0
+    impossible = int(obs[zero].sum())
+    if impossible:
+        return GTest(np.inf, 0, 0.0, 0, impossible)
+    obs, prob = obs[~zero], prob[~zero] / prob[~zero].sum()
+    exp = N * prob
+    labels = pool_bins(exp, min_expected)
+    ng = int(labels.max()) + 1 if len(labels) else 0
+    if ng < 2:
+        return GTest(0.0, 0, 1.0, ng, 0)
+    O = np.bincount(labels, weights=obs, minlength=ng)
+    E = np.bincount(labels, weights=exp, minlength=ng)
+    G = 2.0 * float(np.sum(xlogy(O, O) - xlogy(O, E)))
+    df = ng - 1
+    return GTest(G, df, float(sst.chi2.sf(G, df)), ng, 0)
+
+
+def z_pvalue(z):
+    """Two-sided normal p-value of z-scores."""
+    return 2.0 * sst.norm.sf(np.abs(np.asarray(z, dtype=float)))
+
+
+def holm(pvalues):
+    """Holm step-down adjusted p-values (family-wise error control)."""
+    p = np.asarray(pvalues, dtype=float)
+    m = len(p)
+    order = np.argsort(p)
+    adj = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adj[i] = running
+    return adj
