@@ -16,7 +16,8 @@ def check_table(d, key, allowed, required=()):
         if not isinstance(k, str):
             raise ModelError(key, f"keys must be strings, got {k!r}")
         if k not in allowed:
-            raise ModelError(f"{key}.{k}" if key else k,
+            shown = k if k.isidentifier() else repr(k)
+            raise ModelError(f"{key}.{shown}" if key else shown,
                              f"unknown key (allowed here: {', '.join(sorted(allowed))})")
     for k in required:
         if k not in d:
@@ -85,9 +86,9 @@ def as_list(v, key, length=None, nonempty=True):
     return list(v)
 
 
-def as_int_array(v, key, length=None, lo=None):
+def as_int_array(v, key, length=None, lo=None, hi=None):
     items = as_list(v, key, length)
-    return np.array([as_int(x, f"{key}[{i}]", lo=lo) for i, x in enumerate(items)], dtype=np.int64)
+    return np.array([as_int(x, f"{key}[{i}]", lo=lo, hi=hi) for i, x in enumerate(items)], dtype=np.int64)
 
 
 def as_float_array(v, key, length=None, nonneg=False, allow_neg_inf=False):
@@ -116,4 +117,7 @@ def as_distribution(v, key, length):
     total = p.sum()
     if not abs(total - 1.0) <= 1e-9:
         raise ModelError(key, f"must sum to 1 (a probability distribution), sums to {total:.12g}")
+    # leave an already normalised p untouched, so a saved model reloads bit for bit
+    if abs(total - 1.0) <= 8 * np.finfo(float).eps * len(p):
+        return p
     return p / total

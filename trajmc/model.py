@@ -24,6 +24,9 @@ __all__ = ["Model", "Bath", "Kernel", "Spectral", "BathState", "Step", "load_mod
 
 #: largest canonical-state mass the energy grid may cut off
 TRUNCATION_TOL = 1e-9
+#: bounds that keep every array trajmc allocates finite (a grid of 10^7 points is already huge)
+MAX_ENERGY = 10**7
+MAX_TIMES = 10**6
 KERNELS = ("sqrt", "eth", "golden", "linear")
 SHAPES = ("flat", "gaussian", "exponential")
 
@@ -189,7 +192,7 @@ class Model:
             ini["baths"] = [st.to_dict() for st in self.bath_states]
         d["initial"] = ini
         d["times"] = {"values": self.times.tolist()}
-        d["simulation"] = dict(self.simulation)
+        d["simulation"] = {k: v for k, v in self.simulation.items() if v is not None}
         if self.protocol:
             d["protocol"] = [{"time": s.time, "energies": list(s.energies)} for s in self.protocol]
         return d
@@ -197,10 +200,7 @@ class Model:
     def to_toml(self) -> str:
         import tomli_w
 
-        d = self.to_dict()
-        if d["simulation"].get("seed") is None:
-            d["simulation"].pop("seed", None)
-        return tomli_w.dumps(d)
+        return tomli_w.dumps(self.to_dict())
 
     @property
     def digest(self) -> str:
@@ -216,6 +216,7 @@ class Model:
         t = _parse_times({"values": list(np.asarray(times, dtype=float).ravel())}, "times")
         m = copy.copy(self)
         object.__setattr__(m, "times", t)
+        object.__setattr__(m, "_hash", "")
         return m
 
 
@@ -280,7 +281,7 @@ def _parse_model(d, base, src_name) -> Model:
         raise ModelError("name", f"must be a non-empty name without path separators, got {name!r}")
 
     sysd = v.check_table(d["system"], "system", {"energies", "coupling"}, required=("energies", "coupling"))
-    energies = v.as_int_array(sysd["energies"], "system.energies")
+    energies = v.as_int_array(sysd["energies"], "system.energies", lo=-MAX_ENERGY, hi=MAX_ENERGY)
     n_s = len(energies)
     if n_s < 2:
         raise ModelError("system.energies", f"needs at least 2 levels, got {n_s}")
@@ -343,11 +344,11 @@ def _parse_dos(d, key, base):
     for k in d:
         if k not in allowed:
             raise ModelError(f"{key}.{k}", f"is not a key of the {model!r} model (allowed: {', '.join(sorted(allowed))})")
-    w = v.as_int(d.get("quantum", 1), f"{key}.quantum", lo=1)
+    w = v.as_int(d.get("quantum", 1), f"{key}.quantum", lo=1, hi=MAX_ENERGY)
     if model in ("oscillators", "spins"):
         if "n" not in d:
             raise ModelError(f"{key}.n", "is required but missing")
-        n = v.as_int(d["n"], f"{key}.n", lo=1, what="a positive integer")
+        n = v.as_int(d["n"], f"{key}.n", lo=1, hi=10**12, what="a positive integer")
         return (Oscillators if model == "oscillators" else Spins)(n, w)
     if model == "exponential":
         if "beta" not in d:
@@ -399,8 +400,10 @@ def _parse_bath(d, key, n_s, base):
     name = v.as_str(d.get("name", key.replace("[", "").replace("]", "")), f"{key}.name")
     if not name.isidentifier():
         raise ModelError(f"{key}.name", f"must be an identifier (it names columns like E_<name>), got {name!r}")
+    if name == "S":
+        raise ModelError(f"{key}.name", "'S' is reserved (column E_S is the system energy)")
     dos = _parse_dos(d["dos"], f"{key}.dos", base)
-    emax = v.as_int(d["emax"], f"{key}.emax", lo=0)
+    emax = v.as_int(d["emax"], f"{key}.emax", lo=0, hi=MAX_ENERGY)
     if isinstance(dos, Table) and emax > dos.max_energy:
         raise ModelError(f"{key}.emax", f"is {emax} but the lnV table only covers E = 0..{dos.max_energy}")
     lnV = dos.lnv(np.arange(emax + 1)).astype(np.float64)
@@ -583,9 +586,11 @@ def _parse_times(d, key):
         if "stop" in d or "num" in d:
             raise ModelError(f"{key}.values", "excludes 'stop' and 'num'")
         t = v.as_float_array(d["values"], f"{key}.values", nonneg=True)
+        if len(t) > MAX_TIMES:
+            raise ModelError(f"{key}.values", f"at most {MAX_TIMES} sample times, got {len(t)}")
     else:
         stop = v.as_float(d.get("stop", 5.0), f"{key}.stop", positive=True)
-        num = v.as_int(d.get("num", 51), f"{key}.num", lo=2)
+        num = v.as_int(d.get("num", 51), f"{key}.num", lo=2, hi=MAX_TIMES)
         t = np.linspace(0.0, stop, num)
     if t[0] != 0.0:
         raise ModelError(f"{key}.values", f"must start at 0 (the reference time of Sigma and Q), got {t[0]}")
@@ -622,6 +627,6 @@ def _parse_protocol(raw, key, n_s, times):
         if t <= last:
             raise ModelError(f"{k}.time", f"switch times must increase: {t} follows {last}")
         last = t
-        e = v.as_int_array(s["energies"], f"{k}.energies", length=n_s)
+        e = v.as_int_array(s["energies"], f"{k}.energies", length=n_s, lo=-MAX_ENERGY, hi=MAX_ENERGY)
         steps.append(Step(t, tuple(int(x) for x in e)))
     return steps

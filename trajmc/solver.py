@@ -98,10 +98,18 @@ def solve(model, times=None) -> Solution:
 
 
 def propagate(net: Network, p0, times):
-    """``p(t) = exp(W t) p0`` at every time, block by block.  Returns (p (n_t, n), info)."""
+    """``p(t) = exp(W t) p0`` at every time, block by block.
+
+    ``p0`` is (n,) or (n, r) (r right-hand sides at once).  Returns (p (n_t, n[, r]), info).
+    """
     times = np.asarray(times, dtype=float)
+    p0 = np.asarray(p0, dtype=float)
+    vec = p0.ndim == 1
+    if vec:
+        p0 = p0[:, None]
+    r = p0.shape[1]
     n = net.n_states
-    out = np.empty((len(times), n))
+    out = np.empty((len(times), n, r))
     sizes = np.bincount(net.block)
     order = np.argsort(net.block, kind="stable")
     local = np.empty(n, dtype=np.int64)
@@ -129,7 +137,7 @@ def propagate(net: Network, p0, times):
         spread = lv.max(axis=1) - lv.min(axis=1)
         good = spread <= SPREAD_MAX
         q0 = p0[members]
-        res = np.empty((len(times), len(bl), m))
+        res = np.empty((len(times), len(bl), m, r))
         if good.any():
             res[:, good] = _eigh_route(net, members[good], e, b, local, src, q0[good], times, good)
             info["eigh"] += int(good.sum())
@@ -141,7 +149,7 @@ def propagate(net: Network, p0, times):
         idx = np.flatnonzero(np.isin(net.block, big))
         out[:, idx] = _sparse_route(net, idx, p0[idx], times)
         info["sparse"] += len(big)
-    return out, info
+    return (out[:, :, 0] if vec else out), info
 
 
 def _subset_edges(e, b, mask):
@@ -161,20 +169,32 @@ def _eigh_route(net, members, e, b, local, src, q0p, times, mask):
     A[b, local[y], local[x]] = np.exp(net.log_rate[e] + 0.5 * (net.lnV[x] - net.lnV[y]))
     A = 0.5 * (A + A.transpose(0, 2, 1))
     A[:, np.arange(m), np.arange(m)] = -net.exit_rate[members]
-    lam, U = np.linalg.eigh(A)
-    # the stationary pair is known exactly: eigenvalue 0, eigenvector ∝ sqrt(V)
+    # the stationary pair is known exactly (eigenvalue 0, eigenvector u0 ∝ sqrt(V)): deflate it.
+    # A Householder reflection H with H e_0 = ±u0 gives an orthonormal complement Q = H[:, 1:]
+    # of u0; eigh of Q^T A Q yields the other modes, orthogonal to u0 to rounding.
     u0 = np.exp(0.5 * (lv - lv0))
     u0 /= np.linalg.norm(u0, axis=1, keepdims=True)
-    k0 = np.argmax(np.abs(np.einsum("bi,bik->bk", u0, U)), axis=1)
-    U[np.arange(nb), :, k0] = u0
-    lam[np.arange(nb), k0] = 0.0
-    lam = np.minimum(lam, 0.0)
+    w = u0.copy()
+    w[:, 0] += np.where(u0[:, 0] >= 0, 1.0, -1.0)
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    H = np.eye(m)[None] - 2.0 * w[:, :, None] * w[:, None, :]
+    Q = H[:, :, 1:]
+    lam1, U1 = np.linalg.eigh(np.matmul(Q.transpose(0, 2, 1), np.matmul(A, Q)))
+    U = np.concatenate([u0[:, :, None], np.matmul(Q, U1)], axis=2)
+    lam = np.concatenate([np.zeros((nb, 1)), np.minimum(lam1, 0.0)], axis=1)
     half = np.exp(0.5 * (lv - lv0))  # sqrt(V / V_max) per block
-    q0 = q0p / half
-    c = np.einsum("bik,bi->bk", U, q0)
+    q0 = q0p / half[:, :, None]
+    c = np.matmul(U.transpose(0, 2, 1), q0)  # (nb, m, r)
     expo = np.exp(lam[None, :, :] * times[:, None, None])  # (n_t, nb, m)
-    q = np.einsum("bik,tbk->tbi", U, expo * c[None])
-    return np.maximum(q * half[None], 0.0)
+    q = np.matmul(U[None], expo[..., None] * c[None])  # batched BLAS
+    return np.maximum(q * half[None, :, :, None], 0.0)
+
+
+def _stochastic_expm(Wt):
+    """``expm`` of generators, each column renormalised to sum 1: scaling and squaring of a stiff
+    generator leaks probability (up to 1e-3 seen); the exact propagator conserves it."""
+    P = scipy.linalg.expm(Wt)
+    return P / P.sum(axis=-2, keepdims=True)
 
 
 def _expm_route(net, members, e, b, local, src, q0, times, mask):
@@ -184,17 +204,17 @@ def _expm_route(net, members, e, b, local, src, q0, times, mask):
     W = np.zeros((nb, m, m))
     W[b, local[y], local[x]] = net.rate[e]
     W[:, np.arange(m), np.arange(m)] = -net.exit_rate[members]
-    out = np.empty((len(times), nb, m))
+    out = np.empty((len(times), nb, m, q0.shape[-1]))
     cur = q0.copy()
-    out[0] = cur if times[0] == 0 else np.einsum("bij,bj->bi", scipy.linalg.expm(W * times[0]), cur)
+    out[0] = cur if times[0] == 0 else np.matmul(_stochastic_expm(W * times[0]), cur)
     cur = out[0]
     cache = {}
     for k in range(1, len(times)):
         dt = times[k] - times[k - 1]
         key = round(dt, 14)
         if key not in cache:
-            cache[key] = scipy.linalg.expm(W * dt)
-        cur = np.einsum("bij,bj->bi", cache[key], cur)
+            cache[key] = _stochastic_expm(W * dt)
+        cur = np.matmul(cache[key], cur)
         out[k] = cur
     return np.maximum(out, 0.0)
 
@@ -203,7 +223,7 @@ def _sparse_route(net, idx, q0, times):
     pos = np.full(net.n_states, -1)
     pos[idx] = np.arange(len(idx))
     W = net.generator()[idx][:, idx].tocsc()
-    out = np.empty((len(times), len(idx)))
+    out = np.empty((len(times), len(idx), q0.shape[-1]))
     cur = q0.copy()
     t_prev = 0.0
     for k, t in enumerate(times):
