@@ -70,3 +70,67 @@ def validation_figures(ens, sol, outdir):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def analysis_figures(ens, res, outdir):
+    """Heat distributions, trajectory entropy production and IFT, exchange FT, activity."""
+    from pathlib import Path
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    hd = res["heat_distribution"]
+    baths = list(dict.fromkeys(hd["bath"]))
+    fig, axes = plt.subplots(1, len(baths), figsize=(5.5 * len(baths), 4), constrained_layout=True, squeeze=False)
+    for ax, b in zip(axes[0], baths):
+        for t, g in hd[hd["bath"] == b].groupby("t"):
+            ok = g["P_mc"] > 0
+            line = ax.errorbar(g["Q"][ok], g["P_mc"][ok], yerr=1.96 * g["P_mc_se"][ok], fmt="o", ms=3, label=f"t={t:g}")
+            if "P_exact" in g:
+                ax.plot(g["Q"], g["P_exact"], "-", color=line[0].get_color(), lw=1)
+        ax.set_yscale("log")
+        ax.set(xlabel=f"heat Q from bath {b}", ylabel="P(Q)", title=f"heat distribution, bath {b} (lines: exact)")
+        ax.legend(fontsize=8)
+    paths.append(outdir / "heat_distribution.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    if "entropy_production" in res:
+        ep = res["entropy_production"]
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+        ds = res["delta_s_final"]
+        ds = ds[np.isfinite(ds)]
+        ax[0].hist(ds, bins=60, density=True, color="C0", alpha=0.7)
+        ax[0].axvline(ep["Sigma_exact"].iloc[-1], color="k", lw=1, label="exact Delta S_obs")
+        ax[0].axvline(ep["mean_ds"].iloc[-1], color="C1", ls="--", label="MC mean")
+        ax[0].set(xlabel="Delta s_obs", ylabel="density", title=f"trajectory entropy production, t={ep['t'].iloc[-1]:g}")
+        ax[0].legend(fontsize=8)
+        ax[1].errorbar(ep["t"], ep["ift_mc"], yerr=1.96 * ep["ift_se"], fmt="o", ms=3, label="<exp(-Delta s_obs)> (MC)")
+        ax[1].plot(ep["t"], ep["ift_exact"], "k-", lw=1, label="exact")
+        ax[1].set(xlabel="t", ylabel="<exp(-Delta s_obs)>", title="integral fluctuation theorem")
+        ax[1].legend(fontsize=8)
+        paths.append(outdir / "entropy_production.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    if "exchange_ft" in res and len(res["exchange_ft"]):
+        ft = res["exchange_ft"]
+        fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
+        ax.errorbar(ft["sigma"], ft["log_ratio"], yerr=1.96 * ft["log_ratio_se"], fmt="o", ms=3, label="MC")
+        s = np.linspace(0, ft["sigma"].max(), 2)
+        ax.plot(s, s, "k-", lw=1, label="theorem: slope 1")
+        ax.set(xlabel="sigma", ylabel="ln P(sigma)/P(-sigma)",
+               title=f"exchange FT: slope {res['ft_slope']:.3f} ± {res['ft_slope_se']:.3f}")
+        ax.legend(fontsize=8)
+        paths.append(outdir / "exchange_ft.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    rec = ens.records
+    if rec is not None:
+        fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
+        n = rec["jumps"][:, -1]
+        vals, cnt = np.unique(n, return_counts=True)
+        ax.bar(vals, cnt / cnt.sum(), width=0.9)
+        ax.set(xlabel="number of jumps", ylabel="probability", title=f"activity up to t={ens.times[-1]:g}")
+        paths.append(outdir / "activity.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
