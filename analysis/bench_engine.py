@@ -97,7 +97,7 @@ def run_baseline(plan, n, threads):
     nb.set_num_threads(threads)
     counts = np.zeros((nb.config.NUMBA_NUM_THREADS, len(plan.times), plan.network.n_states), np.int64)
     t0 = time.perf_counter()
-    j = baseline_kernel(12345, n, a["cum0"], a["support"], a["indptr"], a["target"], a["cum"],
+    j = baseline_kernel(12345, n, a["cum0"], a["support"], plan.network.indptr, a["target"], a["cum"],
                         plan.network.exit_rate, a["times"], counts)
     return time.perf_counter() - t0, int(j)
 

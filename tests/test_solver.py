@@ -156,12 +156,16 @@ def test_solve_accepts_model_path_and_dict(tmp_path):
     np.testing.assert_array_equal(a.p, c.p)
 
 
-def test_solve_refuses_a_driven_model():
+def test_solve_a_driven_model_segment_by_segment():
     d = get_model_dict("qubit_osc_sqrt")
     d["protocol"] = [{"time": 1.0, "energies": [0, 2]}]
-    trajmc.load_model(d)  # a valid model ...
-    with pytest.raises(trajmc.UnsupportedError):  # ... that this solver cannot do yet
-        trajmc.solve(d)
+    sol = trajmc.solve(d)
+    # before the switch the driven solution is the undriven one
+    d0 = get_model_dict("qubit_osc_sqrt")
+    ref = trajmc.solve(d0)
+    before = sol.times < 1.0
+    assert np.max(np.abs(sol.p[before] - ref.p[before])) <= 1e-13
+    assert "W" in sol.thermo().columns
     assert issubclass(trajmc.UnsupportedError, trajmc.TrajmcError)
 
 

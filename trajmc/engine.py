@@ -20,9 +20,9 @@ import numba
 import numpy as np
 
 from . import _kernel, _rng
-from .errors import ModelError, TrajmcError, UnsupportedError
+from .errors import ModelError, TrajmcError
 from .model import load_model
-from .network import Network, build_network
+from .network import Network, build_segments
 
 __all__ = ["Plan", "Accumulators", "make_plan", "run_plan", "Interrupted", "resolve_seed"]
 
@@ -74,6 +74,11 @@ class Plan:
     record: bool
     paths: int
     arrays: dict = field(repr=False)
+    segments: list = field(default=None, repr=False)  # [(start time, Network)] of the protocol
+
+    @property
+    def driven(self) -> bool:
+        return len(self.arrays["seg_t"]) > 1
 
     @property
     def n_chunks(self) -> int:
@@ -93,6 +98,8 @@ class Accumulators:
     heat: np.ndarray  # (n_t, H) int64
     jumps: np.ndarray  # (n_chunks,) int64 jumps per chunk
     chunks_done: int = 0
+    work: np.ndarray | None = None  # (n_t, HW) int64 histogram of the work done so far (driven models)
+    rec_w: np.ndarray | None = None  # (trajectories, n_t) int32
     rec_x: np.ndarray | None = None  # (trajectories, n_t) int32
     rec_n: np.ndarray | None = None
     path_t: np.ndarray | None = None
@@ -104,20 +111,37 @@ class Accumulators:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-def _kernel_arrays(net: Network, times):
-    model = net.model
-    n = net.n_states
+def _edge_arrays(net: Network):
+    """CSR rows, targets, cumulative jump probabilities and inverse exit rates of one segment."""
     src = net.source
     exit_rate = net.exit_rate
     with np.errstate(divide="ignore"):
         inv_exit = np.where(exit_rate > 0, 1.0 / np.where(exit_rate > 0, exit_rate, 1.0), 0.0)
     # cumulative jump probabilities within each row, the last of each row exactly 1
-    cum = np.empty(net.n_edges)
     for_rows = np.cumsum(net.rate)
     row_base = np.concatenate([[0.0], for_rows])[net.indptr[:-1]]
-    cum[:] = (for_rows - row_base[src]) / np.where(exit_rate[src] > 0, exit_rate[src], 1.0)
+    cum = (for_rows - row_base[src]) / np.where(exit_rate[src] > 0, exit_rate[src], 1.0)
     last = net.indptr[1:][np.diff(net.indptr) > 0] - 1
     cum[last] = 1.0
+    return net.indptr, net.target, cum, inv_exit
+
+
+def _kernel_arrays(segments, times):
+    """Everything the kernel reads, for the segment networks ``[(start time, Network)]``."""
+    net = segments[0][1]
+    model = net.model
+    n = net.n_states
+    parts = [_edge_arrays(nt) for _, nt in segments]
+    offs = np.concatenate([[0], np.cumsum([len(p[1]) for p in parts])])
+    indptr = np.stack([p[0] + o for p, o in zip(parts, offs)]).astype(np.int64)
+    target = np.concatenate([p[1] for p in parts]).astype(np.int64)
+    cum = np.concatenate([p[2] for p in parts])
+    inv_exit = np.stack([p[3] for p in parts])
+    seg_t = np.array([t0 for t0, _ in segments[1:]] + [np.inf])
+    levels = np.stack([nt.energies for _, nt in segments])
+    dlev = np.zeros_like(levels)
+    dlev[1:] = levels[1:] - levels[:-1]
+    wmax = int(np.abs(dlev).max(axis=1).sum())
     support = np.flatnonzero(net.p0 > 0).astype(np.int64)
     cum0 = np.cumsum(net.p0[support])
     cum0 /= cum0[-1]
@@ -137,9 +161,11 @@ def _kernel_arrays(net: Network, times):
     emax = np.array([b.emax for b in model.baths], dtype=np.int64)
     widths = 2 * emax + 1
     hoff = (np.concatenate([[0], np.cumsum(widths)[:-1]]) + emax).astype(np.int64)
-    return {"cum0": cum0, "support": support, "indptr": net.indptr, "target": net.target, "cum": cum,
-            "inv_exit": inv_exit, "times": np.append(np.asarray(times, dtype=np.float64), np.inf), "g0f": g0, "E": E,
-            "hoff": hoff, "H": int(widths.sum()), "emax": emax}
+    return {"cum0": cum0, "support": support, "indptr": indptr, "target": target, "cum": cum,
+            "inv_exit": inv_exit, "seg_t": seg_t, "dlev": dlev, "s_of": net.states[:, 0].copy(),
+            "times": np.append(np.asarray(times, dtype=np.float64), np.inf), "g0f": g0, "E": E,
+            "hoff": hoff, "H": int(widths.sum()), "emax": emax, "woff": wmax, "HW": 2 * wmax + 1,
+            "levels": levels}
 
 
 def make_plan(model, trajectories=None, seed=None, times=None, chunk_size=None, records=None, paths=0) -> Plan:
@@ -147,9 +173,6 @@ def make_plan(model, trajectories=None, seed=None, times=None, chunk_size=None, 
     model = load_model(model)
     if times is not None:
         model = model.with_times(times)
-    if model.protocol:
-        raise UnsupportedError("protocol: driven models are not supported yet (the driving issue adds them); "
-                               "remove [[protocol]] to simulate the undriven model")
     sim = model.simulation
     trajectories = sim["trajectories"] if trajectories is None else trajectories
     if isinstance(trajectories, bool) or not isinstance(trajectories, (int, np.integer)) or trajectories < 1:
@@ -160,11 +183,12 @@ def make_plan(model, trajectories=None, seed=None, times=None, chunk_size=None, 
     if isinstance(paths, bool) or not isinstance(paths, (int, np.integer)) or not 0 <= paths <= 1000:
         raise ModelError("paths", f"must be an integer in 0..1000, got {paths!r}")
     entropy = resolve_seed(sim["seed"] if seed is None else seed)
-    net = build_network(model)
+    segments = build_segments(model)
+    net = segments[0][1]
     n_t = len(model.times)
     if records is None:
         records = int(trajectories) * n_t <= AUTO_RECORD_LIMIT
-    arrays = _kernel_arrays(net, model.times)
+    arrays = _kernel_arrays(segments, model.times)
     # cross sums are exact int64 fixed point, so adding them is associative: the largest power-of-two
     # scale that cannot overflow for this many trajectories (resolution ~1e-8 or finer in practice)
     gmax = float(np.abs(arrays["g0f"]).max()) + 1.0
@@ -173,16 +197,19 @@ def make_plan(model, trajectories=None, seed=None, times=None, chunk_size=None, 
     arrays["g0"] = np.round(arrays["g0f"] * scale).astype(np.int64)
     return Plan(model=model, network=net, times=model.times, entropy=entropy, trajectories=int(trajectories),
                 chunk_size=int(chunk_size), record=bool(records), paths=int(min(paths, chunk_size, trajectories)),
-                arrays=arrays)
+                arrays=arrays, segments=segments)
 
 
 def new_accumulators(plan: Plan) -> Accumulators:
     n_t, n = len(plan.times), plan.network.n_states
     acc = Accumulators(counts=np.zeros((n_t, n), np.int64), cross=np.zeros((n_t, n, 2), np.int64),
                        heat=np.zeros((n_t, plan.arrays["H"]), np.int64), jumps=np.zeros(plan.n_chunks, np.int64))
+    acc.work = np.zeros((n_t, plan.arrays["HW"]), np.int64)
     if plan.record:
         acc.rec_x = np.zeros((plan.trajectories, n_t), np.int32)
         acc.rec_n = np.zeros((plan.trajectories, n_t), np.int32)
+        if plan.driven:
+            acc.rec_w = np.zeros((plan.trajectories, n_t), np.int32)
     acc.path_t = np.zeros((plan.paths, PATH_CAPACITY))
     acc.path_x = np.zeros((plan.paths, PATH_CAPACITY), np.int64)
     acc.path_len = np.zeros(plan.paths, np.int64)
@@ -196,23 +223,28 @@ def compile_kernel() -> float:
     """Compile (or load from numba's cache) the kernel once per process; returns the seconds it took."""
     if _COMPILED["seconds"] is None:
         t0 = time.perf_counter()
-        a = {"cum0": np.array([1.0]), "support": np.array([0], np.int64), "indptr": np.array([0, 1, 2], np.int64),
-             "target": np.array([1, 0], np.int64), "cum": np.array([1.0, 1.0]), "inv_exit": np.array([1.0, 1.0]),
+        a = {"cum0": np.array([1.0]), "support": np.array([0], np.int64),
+             "indptr": np.array([[0, 1, 2]], np.int64), "target": np.array([1, 0], np.int64),
+             "cum": np.array([1.0, 1.0]), "inv_exit": np.array([[1.0, 1.0]]), "seg_t": np.array([np.inf]),
+             "dlev": np.zeros((1, 2), np.int64), "s_of": np.array([0, 1], np.int64),
              "times": np.array([0.0, 1.0, np.inf]), "g0": np.zeros((2, 2), np.int64), "E": np.zeros((2, 1), np.int64),
-             "hoff": np.array([0], np.int64)}
+             "hoff": np.array([0], np.int64), "woff": 0}
         T = numba.config.NUMBA_NUM_THREADS
         _call_wave(a, np.array([_rng.chunk_state(0, 0)]), np.array([3], np.int64), np.zeros((T, 2, 2), np.int64),
-                   np.zeros((T, 2, 2, 2), np.int64), np.zeros((T, 2, 1), np.int64), np.zeros(1, np.int64),
-                   np.zeros((0, 2), np.int32), np.zeros((0, 2), np.int32), np.zeros(1, np.int64),
-                   np.zeros((0, 1)), np.zeros((0, 1), np.int64), np.zeros(0, np.int64))
+                   np.zeros((T, 2, 2, 2), np.int64), np.zeros((T, 2, 1), np.int64), np.zeros((T, 1, 1), np.int64),
+                   np.zeros(1, np.int64), np.zeros((0, 2), np.int32), np.zeros((0, 2), np.int32),
+                   np.zeros((0, 2), np.int32), np.zeros(1, np.int64), np.zeros((0, 1)), np.zeros((0, 1), np.int64),
+                   np.zeros(0, np.int64))
         _COMPILED["seconds"] = time.perf_counter() - t0
     return _COMPILED["seconds"]
 
 
-def _call_wave(a, states, sizes, counts, cross, heat, jumps, rec_x, rec_n, rec_off, path_t, path_x, path_len):
+def _call_wave(a, states, sizes, counts, cross, heat, work, jumps, rec_x, rec_n, rec_w, rec_off, path_t, path_x,
+               path_len):
     _kernel.run_wave(states, sizes, a["cum0"], a["support"], a["indptr"], a["target"], a["cum"], a["inv_exit"],
-                     a["times"], a["g0"], a["E"], a["hoff"], counts, cross, heat, jumps, rec_x, rec_n, rec_off,
-                     path_t, path_x, path_len, _rng.ZIG_K, _rng.ZIG_W, _rng.ZIG_F)
+                     a["seg_t"], a["dlev"], a["s_of"], a["times"], a["g0"], a["E"], a["hoff"], counts, cross, heat,
+                     work, a["woff"], jumps, rec_x, rec_n, rec_w, rec_off, path_t, path_x, path_len,
+                     _rng.ZIG_K, _rng.ZIG_W, _rng.ZIG_F)
 
 
 def resolve_threads(threads) -> int:
@@ -243,6 +275,7 @@ def run_plan(plan: Plan, acc: Accumulators, threads: int, progress=None, checkpo
     counts = np.zeros((threads, n, n_t), np.int64)  # state-major inside the kernel
     cross = np.zeros((threads, n, n_t, 2), np.int64)
     heat = np.zeros((threads, a["H"], n_t), np.int64)
+    work = np.zeros((threads, a["HW"] if plan.driven else 1, n_t), np.int64)
     last_ck = time.perf_counter()
     end = plan.n_chunks if stop_after is None else min(plan.n_chunks, stop_after)
     t_start = time.perf_counter()
@@ -252,6 +285,9 @@ def run_plan(plan: Plan, acc: Accumulators, threads: int, progress=None, checkpo
         for buf, total in ((counts, acc.counts), (cross, acc.cross), (heat, acc.heat)):
             total += np.swapaxes(buf.sum(axis=0), 0, 1)
             buf[:] = 0
+        if plan.driven:
+            acc.work += work.sum(axis=0).T
+            work[:] = 0
 
     try:
         while acc.chunks_done < end:
@@ -267,12 +303,13 @@ def run_plan(plan: Plan, acc: Accumulators, threads: int, progress=None, checkpo
                 rx, rn = acc.rec_x[lo:hi], acc.rec_n[lo:hi]
             else:
                 rx = rn = np.zeros((0, n_t), np.int32)
+            rw = acc.rec_w[lo:hi] if acc.rec_w is not None else np.zeros((0, n_t), np.int32)
             if c0 == 0 and plan.paths:
                 pt, px, pl = acc.path_t, acc.path_x, acc.path_len
             else:
                 pt, px, pl = np.zeros((0, 1)), np.zeros((0, 1), np.int64), np.zeros(0, np.int64)
             with _signals_deferred():  # a wave and its bookkeeping happen entirely or not at all
-                _call_wave(a, states, sizes, counts, cross, heat, jumps, rx, rn, rec_off, pt, px, pl)
+                _call_wave(a, states, sizes, counts, cross, heat, work, jumps, rx, rn, rw, rec_off, pt, px, pl)
                 acc.jumps[c0:c1] = jumps
                 acc.chunks_done = c1
                 acc.wall_s = wall0 + time.perf_counter() - t_start

@@ -9,6 +9,7 @@ import pandas as pd
 
 from . import engine
 from .estimate import BIAS_CORRECTION, SE_METHOD, thermo_estimates
+from .network import levels_at
 from .thermo import space_of
 
 __all__ = ["simulate", "Ensemble"]
@@ -83,7 +84,10 @@ class Ensemble:
     def records(self):
         if self.acc.rec_x is None:
             return None
-        return {"x": self.acc.rec_x, "jumps": self.acc.rec_n}
+        rec = {"x": self.acc.rec_x, "jumps": self.acc.rec_n}
+        if self.acc.rec_w is not None:
+            rec["work"] = self.acc.rec_w
+        return rec
 
     @property
     def paths(self):
@@ -95,8 +99,19 @@ class Ensemble:
         (``df.attrs['bias_correction']``), error bars by the delta method (``df.attrs['se_method']``)."""
         a = self.plan.arrays
         scale = a["g_scale"]
+        driven = self.plan.driven
         return thermo_estimates(self.times, self.acc.counts, self.acc.cross / scale, self.acc.heat, a["hoff"],
-                                a["emax"], self.trajectories, space_of(self.network), a["g0"] / scale)
+                                a["emax"], self.trajectories, space_of(self.network), a["g0"] / scale,
+                                levels=levels_at(self.plan.segments, self.times) if driven else None,
+                                work=self.acc.work if driven else None, woff=a["woff"])
+
+    def work_distribution(self, t_index=-1) -> pd.Series:
+        """Histogram of the work done on the system up to ``times[t_index]`` (integer energies)."""
+        a = self.plan.arrays
+        h = self.acc.work[t_index]
+        w = np.arange(-a["woff"], a["woff"] + 1)
+        keep = h > 0
+        return pd.Series(h[keep] / self.trajectories, index=pd.Index(w[keep], name="W"), name="P(W)")
 
     def __repr__(self):
         return (f"<Ensemble {self.model.name!r}: {self.trajectories} trajectories, {self.stats.get('jumps')} jumps, "

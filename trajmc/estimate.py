@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import xlogy
 
-from .thermo import Space, assemble, functionals
+from .thermo import Space, assemble, functionals, state_energies
 
 __all__ = ["thermo_estimates", "BIAS_CORRECTION", "SE_METHOD"]
 
@@ -63,7 +63,8 @@ def entropy_bias(c):
     return jk, mm
 
 
-def thermo_estimates(times, counts, cross, heat, hoff, emax, N, space: Space, g0) -> pd.DataFrame:
+def thermo_estimates(times, counts, cross, heat, hoff, emax, N, space: Space, g0, levels=None, work=None,
+                     woff=0) -> pd.DataFrame:
     """Thermodynamic table with ``<col>_se`` columns from the accumulators.
 
     Parameters
@@ -72,11 +73,13 @@ def thermo_estimates(times, counts, cross, heat, hoff, emax, N, space: Space, g0
     hoff, emax : (N_b,) heat-histogram offsets and grid tops per bath
     N : int, number of trajectories
     g0 : (n, 2) the initial-state functions summed in ``cross`` (see engine)
+    levels : (n_t, n_levels), optional   level energies in force (driven models)
+    work : (n_t, 2 woff + 1) int64, optional   histogram of the work done so far (driven models)
     """
     p = counts / N
     s, E = space.s, space.E
     n_b = E.shape[1]
-    cols = functionals(p, space)
+    cols = functionals(p, space, levels)
     cs = np.stack([np.bincount(s, weights=r, minlength=space.n_levels) for r in counts])
     cEs = [np.stack([np.bincount(E[:, nu], weights=r, minlength=len(space.bath_lnV[nu])) for r in counts])
            for nu in range(n_b)]
@@ -140,7 +143,12 @@ def thermo_estimates(times, counts, cross, heat, hoff, emax, N, space: Space, g0
         q2["D"] = sum(chi(k) for k in KE)
     else:
         se["D"] = np.full(len(times), np.nan)
-    se["E_S"], _ = _var(p, space.eps)
+    se["E_S"], _ = _var(p, state_energies(space, levels))
+    if work is not None:
+        wv = np.arange(-woff, woff + 1, dtype=float)
+        hw = work / N
+        cols["W"] = hw @ wv
+        se["W"] = np.maximum(hw @ (wv * wv) - cols["W"] ** 2, 0.0)
     se["lnV"], _ = _var(p, space.lnV)
     df = assemble(times, cols, space)
     # differences over time: Sigma, Sigma_tilde, Q (influence phi_t(x_t) - phi_0(x_0))

@@ -199,32 +199,53 @@ def initial_support(model):
     return states, p
 
 
-def build_network(model: Model, energies=None) -> Network:
+def segment_energies(model):
+    """``[(start time, level energies)]`` of the protocol segments (one segment when undriven)."""
+    out = [(0.0, np.asarray(model.energies, dtype=np.int64))]
+    for st in model.protocol:
+        out.append((float(st.time), np.asarray(st.energies, dtype=np.int64)))
+    return out
+
+
+def reachable_codes(model, energy_sets):
+    """Codes of the states reachable from the initial support under any of ``energy_sets``."""
+    space = int(np.prod(_radix(model).astype(float)))
+    if space > MAX_SPACE:
+        raise UnsupportedError(f"the joint grid has {space:.3g} points (> {MAX_SPACE:.0e}); reduce emax or the number of baths")
+    s0, _ = initial_support(model)
+    seen = np.zeros(space, dtype=bool)
+    frontier = np.unique(_encode(s0, model))
+    seen[frontier] = True
+    while len(frontier):
+        new = []
+        for en in energy_sets:
+            _, tgt, _, _, _ = _edges(model, en, frontier)
+            new.append(tgt[~seen[tgt]])
+        frontier = np.unique(np.concatenate(new))
+        seen[frontier] = True
+    return np.flatnonzero(seen).astype(np.int64)
+
+
+def build_network(model: Model, energies=None, codes=None) -> Network:
     """Build the network reachable from the initial support.
 
     Parameters
     ----------
     model : Model
     energies : array of int, optional
-        System level energies (default: the model's); a driven model has one
-        network per protocol segment on the same state set.
+        System level energies (default: the model's initial ones).
+    codes : array of int64, optional
+        The state set (default: everything reachable under ``energies``); a driven model uses
+        one state set, closed under every segment, for all its segment networks.
     """
     energies = model.energies if energies is None else np.asarray(energies, dtype=np.int64)
-    space = int(np.prod(_radix(model).astype(float)))
-    if space > MAX_SPACE:
-        raise UnsupportedError(f"the joint grid has {space:.3g} points (> {MAX_SPACE:.0e}); reduce emax or the number of baths")
+    if codes is None:
+        codes = reachable_codes(model, [energies])
     s0, p = initial_support(model)
-    seen = np.zeros(space, dtype=bool)
-    frontier = np.unique(_encode(s0, model))
-    seen[frontier] = True
-    while len(frontier):
-        _, tgt, _, _, _ = _edges(model, energies, frontier)
-        new = np.unique(tgt[~seen[tgt]])
-        seen[new] = True
-        frontier = new
-    codes = np.flatnonzero(seen).astype(np.int64)
     states = _decode(codes, model)
     src, tgt_code, bath, dE, lr = _edges(model, energies, codes)
+    inside = np.isin(tgt_code, codes)  # a segment's edges may leave a state set built for others
+    src, tgt_code, bath, dE, lr = src[inside], tgt_code[inside], bath[inside], dE[inside], lr[inside]
     order = np.lexsort((tgt_code, bath, src))  # deterministic edge order within a row
     src, tgt_code, bath, dE, lr = src[order], tgt_code[order], bath[order], dE[order], lr[order]
     target = np.searchsorted(codes, tgt_code).astype(np.int64)
@@ -244,3 +265,17 @@ def build_network(model: Model, energies=None) -> Network:
     return Network(model=model, energies=energies, states=states, lnV=lnV, p0=p0, indptr=indptr,
                    target=target, bath=bath.astype(np.int64), dE=dE.astype(np.int64), log_rate=lr, rate=rate,
                    exit_rate=exit_rate, block=block.astype(np.int64), shell=shell.astype(np.int64))
+
+
+def build_segments(model: Model):
+    """One network per protocol segment on a common state set: ``[(start time, Network)]``."""
+    segs = segment_energies(model)
+    codes = reachable_codes(model, [e for _, e in segs])
+    return [(t0, build_network(model, e, codes)) for t0, e in segs]
+
+
+def levels_at(segments, times):
+    """Level energies in force at ``times`` ((n_t, n_levels)); segment k covers [t_k, t_{k+1})."""
+    starts = np.array([t0 for t0, _ in segments])
+    k = np.searchsorted(starts, np.asarray(times, dtype=float), side="right") - 1
+    return np.stack([segments[i][1].energies for i in k]).astype(float)

@@ -85,7 +85,9 @@ def analysis_figures(ens, res, outdir):
     for ax, b in zip(axes[0], baths):
         for t, g in hd[hd["bath"] == b].groupby("t"):
             ok = g["P_mc"] > 0
-            line = ax.errorbar(g["Q"][ok], g["P_mc"][ok], yerr=1.96 * g["P_mc_se"][ok], fmt="o", ms=3, label=f"t={t:g}")
+            lo = np.minimum(1.96 * g["P_mc_se"][ok], 0.95 * g["P_mc"][ok])  # keep bars on the log axis
+            line = ax.errorbar(g["Q"][ok], g["P_mc"][ok], yerr=[lo, 1.96 * g["P_mc_se"][ok]], fmt="o", ms=3,
+                               label=f"t={t:g}")
             if "P_exact" in g:
                 ax.plot(g["Q"], g["P_exact"], "-", color=line[0].get_color(), lw=1)
         ax.set_yscale("log")

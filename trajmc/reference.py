@@ -64,13 +64,14 @@ def reference_chunk(arrays, state, n_traj):
 
     Returns
     -------
-    list of dict, one per trajectory: ``x`` (state at each sample time), ``jumps`` (at each
-    sample time), ``path_t``, ``path_x`` (every jump), ``total_jumps``.
+    list of dict, one per trajectory: ``x`` (state at each sample time), ``jumps`` and ``work``
+    (at each sample time), ``path_t``, ``path_x`` (every jump), ``total_jumps``.
     """
     rng = ReferenceRNG(state)
     cum0, support = arrays["cum0"].tolist(), arrays["support"].tolist()
     indptr, target, cum = arrays["indptr"].tolist(), arrays["target"].tolist(), arrays["cum"].tolist()
     inv_exit, times = arrays["inv_exit"].tolist(), arrays["times"][:-1].tolist()
+    seg_t, dlev, s_of = arrays["seg_t"].tolist(), arrays["dlev"].tolist(), arrays["s_of"].tolist()
     n_t = len(times)
     out = []
     for _ in range(n_traj):
@@ -83,27 +84,35 @@ def reference_chunk(arrays, state, n_traj):
             else:
                 lo = mid + 1
         x = support[lo]
-        t, k, nj = 0.0, 0, 0
-        xs, js, pt, px = [], [], [0.0], [x]
+        t, k, nj, seg, w = 0.0, 0, 0, 0, 0
+        xs, js, ws, pt, px = [], [], [], [0.0], [x]
         while True:
-            a, b = indptr[x], indptr[x + 1]
-            tn = math.inf if a == b else t + rng.next_exponential() * inv_exit[x]
+            a, b = indptr[seg][x], indptr[seg][x + 1]
+            tn = math.inf if a == b else t + rng.next_exponential() * inv_exit[seg][x]
+            switch = tn >= seg_t[seg]  # protocol switch first: the waiting time is drawn afresh after it
+            if switch:
+                tn = seg_t[seg]
             while k < n_t and times[k] < tn:
                 xs.append(x)
                 js.append(nj)
+                ws.append(w)
                 k += 1
             if k == n_t:
                 break
+            t = tn
+            if switch:
+                seg += 1
+                w += dlev[seg][s_of[x]]
+                continue
             j = a
             if b - a > 1:
                 u = rng.next_double()
                 while j < b - 1 and u >= cum[j]:
                     j += 1
             x = target[j]
-            t = tn
             nj += 1
             pt.append(t)
             px.append(x)
-        out.append({"x": np.array(xs), "jumps": np.array(js), "path_t": np.array(pt), "path_x": np.array(px),
-                    "total_jumps": nj})
+        out.append({"x": np.array(xs), "jumps": np.array(js), "work": np.array(ws), "path_t": np.array(pt),
+                    "path_x": np.array(px), "total_jumps": nj})
     return out

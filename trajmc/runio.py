@@ -76,7 +76,7 @@ def git_commit():
 def accumulator_checksum(acc) -> str:
     """SHA-256 over the raw accumulators: any later change to the stored data is detected."""
     h = hashlib.sha256()
-    for a in (acc.counts, acc.cross, acc.heat, acc.jumps, np.array(acc.chunks_done)):
+    for a in (acc.counts, acc.cross, acc.heat, acc.work, acc.jumps, np.array(acc.chunks_done)):
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
 
@@ -119,14 +119,16 @@ def _resolved_model_toml(plan):
 
 
 def _save_accumulators(run_dir, plan, acc):
-    arrays = {"counts": acc.counts, "cross": acc.cross, "heat": acc.heat, "jumps": acc.jumps,
+    arrays = {"counts": acc.counts, "cross": acc.cross, "heat": acc.heat, "work": acc.work, "jumps": acc.jumps,
               "chunks_done": np.array(acc.chunks_done), "wall_s": np.array(acc.wall_s),
               "states": plan.network.states, "path_t": acc.path_t, "path_x": acc.path_x, "path_len": acc.path_len}
     atomic_write(run_dir / "accumulators.npz", lambda fh: np.savez(fh, **arrays))
     if acc.rec_x is not None:
         done = min(acc.chunks_done * plan.chunk_size, plan.trajectories)
-        atomic_write(run_dir / "records.npz",
-                     lambda fh: np.savez_compressed(fh, x=acc.rec_x[:done], jumps=acc.rec_n[:done]))
+        rec = {"x": acc.rec_x[:done], "jumps": acc.rec_n[:done]}
+        if acc.rec_w is not None:
+            rec["work"] = acc.rec_w[:done]
+        atomic_write(run_dir / "records.npz", lambda fh: np.savez_compressed(fh, **rec))
 
 
 class RunWriter:
@@ -227,22 +229,26 @@ def _read(run_dir, allow_partial=False):
         raise RunError(f"{run_dir}: model.toml was changed after the run (its physics digest differs from provenance.json)")
     want = prov.get("checksums", {}).get("accumulators_sha256")
     probe = engine.Accumulators(counts=arr["counts"], cross=arr["cross"], heat=arr["heat"], jumps=arr["jumps"],
-                                chunks_done=done)
+                                chunks_done=done, work=arr["work"])
     if want != accumulator_checksum(probe):
         raise RunError(f"{run_dir}: accumulators.npz does not match the checksum in provenance.json (altered data?)")
     if done < plan.n_chunks and not allow_partial:
         raise RunError(f"{run_dir}: incomplete run ({done} of {plan.n_chunks} chunks); "
                        f"finish it with `python -m trajmc simulate --resume {run_dir}`")
     acc = engine.Accumulators(counts=arr["counts"], cross=arr["cross"], heat=arr["heat"], jumps=arr["jumps"],
-                              chunks_done=done, path_t=arr["path_t"], path_x=arr["path_x"],
+                              chunks_done=done, work=arr["work"], path_t=arr["path_t"], path_x=arr["path_x"],
                               path_len=arr["path_len"], wall_s=float(arr["wall_s"]))
     if plan.record:
         acc.rec_x = np.zeros((plan.trajectories, n_t), np.int32)
         acc.rec_n = np.zeros((plan.trajectories, n_t), np.int32)
+        if plan.driven:
+            acc.rec_w = np.zeros((plan.trajectories, n_t), np.int32)
         if (run_dir / "records.npz").is_file():
             with np.load(run_dir / "records.npz") as z:
                 acc.rec_x[:len(z["x"])] = z["x"]
                 acc.rec_n[:len(z["jumps"])] = z["jumps"]
+                if acc.rec_w is not None and "work" in z.files:
+                    acc.rec_w[:len(z["work"])] = z["work"]
     return plan, acc, prov
 
 

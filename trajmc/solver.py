@@ -21,9 +21,8 @@ import scipy.linalg
 import scipy.sparse as sp
 from scipy.sparse.linalg import expm_multiply
 
-from .errors import UnsupportedError
 from .model import Model, load_model
-from .network import Network, build_network
+from .network import Network, build_segments, levels_at
 from .thermo import space_of, thermo_table
 
 __all__ = ["solve", "Solution", "propagate"]
@@ -45,13 +44,22 @@ class Solution:
     info : dict (how many blocks each method solved)
     """
 
-    def __init__(self, model, network, times, p, info):
+    def __init__(self, model, network, times, p, info, segments=None):
         self.model = model
         self.network = network
         self.times = times
         self.p = p
         self.info = info
+        self.segments = segments if segments is not None else [(0.0, network)]
         self._states = None
+
+    def levels(self) -> np.ndarray:
+        """Level energies in force at each sample time: (n_t, n_levels) (a switch at t counts at t)."""
+        return levels_at(self.segments, self.times)
+
+    def work(self) -> np.ndarray:
+        """Mean work done on the system up to each sample time (0 for an undriven model)."""
+        return mean_work(self.segments, self.network.p0, self.times)
 
     @property
     def states(self) -> pd.DataFrame:
@@ -61,7 +69,7 @@ class Solution:
 
     def thermo(self) -> pd.DataFrame:
         """PHYSICS.md §4 quantities at every sample time (see :func:`trajmc.thermo.thermo_table`)."""
-        return thermo_table(self.times, self.p, space_of(self.network))
+        return thermo_table(self.times, self.p, space_of(self.network), levels=self.levels(), work=self.work())
 
     def p_system(self) -> np.ndarray:
         """System marginal ``p_s(t)``: (n_t, n_levels)."""
@@ -89,12 +97,55 @@ def solve(model, times=None) -> Solution:
     model = load_model(model)
     if times is not None:
         model = model.with_times(times)
-    if model.protocol:
-        raise UnsupportedError("protocol: driven models are not supported yet (the driving issue adds them); "
-                               "remove [[protocol]] to solve the undriven model")
-    net = build_network(model)
-    p, info = propagate(net, net.p0, model.times)
-    return Solution(model, net, model.times, p, info)
+    segments = build_segments(model)
+    p, info, _ = propagate_segments(segments, segments[0][1].p0, model.times)
+    return Solution(model, segments[0][1], model.times, p, info, segments)
+
+
+def propagate_segments(segments, p0, times, at_switch=None):
+    """Propagate through the protocol segments ``[(start, Network)]``, one segment at a time.
+
+    ``at_switch(k, p)`` may transform the (n[, r]) state entering segment ``k`` (k >= 1), e.g. to
+    book the work done at the switch.  Returns (p at ``times``, info, states at each switch).
+    """
+    times = np.asarray(times, dtype=float)
+    cur = np.asarray(p0, dtype=float)
+    out = np.empty((len(times),) + cur.shape)
+    info = {}
+    at_sw = []
+    bounds = [t0 for t0, _ in segments] + [np.inf]
+    for k, (t0, net) in enumerate(segments):
+        if k > 0:
+            at_sw.append(cur)
+            if at_switch is not None:
+                cur = at_switch(k, cur)
+        t1 = bounds[k + 1]
+        sel = np.flatnonzero((times >= t0) & (times < t1))
+        rel = list(times[sel] - t0)
+        if np.isfinite(t1):
+            rel.append(t1 - t0)
+        if not rel:
+            continue
+        pk, ik = propagate(net, cur, np.array(rel))
+        for key, v in ik.items():
+            info[key] = info.get(key, 0) + v
+        out[sel] = pk[:len(sel)]
+        cur = pk[-1]
+    return out, info, at_sw
+
+
+def mean_work(segments, p0, times):
+    """``W(t) = sum over switches t_k <= t of <eps_new(s) - eps_old(s)>`` at the switch."""
+    times = np.asarray(times, dtype=float)
+    if len(segments) == 1:
+        return np.zeros(len(times))
+    _, _, at_sw = propagate_segments(segments, p0, [times[0]])
+    s = segments[0][1].states[:, 0]
+    W = np.zeros(len(times))
+    for k in range(1, len(segments)):
+        d = (segments[k][1].energies - segments[k - 1][1].energies)[s]
+        W[times >= segments[k][0]] += float(at_sw[k - 1] @ d)
+    return W
 
 
 def propagate(net: Network, p0, times):

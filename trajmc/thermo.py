@@ -95,24 +95,36 @@ def total_correlation(p, space: Space, ps=None, pEs=None):
     return out if np.ndim(p) == 2 else out[0]
 
 
-def thermo_table(times, p, space: Space) -> pd.DataFrame:
+def thermo_table(times, p, space: Space, levels=None, work=None) -> pd.DataFrame:
     """All PHYSICS.md §4 quantities of ``p`` (n_t, n) at ``times``, as a DataFrame indexed by ``t``.
 
     Columns: ``S_obs, Sigma, Sigma_tilde, S_sh, I, D, E_S``, per bath ``E_<b>, Q_<b>, S_B_<b>, D_<b>``,
     and ``lnV`` (mean ln V_x).  ``D = sum_nu D[p_E_nu || pi_nu]`` (NaN without a canonical reference);
     ``Sigma - Sigma_tilde = -I - D`` for a product start with canonical baths (Eq. 60).
+    Driven models: ``levels`` (n_t, n_levels) are the energies in force at each time and ``work``
+    the mean work so far; the table gains ``W`` and the first law ``dE_S + sum dE_<b> = W``.
     """
-    cols = functionals(p, space)
+    cols = functionals(p, space, levels)
+    if work is not None:
+        cols["W"] = np.asarray(work, dtype=float)
     return assemble(times, cols, space)
 
 
-def functionals(p, space: Space) -> dict:
+def state_energies(space: Space, levels=None, n_t=1):
+    """System energy of each state at each time: (n_t, n) (or the undriven (n,))."""
+    if levels is None:
+        return space.eps
+    return np.asarray(levels, dtype=float)[:, space.s]
+
+
+def functionals(p, space: Space, levels=None) -> dict:
     """The state functions of each row of ``p``: dict of (n_t,) arrays."""
     p = np.atleast_2d(p)
+    eps = state_energies(space, levels)
     ps = marginal_system(p, space)
     pEs = [marginal_bath(p, space, nu) for nu in range(len(space.bath_names))]
     out = {"S_obs": observational_entropy(p, space.lnV), "S_sh": shannon(ps),
-           "I": total_correlation(p, space, ps, pEs), "E_S": p @ space.eps, "lnV": p @ space.lnV}
+           "I": total_correlation(p, space, ps, pEs), "E_S": np.sum(p * eps, axis=-1), "lnV": p @ space.lnV}
     D = np.zeros(p.shape[0])
     for nu, (name, pE) in enumerate(zip(space.bath_names, pEs)):
         out[f"E_{name}"] = p @ space.E[:, nu].astype(float)
@@ -134,7 +146,7 @@ def assemble(times, cols: dict, space: Space) -> pd.DataFrame:
         c[f"Q_{name}"] = -dE
         st = st + space.beta[nu] * dE
     c["Sigma_tilde"] = st
-    order = ["S_obs", "Sigma", "Sigma_tilde", "S_sh", "I", "D", "E_S"]
+    order = ["S_obs", "Sigma", "Sigma_tilde", "S_sh", "I", "D", "E_S"] + (["W"] if "W" in c else [])
     for name in space.bath_names:
         order += [f"E_{name}", f"Q_{name}", f"S_B_{name}", f"D_{name}"]
     order += ["lnV"]

@@ -206,6 +206,7 @@ def ReproduceChunks(ctx):
         acc = engine.Accumulators(counts=np.zeros((n_t, n), np.int64), cross=np.zeros((n_t, n, 2), np.int64),
                                   heat=np.zeros((n_t, plan.arrays["H"]), np.int64),
                                   jumps=np.zeros(plan.n_chunks, np.int64), chunks_done=c,
+                                  work=np.zeros((n_t, plan.arrays["HW"]), np.int64),
                                   path_t=np.zeros((plan.paths, engine.PATH_CAPACITY)),
                                   path_x=np.zeros((plan.paths, engine.PATH_CAPACITY), np.int64),
                                   path_len=np.zeros(plan.paths, np.int64))
