@@ -56,10 +56,11 @@ def heat_tables(ens, sol, idx):
         a = ens.plan.arrays
         em, off = int(a["emax"][nu]), int(a["hoff"][nu])
         q = -np.arange(-em, em + 1)  # heat into the system = -(bath energy change)
-        exact_d = fl.heat_distribution(net, nu, ens.times[idx])
+        exact_d = fl.heat_distribution(sol.segments, nu, ens.times[idx])
         exact_k = None
         if 4 * net.n_states <= COUNTING_LIMIT:
-            exact_k = fl.cumulants_from_moments(fl.counting_moments(net, fl.heat_weights(net, nu), ens.times[idx]))
+            exact_k = fl.cumulants_from_moments(fl.counting_moments(
+                sol.segments, lambda nk, nu=nu: fl.heat_weights(nk, nu), ens.times[idx]))
         for j, k in enumerate(idx):
             h = ens.acc.heat[k, off - em: off + em + 1].astype(float)
             P = h / N
@@ -145,7 +146,8 @@ def activity_table(ens, sol):
     N = ens.trajectories
     exact = None
     if 4 * sol.network.n_states <= COUNTING_LIMIT:
-        exact = fl.cumulants_from_moments(fl.counting_moments(sol.network, np.ones(sol.network.n_edges), ens.times))
+        exact = fl.cumulants_from_moments(fl.counting_moments(sol.segments, lambda nk: np.ones(nk.n_edges),
+                                                              ens.times))
     rows = []
     for k, t in enumerate(ens.times):
         row = {"t": t}
@@ -161,6 +163,36 @@ def activity_table(ens, sol):
     return pd.DataFrame(rows)
 
 
+def work_tables(ens, sol):
+    """Driven models: work distribution at the last time (MC ± SE, exact), and Jarzynski over time."""
+    if not ens.plan.driven:
+        return None
+    a = ens.plan.arrays
+    N = ens.trajectories
+    wv = np.arange(-a["woff"], a["woff"] + 1)
+    w_ex, P_ex = fl.work_distribution(sol.segments, ens.times)
+    Pm = ens.acc.work[-1] / N
+    dist = pd.DataFrame({"W": wv, "P_mc": Pm, "P_mc_se": np.sqrt(Pm * (1 - Pm) / N),
+                         "P_exact": np.interp(wv, w_ex, P_ex[-1], left=0.0, right=0.0)})
+    dist = dist[(dist.P_mc > 0) | (dist.P_exact > 1e-14)]
+    beta = fl.global_gibbs_beta(ens.model, sol.network)
+    gibbs = beta is not None
+    if beta is None:
+        finite = [ens.model.beta_ref(nu) for nu in range(ens.model.n_baths) if np.isfinite(ens.model.beta_ref(nu))]
+        beta = finite[0] if finite else None
+    jar = None
+    if beta is not None:
+        e = np.exp(-beta * wv)
+        h = ens.acc.work / N
+        mean = h @ e
+        se = np.sqrt(np.maximum(h @ e**2 - mean**2, 0.0) / max(N - 1, 1))
+        exact = fl.tilted_work_average(sol.segments, ens.times, beta)
+        jar = pd.DataFrame({"t": ens.times, "beta": beta, "exp_mbW_mc": mean, "exp_mbW_se": se, "exp_mbW_exact": exact,
+                            "Z_ratio": fl.gibbs_ratio(sol.segments, beta) if gibbs else np.nan,
+                            "mean_W_mc": h @ wv, "mean_W_exact": P_ex @ w_ex})
+    return dist, jar, gibbs
+
+
 def analyze(ens, sol, times=None):
     """All fluctuation statistics of an ensemble as a dict of DataFrames (and FT slope)."""
     idx = _choose_times(ens.times, times)
@@ -168,6 +200,11 @@ def analyze(ens, sol, times=None):
     out["heat_distribution"], out["heat_cumulants"] = heat_tables(ens, sol, idx)
     out["activity"] = activity_table(ens, sol)
     out["absolute_irreversibility"] = fl.absolute_irreversibility(sol.network)
+    wt = work_tables(ens, sol)
+    if wt is not None:
+        out["work_distribution"], jar, out["gibbs_start"] = wt
+        if jar is not None:
+            out["jarzynski"] = jar
     if ens.records is not None:
         ds = delta_s_obs(ens, sol)
         out["entropy_production"] = entropy_production_table(ens, sol, ds)
@@ -215,6 +252,11 @@ def _print_summary(ens, res, run_dir):
         if "ft_slope" in res:
             print(f"exchange FT: slope of ln P(sigma)/P(-sigma) vs sigma = {res['ft_slope']:.4f} ± "
                   f"{res['ft_slope_se']:.4f} (theorem: 1)")
+        if "jarzynski" in res:
+            j = res["jarzynski"].iloc[-1]
+            ref = f"Z_final/Z_0 = {j.Z_ratio:.5f}" if res.get("gibbs_start") else f"exact {j.exp_mbW_exact:.5f}"
+            print(f"work: <W> = {j.mean_W_mc:.4f} (exact {j.mean_W_exact:.4f}); <exp(-{j.beta:g} W)> = "
+                  f"{j.exp_mbW_mc:.5f} ± {j.exp_mbW_se:.5f} vs {ref}" + (" (Jarzynski)" if res.get("gibbs_start") else ""))
         act = res["activity"].iloc[-1]
         print(f"activity at t={act.t:g}: mean jumps {act.get('mean_mc', np.nan):.4f} (exact {act.get('mean_exact', np.nan):.4f})")
     print(f"tables in {run_dir / 'analysis'}, figures in {run_dir / 'figures'}")

@@ -30,33 +30,46 @@ def heat_weights(net: Network, nu: int) -> np.ndarray:
     return np.where(net.bath == nu, -net.dE, 0).astype(float)
 
 
-def counting_moments(net: Network, weights, times, order=3, p0=None) -> np.ndarray:
+def _segments(net_or_segments):
+    if isinstance(net_or_segments, Network):
+        return [(0.0, net_or_segments)]
+    return list(net_or_segments)
+
+
+def counting_moments(net, weights, times, order=3, p0=None) -> np.ndarray:
     """Raw moments ``E[N(t)^j]``, j = 1..order, of ``N = sum over jumps of weights[edge]``.
 
-    Returns (n_t, order).  Solves the augmented linear system exactly (``expm_multiply``).
+    ``net`` is a Network or the protocol segments ``[(start, Network)]``; ``weights`` a per-edge
+    array, or a function ``Network -> per-edge array`` (needed when segments differ).
+    Returns (n_t, order).  Solves the augmented linear system exactly (``expm_multiply``),
+    one segment at a time (the moments carry over a switch unchanged).
     """
-    n = net.n_states
-    p0 = net.p0 if p0 is None else p0
-    src, tgt, k = net.source, net.target, net.rate
-    w = np.asarray(weights, dtype=float)
-    mats = [net.generator()]
-    for i in range(1, order + 1):
-        mats.append(sp.coo_matrix((k * w**i, (tgt, src)), shape=(n, n)).tocsr())
-    blocks = [[None] * (order + 1) for _ in range(order + 1)]
-    for j in range(order + 1):
-        for i in range(j + 1):
-            blocks[j][j - i] = comb(j, i, exact=True) * mats[i]
-    A = sp.bmat(blocks, format="csr")
-    v = np.zeros((order + 1) * n)
-    v[:n] = p0
+    segs = _segments(net)
+    n = segs[0][1].n_states
+    p0 = segs[0][1].p0 if p0 is None else p0
     times = np.asarray(times, dtype=float)
     out = np.empty((len(times), order))
-    cur, t_prev = v, 0.0
-    for m, t in enumerate(times):
-        if t > t_prev:
-            cur = expm_multiply(A * (t - t_prev), cur)
-        t_prev = t
-        out[m] = cur.reshape(order + 1, n)[1:].sum(axis=1)
+    cur = np.zeros((order + 1) * n)
+    cur[:n] = p0
+    bounds = [t0 for t0, _ in segs] + [np.inf]
+    t_prev = 0.0
+    for k, (t0, nk) in enumerate(segs):
+        w = np.asarray(weights(nk) if callable(weights) else weights, dtype=float)
+        src, tgt, rate = nk.source, nk.target, nk.rate
+        mats = [nk.generator()] + [sp.coo_matrix((rate * w**i, (tgt, src)), shape=(n, n)).tocsr()
+                                    for i in range(1, order + 1)]
+        blocks = [[None] * (order + 1) for _ in range(order + 1)]
+        for j in range(order + 1):
+            for i in range(j + 1):
+                blocks[j][j - i] = comb(j, i, exact=True) * mats[i]
+        A = sp.bmat(blocks, format="csr")
+        stops = [t for t in times if t0 <= t < bounds[k + 1]]
+        for t in stops + ([bounds[k + 1]] if np.isfinite(bounds[k + 1]) else []):
+            if t > t_prev:
+                cur = expm_multiply(A * (t - t_prev), cur)
+            t_prev = t
+            if t in stops:
+                out[np.flatnonzero(times == t)] = cur.reshape(order + 1, n)[1:].sum(axis=1)
     return out
 
 
@@ -66,11 +79,16 @@ def cumulants_from_moments(mu) -> np.ndarray:
     return np.stack([m1, m2 - m1**2, m3 - 3 * m2 * m1 + 2 * m1**3], axis=-1)
 
 
-def heat_distribution(net: Network, nu: int, times):
-    """Exact ``P(Q_nu = q)`` at ``times``: dict ``q -> (n_t,)`` probabilities, or None if too large.
+def heat_distribution(net, nu: int, times):
+    """Exact ``P(Q_nu = q)`` at ``times``: (q values, (n_t, n_q) probabilities), or None if too large.
 
     ``Q_nu = E_nu(x_0) - E_nu(x_t)``: propagate the initial distribution split by its bath energy.
+    ``net`` is a Network or the protocol segments.
     """
+    from .solver import propagate_segments
+
+    segs = _segments(net)
+    net = segs[0][1]
     E = net.states[:, 1 + nu]
     e0 = np.unique(E[net.p0 > 0])
     if len(e0) * net.n_states > HEAT_EXACT_LIMIT:
@@ -79,7 +97,7 @@ def heat_distribution(net: Network, nu: int, times):
     col = np.searchsorted(e0, E)
     on = net.p0 > 0
     P0[np.flatnonzero(on), col[on]] = net.p0[on]
-    pt, _ = propagate(net, P0, times)  # (n_t, n, groups)
+    pt, _, _ = propagate_segments(segs, P0, times)  # (n_t, n, groups)
     emax = net.model.baths[nu].emax
     out = np.zeros((len(times), 2 * emax + 1))
     for g, e in enumerate(e0):
@@ -115,3 +133,72 @@ def absolute_irreversibility(net: Network) -> bool:
     occupied = np.zeros(net.n_blocks, bool)
     occupied[net.block[net.p0 > 0]] = True
     return bool(np.any(occupied[net.block] & (net.p0 <= 0)))
+
+
+def _level_steps(segments):
+    """Work on each state at the switch into segment k: list of (n,) int arrays, k = 1..."""
+    s = segments[0][1].states[:, 0]
+    return [(segments[k][1].energies - segments[k - 1][1].energies)[s] for k in range(1, len(segments))]
+
+
+def work_distribution(segments, times):
+    """Exact ``P(W = w)`` at ``times`` for a driven model: (w values, (n_t, n_w) probabilities).
+
+    Propagates one column per accumulated work value and moves probability between columns at
+    each switch (the work of a switch is fixed by the level occupied then).
+    """
+    from .solver import propagate_segments
+
+    steps = _level_steps(segments)
+    wmax = int(sum(np.abs(d).max() for d in steps)) if steps else 0
+    net = segments[0][1]
+    P0 = np.zeros((net.n_states, 2 * wmax + 1))
+    P0[:, wmax] = net.p0
+    rows = np.arange(net.n_states)
+
+    def shift(k, P):
+        out = np.zeros_like(P)
+        d = steps[k - 1]
+        for j in range(P.shape[1]):
+            ok = (j + d >= 0) & (j + d < P.shape[1])  # outside: work never reached, probability 0
+            np.add.at(out, (rows[ok], (j + d)[ok]), P[ok, j])
+        return out
+
+    pt, _, _ = propagate_segments(segments, P0, times, at_switch=shift)
+    return np.arange(-wmax, wmax + 1), pt.sum(axis=1)
+
+
+def tilted_work_average(segments, times, beta):
+    """Exact ``<exp(-beta W)>`` at ``times`` by tilting the distribution with ``exp(-beta dW)`` at
+    every switch (independent of :func:`work_distribution`)."""
+    from .solver import propagate_segments
+
+    steps = _level_steps(segments)
+    pt, _, _ = propagate_segments(segments, segments[0][1].p0, times,
+                                  at_switch=lambda k, p: p * np.exp(-beta * steps[k - 1]))
+    return pt.sum(axis=1)
+
+
+def gibbs_ratio(segments, beta):
+    """``Z(lambda_final) / Z(lambda_0)``, ``Z = sum_x V_x exp(-beta (eps_s + sum E))`` over the grid states."""
+    from scipy.special import logsumexp
+
+    net = segments[0][1]
+    Etot = net.states[:, 1:].sum(axis=1)
+    lz = [logsumexp(net.lnV - beta * (nt.energies[net.states[:, 0]] + Etot)) for _, nt in (segments[0], segments[-1])]
+    return float(np.exp(lz[1] - lz[0]))
+
+
+def global_gibbs_beta(model, net, tol=1e-12):
+    """The beta at which the initial state is the global Gibbs state ``∝ V e^{-beta(eps + E)}``, else None."""
+    from scipy.special import logsumexp
+
+    cands = {model.system_gibbs_beta} | {model.beta_ref(nu) for nu in range(model.n_baths)}
+    for beta in cands:
+        if beta is None or not np.isfinite(beta):
+            continue
+        x = net.lnV - beta * (net.energies[net.states[:, 0]] + net.states[:, 1:].sum(axis=1))
+        g = np.exp(x - logsumexp(x))
+        if np.max(np.abs(g - net.p0)) <= tol:
+            return float(beta)
+    return None

@@ -125,6 +125,24 @@ def analysis_figures(ens, res, outdir):
         paths.append(outdir / "exchange_ft.png")
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
+    if "work_distribution" in res:
+        wd = res["work_distribution"]
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+        ax[0].bar(wd["W"], wd["P_exact"], width=0.8, color="0.8", label="exact")
+        ax[0].errorbar(wd["W"], wd["P_mc"], yerr=1.96 * wd["P_mc_se"], fmt="o", ms=4, label="MC")
+        ax[0].set(xlabel="work W", ylabel="P(W)", title=f"work distribution, t={ens.times[-1]:g}")
+        ax[0].legend(fontsize=8)
+        if "jarzynski" in res:
+            j = res["jarzynski"]
+            ax[1].errorbar(j["t"], j["exp_mbW_mc"], yerr=1.96 * j["exp_mbW_se"], fmt="o", ms=3, label="MC")
+            ax[1].plot(j["t"], j["exp_mbW_exact"], "k-", lw=1, label="exact")
+            if res.get("gibbs_start"):
+                ax[1].axhline(j["Z_ratio"].iloc[0], color="C3", ls="--", lw=1, label="Z_final / Z_0")
+            ax[1].set(xlabel="t", ylabel="<exp(-beta W)>", title="Jarzynski equality")
+            ax[1].legend(fontsize=8)
+        paths.append(outdir / "work.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
     rec = ens.records
     if rec is not None:
         fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)

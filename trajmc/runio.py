@@ -34,7 +34,9 @@ from .model import load_model
 
 __all__ = ["RunWriter", "save_run", "load_run", "provenance", "default_run_dir"]
 
-SCHEMA = 1
+SCHEMA = 2
+ACC_KEYS = ("counts", "cross", "heat", "work", "jumps", "chunks_done", "wall_s", "states", "path_t", "path_x",
+            "path_len")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -216,6 +218,10 @@ def _read(run_dir, allow_partial=False):
             arr = {k: z[k] for k in z.files}
     except (OSError, ValueError) as exc:
         raise RunError(f"{run_dir}/accumulators.npz: unreadable ({exc})") from None
+    missing = [k for k in ACC_KEYS if k not in arr]
+    if missing or prov.get("schema_version") != SCHEMA:
+        raise RunError(f"{run_dir}: run directory schema {prov.get('schema_version')} (this trajmc reads {SCHEMA})"
+                       + (f"; accumulators.npz lacks {', '.join(missing)}" if missing else ""))
     n_t, n = len(plan.times), plan.network.n_states
     if arr["states"].shape != plan.network.states.shape or not np.array_equal(arr["states"], plan.network.states):
         raise RunError(f"{run_dir}: the stored states do not belong to model.toml (was the model edited?)")

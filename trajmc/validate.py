@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from . import engine
+from . import fluctuations as fl
+from .network import levels_at
 from .stats import g_test, holm, z_pvalue
 
 __all__ = ["CHECKS", "CheckResult", "run_checks", "validate_run", "validate_cli"]
@@ -125,14 +127,15 @@ def EnergyConservation(ctx):
     bad = 0
     n = 0
     rec = ens.records
-    if rec is not None:
+    if rec is not None and not ens.plan.driven:  # driven: shells move at the switches (FirstLawPerTrajectory)
         x = rec["x"]
         bad = int(np.count_nonzero(shell[x] != shell[x[:, :1]]))
         n = x.size
     # sum over baths of the mean heat equals the mean system energy change (one-line first law)
     th = ctx["th"]
     q = sum(th[f"Q_{b}"] for b in ens.model.bath_names)
-    err = float(np.max(np.abs(q - (th["E_S"] - th["E_S"].iloc[0]))))
+    w = th["W"] if "W" in th else 0.0
+    err = float(np.max(np.abs(q + w - (th["E_S"] - th["E_S"].iloc[0]))))
     passed = bad == 0 and err < 1e-9
     return CheckResult("EnergyConservation", "exact", statistic=bad, max_error=err, passed=passed,
                        detail=f"{bad} of {n} recorded samples left their shell; first law of mean heats: "
@@ -192,6 +195,85 @@ def SteadyStateInShells(ctx):
     r = g_test(ens.counts[-1], ss)
     return CheckResult("SteadyStateInShells", "statistical", statistic=r.statistic, pvalue=r.pvalue,
                        detail=f"G = {r.statistic:.1f}, df = {r.df}; exact distance {tv:.1e}")
+
+
+@check
+def FirstLawPerTrajectory(ctx):
+    """Every recorded trajectory: Delta E_S + sum_nu Delta E_nu = W exactly (integers)."""
+    ens = ctx["ens"]
+    rec = ens.records
+    if rec is None:
+        return CheckResult("FirstLawPerTrajectory", "skipped", detail="the run kept no per-trajectory records")
+    st = ens.network.states
+    x = rec["x"]
+    lev = levels_at(ens.plan.segments, ens.times).astype(np.int64)
+    es = lev[np.arange(len(ens.times))[None, :], st[x, 0]]
+    eb = st[x, 1:].sum(axis=-1)
+    w = rec.get("work", 0)
+    viol = (es - es[:, :1]) + (eb - eb[:, :1]) - w
+    bad = int(np.count_nonzero(viol))
+    return CheckResult("FirstLawPerTrajectory", "exact", statistic=bad, max_error=float(np.abs(viol).max()),
+                       passed=bad == 0, detail=f"{bad} of {viol.size} (trajectory, time) pairs violate the first law")
+
+
+def _work_beta(model, net):
+    beta = fl.global_gibbs_beta(model, net)
+    if beta is not None:
+        return beta, True
+    for nu in range(model.n_baths):
+        if np.isfinite(model.beta_ref(nu)):
+            return model.beta_ref(nu), False
+    return None, False
+
+
+@check
+def JarzynskiVsExact(ctx):
+    """<exp(-beta W)> at the last time against the exact tilted value (= Z_final/Z_0 from a Gibbs start)."""
+    ens, sol = ctx["ens"], ctx["sol"]
+    if not ens.plan.driven:
+        return CheckResult("JarzynskiVsExact", "skipped", detail="undriven model (no protocol)")
+    beta, gibbs = _work_beta(ens.model, sol.network)
+    if beta is None:
+        return CheckResult("JarzynskiVsExact", "skipped", detail="no inverse temperature in the model")
+    a = ens.plan.arrays
+    wv = np.arange(-a["woff"], a["woff"] + 1)
+    h = ens.acc.work[-1] / ens.trajectories
+    e = np.exp(-beta * wv)
+    mean = float(h @ e)
+    se = float(np.sqrt(max(h @ e**2 - mean**2, 0.0) / max(ens.trajectories - 1, 1)))
+    exact = float(fl.tilted_work_average(sol.segments, ens.times[-1:], beta)[0])
+    z = (mean - exact) / se if se > 0 else 0.0
+    extra = ""
+    if gibbs:
+        ratio = fl.gibbs_ratio(sol.segments, beta)
+        extra = f"; Gibbs start: exact equals Z_final/Z_0 = {ratio:.6g} (error {abs(exact - ratio):.1e})"
+    res = CheckResult("JarzynskiVsExact", "statistical", statistic=z, pvalue=float(z_pvalue(z)),
+                      detail=f"<exp(-{beta:g} W)> = {mean:.5g} ± {se:.2g}, exact {exact:.6g}{extra}")
+    if gibbs and abs(exact - fl.gibbs_ratio(sol.segments, beta)) > Z_EXACT_TOL:
+        res.kind, res.passed = "exact", False
+    return res
+
+
+@check
+def WorkDistributionVsExact(ctx):
+    """Distribution of the work done so far at every sample time: G-test."""
+    ens, sol = ctx["ens"], ctx["sol"]
+    if not ens.plan.driven:
+        return CheckResult("WorkDistributionVsExact", "skipped", detail="undriven model (no protocol)")
+    w, P = fl.work_distribution(sol.segments, ens.times)
+    woff = ens.plan.arrays["woff"]
+    res = []
+    for k in range(len(ens.times)):
+        obs = np.zeros(len(w))
+        hw = ens.acc.work[k]
+        idx = np.arange(-woff, woff + 1)
+        m = np.isin(idx, w)
+        obs[np.searchsorted(w, idx[m])] = hw[m]
+        res.append(g_test(obs, P[k]))
+    p = [r.pvalue for r in res]
+    k = int(np.argmin(p))
+    return CheckResult("WorkDistributionVsExact", "statistical", statistic=res[k].statistic, pvalue=_min_holm(p),
+                       detail=f"worst time t = {ens.times[k]:g}: G = {res[k].statistic:.1f}, df = {res[k].df}")
 
 
 @check
