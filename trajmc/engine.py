@@ -9,7 +9,6 @@ accumulators after the first ``k`` chunks, and ``resume`` continues at chunk ``k
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import threading
@@ -31,17 +30,31 @@ AUTO_RECORD_LIMIT = 20_000_000
 PATH_CAPACITY = 2000
 
 
-@contextlib.contextmanager
-def _signals_deferred():
-    """Hold SIGINT/SIGTERM until the block ends (main thread only), so it is never cut in half."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+class StopFlag:
+    """While installed (main thread only), SIGINT/SIGTERM only set a flag, read between waves.
+
+    A signal may be delivered to a numba worker thread in the middle of a wave; with a raising
+    handler the KeyboardInterrupt would surface between the wave and its bookkeeping.  Here the
+    run stops at the next wave boundary, so the checkpoint always matches ``chunks_done``.
+    """
+
+    def __init__(self):
+        self.set = False
+        self._old = None
+
+    def _handler(self, signum, frame):
+        self.set = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            for sig, h in self._old.items():
+                signal.signal(sig, h)
+        return False
 
 
 class Interrupted(TrajmcError):
@@ -259,7 +272,7 @@ def resolve_threads(threads) -> int:
 
 
 def run_plan(plan: Plan, acc: Accumulators, threads: int, progress=None, checkpoint=None,
-             checkpoint_every=2.0, stop_after=None) -> Accumulators:
+             checkpoint_every=2.0, stop_after=None, stop=None) -> Accumulators:
     """Run the chunks ``acc.chunks_done .. n_chunks-1`` (or up to ``stop_after``) into ``acc``.
 
     ``checkpoint(acc)`` is called at most every ``checkpoint_every`` seconds and on
@@ -289,45 +302,46 @@ def run_plan(plan: Plan, acc: Accumulators, threads: int, progress=None, checkpo
             acc.work += work.sum(axis=0).T
             work[:] = 0
 
+    stop = stop if stop is not None else StopFlag()
     try:
-        while acc.chunks_done < end:
-            c0 = acc.chunks_done
-            c1 = min(end, c0 + W)
-            jumps = np.zeros(c1 - c0, np.int64)
-            states = np.array([_rng.chunk_state(plan.entropy, i) for i in range(c0, c1)])
-            sizes = plan.chunk_sizes(c0, c1)
-            rec_off = ((np.arange(c0, c1) - c0) * plan.chunk_size).astype(np.int64)
-            if acc.rec_x is not None:
-                lo = c0 * plan.chunk_size
-                hi = lo + int(sizes.sum())
-                rx, rn = acc.rec_x[lo:hi], acc.rec_n[lo:hi]
-            else:
-                rx = rn = np.zeros((0, n_t), np.int32)
-            rw = acc.rec_w[lo:hi] if acc.rec_w is not None else np.zeros((0, n_t), np.int32)
-            if c0 == 0 and plan.paths:
-                pt, px, pl = acc.path_t, acc.path_x, acc.path_len
-            else:
-                pt, px, pl = np.zeros((0, 1)), np.zeros((0, 1), np.int64), np.zeros(0, np.int64)
-            with _signals_deferred():  # a wave and its bookkeeping happen entirely or not at all
+        with stop:
+            while acc.chunks_done < end:
+                if stop.set:
+                    raise KeyboardInterrupt
+                c0 = acc.chunks_done
+                c1 = min(end, c0 + W)
+                jumps = np.zeros(c1 - c0, np.int64)
+                states = np.array([_rng.chunk_state(plan.entropy, i) for i in range(c0, c1)])
+                sizes = plan.chunk_sizes(c0, c1)
+                rec_off = ((np.arange(c0, c1) - c0) * plan.chunk_size).astype(np.int64)
+                if acc.rec_x is not None:
+                    lo = c0 * plan.chunk_size
+                    hi = lo + int(sizes.sum())
+                    rx, rn = acc.rec_x[lo:hi], acc.rec_n[lo:hi]
+                else:
+                    rx = rn = np.zeros((0, n_t), np.int32)
+                rw = acc.rec_w[lo:hi] if acc.rec_w is not None else np.zeros((0, n_t), np.int32)
+                if c0 == 0 and plan.paths:
+                    pt, px, pl = acc.path_t, acc.path_x, acc.path_len
+                else:
+                    pt, px, pl = np.zeros((0, 1)), np.zeros((0, 1), np.int64), np.zeros(0, np.int64)
                 _call_wave(a, states, sizes, counts, cross, heat, work, jumps, rx, rn, rw, rec_off, pt, px, pl)
                 acc.jumps[c0:c1] = jumps
                 acc.chunks_done = c1
                 acc.wall_s = wall0 + time.perf_counter() - t_start
-            if progress is not None:
-                progress(c1)
-            if checkpoint is not None and time.perf_counter() - last_ck >= checkpoint_every:
-                with _signals_deferred():
+                if progress is not None:
+                    progress(c1)
+                if checkpoint is not None and time.perf_counter() - last_ck >= checkpoint_every:
                     flush()
-                checkpoint(acc)
-                last_ck = time.perf_counter()
-        with _signals_deferred():
+                    checkpoint(acc)
+                    last_ck = time.perf_counter()
             flush()
     except KeyboardInterrupt:
-        with _signals_deferred():
-            flush()
+        flush()
         acc.wall_s = wall0 + time.perf_counter() - t_start
         if checkpoint is not None:
-            checkpoint(acc)
+            with StopFlag():  # a second Ctrl-C must not cut the checkpoint in half
+                checkpoint(acc)
         raise Interrupted(f"interrupted after {acc.chunks_done} of {plan.n_chunks} chunks") from None
     finally:
         numba.set_parallel_chunksize(old_chunksize)

@@ -178,7 +178,7 @@ def thermo_estimates(times, counts, cross, heat, hoff, emax, N, space: Space, g0
             df[f"{c}_se"] = np.nan
         else:
             var = np.asarray(v, dtype=float) / max(N - 1, 1) + q2.get(c, 0.0) + np.asarray(sysb.get(c, 0.0)) ** 2
-            df[f"{c}_se"] = np.sqrt(var)
+            df[f"{c}_se"] = np.sqrt(var) if N > 1 else np.nan  # one trajectory has no spread to measure
     df.loc[df.index[0], ["Sigma", "Sigma_se", "Sigma_tilde", "Sigma_tilde_se"]] = 0.0
     for name in space.bath_names:
         df.loc[df.index[0], [f"Q_{name}", f"Q_{name}_se"]] = 0.0

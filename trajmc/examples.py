@@ -76,6 +76,19 @@ EXAMPLES = {
             "simulation": {"trajectories": 100_000, "seed": 5},
         },
     },
+    "driven-qubit": {
+        "description": "qubit in 40 oscillators, global Gibbs start (beta 0.5), gap raised 1 -> 3 -> 5 (Jarzynski)",
+        "model": {
+            "name": "driven-qubit",
+            "system": {"energies": [0, 1], "coupling": [[0, 1], [1, 0]]},
+            "baths": [{"name": "B", "dos": {"model": "oscillators", "n": 40, "quantum": 1}, "emax": 300,
+                       "kernel": {"model": "sqrt", "gamma": 1.0, "spectral": {"shape": "flat"}}}],
+            "initial": {"system": {"gibbs": True, "beta": 0.5}, "baths": [{"state": "canonical", "beta": 0.5}]},
+            "times": {"stop": 4.0, "num": 41},
+            "simulation": {"trajectories": 100_000, "seed": 6},
+            "protocol": [{"time": 1.0, "energies": [0, 3]}, {"time": 2.0, "energies": [0, 5]}],
+        },
+    },
 }
 
 DEFAULT_EXAMPLE = "qubit-oscillators"

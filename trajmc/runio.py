@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 import os
 import platform
 import subprocess
@@ -36,7 +37,7 @@ __all__ = ["RunWriter", "save_run", "load_run", "provenance", "default_run_dir"]
 
 SCHEMA = 2
 ACC_KEYS = ("counts", "cross", "heat", "work", "jumps", "chunks_done", "wall_s", "states", "path_t", "path_x",
-            "path_len")
+            "path_len", "checksum", "records_checksum")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -76,11 +77,26 @@ def git_commit():
 
 
 def accumulator_checksum(acc) -> str:
-    """SHA-256 over the raw accumulators: any later change to the stored data is detected."""
+    """SHA-256 over the raw accumulators and paths: any later change to the stored data is detected."""
     h = hashlib.sha256()
-    for a in (acc.counts, acc.cross, acc.heat, acc.work, acc.jumps, np.array(acc.chunks_done)):
+    for a in (acc.counts, acc.cross, acc.heat, acc.work, acc.jumps, np.array(acc.chunks_done), acc.path_t,
+              acc.path_x, acc.path_len):
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
+
+
+def _records_of(plan, acc):
+    """The finished trajectories' records (a prefix) and their checksum; (None, "") without records."""
+    if acc.rec_x is None:
+        return None, ""
+    done = min(acc.chunks_done * plan.chunk_size, plan.trajectories)
+    rec = {"x": acc.rec_x[:done], "jumps": acc.rec_n[:done]}
+    if acc.rec_w is not None:
+        rec["work"] = acc.rec_w[:done]
+    h = hashlib.sha256()
+    for k in sorted(rec):
+        h.update(np.ascontiguousarray(rec[k]).tobytes())
+    return rec, h.hexdigest()
 
 
 def provenance(plan, acc, stats=None, status="running", extra=None) -> dict:
@@ -121,16 +137,16 @@ def _resolved_model_toml(plan):
 
 
 def _save_accumulators(run_dir, plan, acc):
+    """Records first, then the accumulators with both checksums inside: one rename commits a checkpoint
+    (records written ahead of an older accumulators file are only read up to its ``chunks_done``)."""
+    rec, rec_sum = _records_of(plan, acc)
+    if rec is not None:
+        atomic_write(run_dir / "records.npz", lambda fh: np.savez_compressed(fh, **rec))
     arrays = {"counts": acc.counts, "cross": acc.cross, "heat": acc.heat, "work": acc.work, "jumps": acc.jumps,
               "chunks_done": np.array(acc.chunks_done), "wall_s": np.array(acc.wall_s),
-              "states": plan.network.states, "path_t": acc.path_t, "path_x": acc.path_x, "path_len": acc.path_len}
+              "states": plan.network.states, "path_t": acc.path_t, "path_x": acc.path_x, "path_len": acc.path_len,
+              "checksum": np.array(accumulator_checksum(acc)), "records_checksum": np.array(rec_sum)}
     atomic_write(run_dir / "accumulators.npz", lambda fh: np.savez(fh, **arrays))
-    if acc.rec_x is not None:
-        done = min(acc.chunks_done * plan.chunk_size, plan.trajectories)
-        rec = {"x": acc.rec_x[:done], "jumps": acc.rec_n[:done]}
-        if acc.rec_w is not None:
-            rec["work"] = acc.rec_w[:done]
-        atomic_write(run_dir / "records.npz", lambda fh: np.savez_compressed(fh, **rec))
 
 
 class RunWriter:
@@ -164,7 +180,9 @@ class RunWriter:
 
     def run(self, threads, progress=False) -> Ensemble:
         ens = execute(self.plan, self.acc, threads, progress, checkpoint=self.checkpoint)
-        save_run(ens, self.dir)
+        with engine.StopFlag():  # the run is finished: a late Ctrl-C must not leave half a directory
+            self.checkpoint(ens.acc)
+            save_run(ens, self.dir)
         return ens
 
 
@@ -216,7 +234,7 @@ def _read(run_dir, allow_partial=False):
     try:
         with np.load(run_dir / "accumulators.npz") as z:
             arr = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise RunError(f"{run_dir}/accumulators.npz: unreadable ({exc})") from None
     missing = [k for k in ACC_KEYS if k not in arr]
     if missing or prov.get("schema_version") != SCHEMA:
@@ -233,28 +251,34 @@ def _read(run_dir, allow_partial=False):
         raise RunError(f"{run_dir}: occupation counts do not add up to the {n_done} trajectories run (tampered?)")
     if prov.get("model", {}).get("digest") != model.digest:
         raise RunError(f"{run_dir}: model.toml was changed after the run (its physics digest differs from provenance.json)")
-    want = prov.get("checksums", {}).get("accumulators_sha256")
-    probe = engine.Accumulators(counts=arr["counts"], cross=arr["cross"], heat=arr["heat"], jumps=arr["jumps"],
-                                chunks_done=done, work=arr["work"])
-    if want != accumulator_checksum(probe):
+    acc = engine.Accumulators(counts=arr["counts"], cross=arr["cross"], heat=arr["heat"], jumps=arr["jumps"],
+                              chunks_done=done, work=arr["work"], path_t=arr["path_t"], path_x=arr["path_x"],
+                              path_len=arr["path_len"], wall_s=float(arr["wall_s"]))
+    have = accumulator_checksum(acc)
+    if str(arr["checksum"]) != have:
+        raise RunError(f"{run_dir}: accumulators.npz does not match its own checksum (altered data?)")
+    if prov.get("status") == "complete" and prov.get("checksums", {}).get("accumulators_sha256") != have:
         raise RunError(f"{run_dir}: accumulators.npz does not match the checksum in provenance.json (altered data?)")
     if done < plan.n_chunks and not allow_partial:
         raise RunError(f"{run_dir}: incomplete run ({done} of {plan.n_chunks} chunks); "
                        f"finish it with `python -m trajmc simulate --resume {run_dir}`")
-    acc = engine.Accumulators(counts=arr["counts"], cross=arr["cross"], heat=arr["heat"], jumps=arr["jumps"],
-                              chunks_done=done, work=arr["work"], path_t=arr["path_t"], path_x=arr["path_x"],
-                              path_len=arr["path_len"], wall_s=float(arr["wall_s"]))
     if plan.record:
         acc.rec_x = np.zeros((plan.trajectories, n_t), np.int32)
         acc.rec_n = np.zeros((plan.trajectories, n_t), np.int32)
         if plan.driven:
             acc.rec_w = np.zeros((plan.trajectories, n_t), np.int32)
-        if (run_dir / "records.npz").is_file():
+        keys = ("x", "jumps") + (("work",) if plan.driven else ())
+        try:
             with np.load(run_dir / "records.npz") as z:
-                acc.rec_x[:len(z["x"])] = z["x"]
-                acc.rec_n[:len(z["jumps"])] = z["jumps"]
-                if acc.rec_w is not None and "work" in z.files:
-                    acc.rec_w[:len(z["work"])] = z["work"]
+                rec = {k: z[k] for k in keys}
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise RunError(f"{run_dir}/records.npz: missing or unreadable ({exc})") from None
+        if any(len(r) < n_done for r in rec.values()):
+            raise RunError(f"{run_dir}/records.npz: holds fewer than the {n_done} finished trajectories")
+        for k, dst in zip(keys, (acc.rec_x, acc.rec_n, acc.rec_w)):
+            dst[:n_done] = rec[k][:n_done]
+        if _records_of(plan, acc)[1] != str(arr["records_checksum"]):
+            raise RunError(f"{run_dir}/records.npz: does not match the checksum in accumulators.npz (altered?)")
     return plan, acc, prov
 
 

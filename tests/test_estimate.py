@@ -1,0 +1,334 @@
+"""Monte Carlo estimates against the exact solver (PHYSICS.md §6), and honest error bars.
+
+Every comparison is seeded and statistical, with its false-alarm rate stated:
+
+* joint ``p_x(t)``: G-test with pooled sparse bins at each sample time, Holm-corrected over
+  the times at a family-wise false-alarm rate ``ALPHA = 1e-6``;
+* estimates with a standard error: ``|z| < Z_MAX = 5`` per test (two-sided normal false
+  alarm 5.7e-7 each; a model's family of ~100-150 z-tests has a false-alarm rate <~ 1e-4);
+* coverage of ``est ± 1.96 SE`` over many seeds: a binomial acceptance band at 1e-6.
+
+One deliberately wrong comparison per kind shows that the tests have power.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from scipy import stats as sst
+
+import trajmc
+from trajmc import engine
+from trajmc.ensemble import Ensemble
+from trajmc.estimate import entropy_bias
+from trajmc.stats import g_test, holm
+
+from conftest import get_model_dict
+
+ALPHA = 1e-6
+Z_MAX = 5.0  # P(|N(0,1)| > 5) = 5.7e-7
+N_TRAJ = 100_000
+THERMO_COLS = ["S_obs", "Sigma", "Sigma_tilde", "S_sh", "I", "D", "E_S"]
+
+
+def _simulate(md, seed, n=N_TRAJ, **kw):
+    return trajmc.simulate(md, trajectories=n, seed=seed, threads=2, **kw)
+
+
+def g_pvalues(ens, sol):
+    """Holm-adjusted G-test p-values of the joint distribution at every sample time."""
+    assert np.array_equal(ens.network.states, sol.network.states)
+    raw = [g_test(ens.counts[k], sol.p[k]).pvalue for k in range(len(ens.times))]
+    return holm(raw)
+
+
+def z_scores(ens, sol):
+    """z-scores of every estimate with a standard error: dict name -> array (t > 0 for differences)."""
+    th, ex = ens.thermo(), sol.thermo()
+    cols = THERMO_COLS + [f"Q_{b}" for b in ens.model.bath_names]
+    out = {}
+    for c in cols:
+        est, se, exact = th[c].to_numpy(), th[f"{c}_se"].to_numpy(), ex[c].to_numpy()
+        k = np.arange(len(est))
+        if c in ("Sigma", "Sigma_tilde") or c.startswith("Q_"):
+            # zero by definition at t = 0, with SE 0
+            assert est[0] == 0.0 and se[0] == 0.0
+            k = k[1:]
+        assert np.all(np.isfinite(se[k])), c
+        # SE 0 only where every trajectory agrees (e.g. a pure initial level): then the value is exact
+        zero = k[se[k] == 0]
+        np.testing.assert_allclose(est[zero], exact[zero], rtol=0, atol=1e-12, err_msg=c)
+        k = k[se[k] > 0]
+        out[c] = (est[k] - exact[k]) / se[k]
+    ps, pse = ens.p_system()
+    ps_exact = sol.p_system()
+    certain = pse == 0  # every trajectory in one level: the estimate must then be exact
+    np.testing.assert_allclose(ps[certain], ps_exact[certain], rtol=0, atol=1e-12)
+    out["p_s"] = ((ps - ps_exact) / np.where(certain, 1.0, pse))[~certain]
+    return out
+
+
+def assert_agrees(ens, sol):
+    p = g_pvalues(ens, sol)
+    assert p.min() > ALPHA, f"G-test rejects at t = {ens.times[np.argmin(p)]}: Holm p = {p.min():.3g}"
+    z = z_scores(ens, sol)
+    worst = {c: float(np.abs(v).max()) for c, v in z.items()}
+    assert max(worst.values()) < Z_MAX, worst
+
+
+# --------------------------------------------------------------------------- MC vs exact
+
+
+@pytest.mark.parametrize("name, seed", [("qubit_osc_sqrt", 101), ("three_spins_eth", 102), ("qubit_spins_linear", 103),
+                                        ("two_baths", 104), ("two_baths_mixed", 105)])
+def test_monte_carlo_agrees_with_exact_solver(name, seed, solved):
+    md = get_model_dict(name)
+    assert_agrees(_simulate(md, seed), solved(name))
+
+
+def test_closed_form_qubit_linear_exact():
+    """PHYSICS.md §5.4 without the solver: p_1(t) = 0.375 (1 - exp(-16 t))."""
+    ens = _simulate(trajmc.get_example("qubit-linear-exact"), 106)
+    ps, pse = ens.p_system()
+    exact = 0.375 * (1 - np.exp(-16 * ens.times))
+    assert ps[0, 1] == 0.0
+    z = (ps[1:, 1] - exact[1:]) / pse[1:, 1]
+    assert np.abs(z).max() < Z_MAX
+    # heat into the system = energy lost by the bath = the qubit's energy
+    th = ens.thermo()
+    np.testing.assert_allclose(th["Q_B"], th["E_S"], rtol=0, atol=1e-12)
+
+
+def test_wrong_gamma_is_rejected(solved):
+    """Power: a one-bath run with gamma doubled must fail against the exact solution of the original."""
+    md = get_model_dict("qubit_osc_sqrt")
+    md["baths"][0]["kernel"]["gamma"] = 2.0
+    ens = _simulate(md, 101)
+    sol = solved("qubit_osc_sqrt")
+    assert g_pvalues(ens, sol).min() < ALPHA
+    z = z_scores(ens, sol)
+    for c in ("p_s", "E_S", "Sigma", "Q_B"):
+        assert np.abs(z[c]).max() > Z_MAX, c
+
+
+def test_wrong_coupling_two_baths_is_rejected(solved):
+    """Power: the 0 <-> 2 coupling weakened from 1 to 0.7 in a two-bath model."""
+    md = get_model_dict("two_baths")
+    md["system"]["coupling"] = [[0, 1, 0.7], [1, 0, 1], [0.7, 1, 0]]
+    ens = _simulate(md, 104)
+    sol = solved("two_baths")
+    assert g_pvalues(ens, sol).min() < ALPHA
+    z = z_scores(ens, sol)
+    for c in ("p_s", "Sigma_tilde", "Q_A", "Q_C"):
+        assert np.abs(z[c]).max() > Z_MAX, c
+
+
+def test_integral_fluctuation_theorem(solved):
+    """§5.6 with the exact p_x(t): <exp(-Delta s_obs)> = 1 and <Delta s_obs> = Sigma, per time (|z| < 5)."""
+    for name, seed in [("three_spins_eth", 107), ("two_baths", 108)]:
+        ens, sol = _simulate(get_model_dict(name), seed), solved(name)
+        with np.errstate(divide="ignore"):
+            s_obs = -(np.log(sol.p) - ens.network.lnV)  # (n_t, n)
+        x = ens.records["x"]
+        ds = s_obs[np.arange(len(ens.times)), x] - s_obs[0, x[:, [0]]]
+        assert np.all(np.isfinite(ds))
+        e = np.exp(-ds[:, 1:])
+        n = len(e)
+        assert np.abs((e.mean(0) - 1) / (e.std(0) / np.sqrt(n))).max() < Z_MAX
+        sig = sol.thermo()["Sigma"].to_numpy()[1:]
+        assert np.abs((ds[:, 1:].mean(0) - sig) / (ds[:, 1:].std(0) / np.sqrt(n))).max() < Z_MAX
+
+
+# --------------------------------------------------------------------------- the estimators themselves
+
+
+def _brute_jackknife(c):
+    c = np.asarray(c, dtype=float)
+    N = c.sum()
+
+    def H(q):
+        q = q[q > 0] / q.sum()
+        return -np.sum(q * np.log(q))
+
+    loo = sum(ci * H(np.where(np.arange(len(c)) == i, c - 1, c)) for i, ci in enumerate(c) if ci > 0)
+    return N * H(c) - (N - 1) / N * loo - H(c)
+
+
+@pytest.mark.parametrize("counts", [[5, 3, 1, 1], [10, 0, 0, 1], [2, 2], [1, 1, 1], [100, 37, 5, 1, 0, 1], [7]])
+def test_entropy_bias_jackknife_is_exact(counts):
+    jk, mm = entropy_bias(np.array([counts]))
+    assert jk[0] == pytest.approx(_brute_jackknife(counts), abs=1e-12)
+    K = np.count_nonzero(counts)
+    assert mm[0] == pytest.approx((K - 1) / (2 * sum(counts)))
+
+
+def test_entropy_bias_rows_independent():
+    c = np.array([[5, 3, 1, 1], [10, 0, 0, 1]])
+    jk, mm = entropy_bias(c)
+    for i in range(2):
+        a, b = entropy_bias(c[i:i + 1])
+        assert jk[i] == a[0] and mm[i] == b[0]
+
+
+def test_standard_errors_match_trajectory_influences():
+    """Delta-method SEs from the streaming accumulators equal those computed from per-trajectory records:
+    Var(S_obs) ~ Var[-ln(p/V)(x_t)] / N; Var(Sigma) ~ Var[-ln(p/V)(x_t) + ln(p0/V)(x_0)] / N (the
+    time correlation through the ``cross`` sums); likewise Sigma_tilde with -ln p_s + beta E."""
+    md = get_model_dict("two_baths")
+    ens = _simulate(md, 109)
+    N = ens.trajectories
+    th = ens.thermo()
+    model = ens.model
+    net = ens.network
+    x = ens.records["x"]
+    n_t = len(ens.times)
+    p = ens.p
+    p0 = net.p0
+    with np.errstate(divide="ignore"):
+        a_hat = -(np.log(p) - net.lnV)
+        a0 = -(np.log(p0) - net.lnV)
+    s = net.states[:, 0]
+    ps = np.stack([np.bincount(s, weights=r, minlength=model.n_levels) for r in p])
+    ps0 = np.bincount(s, weights=p0, minlength=model.n_levels)
+    betas = np.array([model.beta_ref(nu) for nu in range(model.n_baths)])
+    bE = net.states[:, 1:] @ betas
+    for k in range(1, n_t):
+        xt, x0 = x[:, k], x[:, 0]
+        v_s = np.var(a_hat[k, xt]) / (N - 1)
+        v_sig = np.var(a_hat[k, xt] - a0[x0]) / (N - 1)
+        v_til = np.var(-np.log(ps[k, s[xt]]) + bE[xt] + np.log(ps0[s[x0]]) - bE[x0]) / (N - 1)
+        # the accumulator SEs add small second-order and bias-uncertainty terms: within 2 %
+        assert th["S_obs_se"].iloc[k] == pytest.approx(np.sqrt(v_s), rel=0.02)
+        assert th["Sigma_se"].iloc[k] == pytest.approx(np.sqrt(v_sig), rel=0.02)
+        assert th["Sigma_tilde_se"].iloc[k] == pytest.approx(np.sqrt(v_til), rel=0.02)
+        assert th["Sigma_se"].iloc[k] ** 2 >= v_sig * (1 - 1e-9)
+    # the time correlation matters: early on Sigma is far better known than S_obs(t) - S_obs(0) independently
+    se_indep = np.hypot(th["S_obs_se"].iloc[1], th["S_obs_se"].iloc[0])
+    assert th["Sigma_se"].iloc[1] < 0.5 * se_indep
+
+
+def test_linear_estimates_are_plain_means():
+    ens = _simulate(get_model_dict("two_baths_mixed"), 110, n=20_000)
+    th = ens.thermo()
+    x = ens.records["x"]
+    st = ens.network.states
+    eps = ens.model.energies
+    N = ens.trajectories
+    for k in range(len(ens.times)):
+        xt, x0 = x[:, k], x[:, 0]
+        assert th["E_S"].iloc[k] == pytest.approx(eps[st[xt, 0]].mean(), abs=1e-12)
+        assert th["E_S_se"].iloc[k] == pytest.approx(eps[st[xt, 0]].std() / np.sqrt(N - 1), rel=1e-9)
+        for nu, b in enumerate(ens.model.bath_names):
+            q = -(st[xt, 1 + nu] - st[x0, 1 + nu]).astype(float)
+            assert th[f"Q_{b}"].iloc[k] == pytest.approx(q.mean(), abs=1e-12)
+            if k > 0:
+                assert th[f"Q_{b}_se"].iloc[k] == pytest.approx(q.std() / np.sqrt(N - 1), rel=1e-9)
+            assert th[f"E_{b}"].iloc[k] == pytest.approx(st[xt, 1 + nu].mean(), abs=1e-9)
+
+
+def test_thermo_table_contract():
+    ens = _simulate(get_model_dict("two_baths"), 111, n=5000)
+    th = ens.thermo()
+    need = ["S_obs", "Sigma", "Sigma_tilde", "S_sh", "I", "D", "E_S", "E_A", "Q_A", "E_C", "Q_C"]
+    for c in need:
+        assert c in th.columns and f"{c}_se" in th.columns
+    np.testing.assert_array_equal(th.index.to_numpy(), ens.times)
+    assert th.attrs["bias_correction"] and th.attrs["se_method"]
+    assert ens.stats["bias_correction"] == th.attrs["bias_correction"]
+    # the jackknife corrections of plug-in entropies are non-negative (plug-in entropy is biased low)
+    jx, _ = entropy_bias(ens.counts)
+    assert np.all(jx >= 0)
+    row = th.iloc[-1]
+    assert row["I"] >= -5 * row["I_se"] and row["D"] >= -5 * row["D_se"]
+
+
+# --------------------------------------------------------------------------- coverage of error bars
+
+
+OFF3 = [[0, 1, 1], [1, 0, 1], [1, 1, 0]]
+COVERAGE_MODEL = {
+    # 3 levels, ~76 occupied joint states at t = 3 with 4000 trajectories (PHYSICS.md §6 regime)
+    "name": "coverage3",
+    "system": {"energies": [0, 1, 3], "coupling": OFF3},
+    "baths": [{"name": "B", "dos": {"model": "oscillators", "n": 4, "quantum": 1}, "emax": 70,
+               "kernel": {"model": "sqrt", "gamma": 1.0, "spectral": {"shape": "gaussian", "width": 2.0}}}],
+    "initial": {"system": [0.1, 0.3, 0.6], "baths": [{"state": "canonical", "beta": 0.5}]},
+    "times": {"values": [0.0, 0.5, 3.0]},
+}
+COVERAGE_COLS = ["S_obs", "Sigma", "E_S", "Sigma_tilde", "S_sh"]
+MEASURED = {}
+
+
+def coverage(n_traj, seeds, cols=COVERAGE_COLS, t_index=-1):
+    """Fraction of ``est ± 1.96 SE`` intervals covering the exact value, over independent seeds."""
+    plan0 = engine.make_plan(COVERAGE_MODEL, trajectories=n_traj, seed=0, records=False)
+    exact = trajmc.solve(COVERAGE_MODEL).thermo().iloc[t_index]
+    hits = dict.fromkeys(cols, 0)
+    K = []
+    for i in range(seeds):
+        plan = dataclasses.replace(plan0, entropy=10_000 + i)
+        acc = engine.new_accumulators(plan)
+        engine.run_plan(plan, acc, 1)
+        th = Ensemble(plan, acc, {}).thermo().iloc[t_index]
+        K.append(np.count_nonzero(acc.counts[t_index]))
+        for c in cols:
+            hits[c] += abs(th[c] - exact[c]) <= 1.96 * th[f"{c}_se"]
+    return hits, float(np.mean(K))
+
+
+def coverage_band(n, lo=0.93, hi=0.99, alpha=ALPHA, tests=1):
+    """Numbers of hits out of n consistent with a coverage in [lo, hi]: reject k when
+    P(X <= k | lo) or P(X >= k | hi) falls below alpha / (2 tests)."""
+    a = alpha / (2 * tests)
+    k = np.arange(n + 1)
+    ok = (sst.binom.cdf(k, n, lo) > a) & (sst.binom.sf(k - 1, n, hi) > a)
+    return int(k[ok].min()), int(k[ok].max())
+
+
+def test_coverage_band_helper():
+    kmin, kmax = coverage_band(1000)
+    assert 870 < kmin < 930 and kmax == 1000  # 0.99 cannot be exceeded detectably with 1000 runs
+    kmin, kmax = coverage_band(5000)
+    assert kmax < 5000
+
+
+def _check_coverage(n_traj, seeds, label):
+    hits, K = coverage(n_traj, seeds)
+    kmin, kmax = coverage_band(seeds, tests=len(COVERAGE_COLS))
+    MEASURED[label] = {c: h / seeds for c, h in hits.items()} | {"mean_occupied": K}
+    print(f"\ncoverage {label}: {MEASURED[label]} (accept {kmin}..{kmax} of {seeds})")
+    for c, h in hits.items():
+        assert kmin <= h <= kmax, f"{c}: {h}/{seeds} intervals cover the exact value (band {kmin}..{kmax})"
+    return K
+
+
+def test_error_bars_cover_at_95_percent():
+    """1000 seeds x 4000 trajectories, ~76 occupied states: coverage of S_obs, Sigma, E_S, ...
+    Measured (seeds 10000..10999): S_obs 0.940, Sigma 0.956, E_S 0.953, Sigma_tilde 0.952, S_sh 0.952
+    (printed with -s); acceptance band at a 1e-6 family-wise false-alarm rate: 885..1000 hits."""
+    K = _check_coverage(4000, 1000, "N=4000")
+    assert 60 < K < 95
+
+
+@pytest.mark.slow
+def test_error_bars_cover_small_runs():
+    """Small runs (500 trajectories, ~58 occupied states), 2000 seeds: the band is then tight
+    enough (1797..1998 of 2000) to catch both a 0.89 under-coverage and a 1.0 over-coverage.
+    Measured: S_obs 0.9345, Sigma 0.966, E_S 0.950, Sigma_tilde 0.955, S_sh 0.942."""
+    _check_coverage(500, 2000, "N=500")
+
+
+def test_coverage_would_catch_bad_error_bars():
+    """Power of the coverage test: halved SEs cover ~0.67, far outside the band."""
+    plan0 = engine.make_plan(COVERAGE_MODEL, trajectories=4000, seed=0, records=False)
+    exact = trajmc.solve(COVERAGE_MODEL).thermo().iloc[-1]
+    seeds, hits = 300, 0
+    for i in range(seeds):
+        plan = dataclasses.replace(plan0, entropy=20_000 + i)
+        acc = engine.new_accumulators(plan)
+        engine.run_plan(plan, acc, 1)
+        th = Ensemble(plan, acc, {}).thermo().iloc[-1]
+        hits += abs(th["S_obs"] - exact["S_obs"]) <= 1.96 * 0.5 * th["S_obs_se"]
+    kmin, _ = coverage_band(seeds)
+    assert hits < kmin
