@@ -63,6 +63,9 @@ def _add_sim_options(p):
     p.add_argument("--chunk-size", type=_positive_int, metavar="C", help="trajectories per chunk (default 4096)")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<model>-<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="run chunks on this Dask scheduler (dask backend)")
+    p.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="run chunks on a Dask LocalCluster of N processes (or wait for N workers at --scheduler)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,12 +136,20 @@ def _summary(ens, run_dir):
     for c in ["S_obs", "Sigma", "Sigma_tilde"] + [f"Q_{b}" for b in ens.model.bath_names]:
         out[c] = [f"{th[c].iloc[i]:.4f}±{th[f'{c}_se'].iloc[i]:.2g}" for i in rows]
     st = ens.stats
+    where = (f"Dask at {st['scheduler']} ({st['workers']} workers)" if st.get("backend") == "dask"
+             else f"{st['threads']} threads")
     print(f"{ens.model.name}: {st['trajectories']} trajectories, {st['jumps']} jumps, {st['chunks']} chunks, "
-          f"{st['threads']} threads, {st['wall_s']:.2f} s (+ compile/cache {st['compile_s']:.2f} s)")
+          f"{where}, {st['wall_s']:.2f} s (+ compile/cache {st['compile_s']:.2f} s)")
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(out.to_string())
     print(f"(± one standard error; entropies {st['bias_correction']}-corrected)")
     print(f"run directory: {run_dir}")
+
+
+def _backend_args(args):
+    if args.scheduler is None and args.workers is None:
+        return {}
+    return {"backend": "dask", "scheduler": args.scheduler, "workers": args.workers}
 
 
 def cmd_simulate(args):
@@ -149,8 +160,10 @@ def cmd_simulate(args):
     threads = resolve_threads(args.threads)
     if args.resume:
         if args.model or args.example or args.trajectories or args.seed is not None or args.chunk_size or args.out:
-            raise TrajmcError("--resume takes only --threads and --quiet: the run's own settings are used")
-        ens = resume_run(args.resume, threads, progress=(not args.quiet) and sys.stderr.isatty())
+            raise TrajmcError("--resume takes only --threads, --scheduler, --workers and --quiet: "
+                              "the run's own settings are used")
+        ens = resume_run(args.resume, threads, progress=(not args.quiet) and sys.stderr.isatty(),
+                         **_backend_args(args))
         run_dir = Path(args.resume)
     else:
         from .engine import make_plan
@@ -161,7 +174,8 @@ def cmd_simulate(args):
         make_plan(model, args.trajectories, args.seed, None, args.chunk_size, None, args.paths)
         run_dir = Path(args.out) if args.out else default_run_dir(model.name)
         ens = simulate(model, trajectories=args.trajectories, seed=args.seed, threads=threads,
-                       chunk_size=args.chunk_size, paths=args.paths, out=run_dir, quiet=args.quiet)
+                       chunk_size=args.chunk_size, paths=args.paths, out=run_dir, quiet=args.quiet,
+                       **_backend_args(args))
     if not args.quiet:
         _summary(ens, run_dir)
     return 0

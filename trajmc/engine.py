@@ -346,3 +346,54 @@ def run_plan(plan: Plan, acc: Accumulators, threads: int, progress=None, checkpo
     finally:
         numba.set_parallel_chunksize(old_chunksize)
     return acc
+
+
+def simulate_chunk(arrays, entropy, chunk, size, n_t, n, driven, record, paths):
+    """Run one chunk on this thread and return its accumulators (for distributed backends).
+
+    The result is what :func:`run_plan` adds for that chunk: integer arrays, so any order of
+    combination gives the same totals.  Records (if kept) are the chunk's own rows.
+    """
+    a = arrays
+    counts = np.zeros((n, n_t), np.int64)
+    cross = np.zeros((n, n_t, 2), np.int64)
+    heat = np.zeros((a["H"], n_t), np.int64)
+    work = np.zeros((a["HW"] if driven else 1, n_t), np.int64)
+    rx = np.zeros((size if record else 0, n_t), np.int32)
+    rn = np.zeros_like(rx)
+    rw = np.zeros((size if (record and driven) else 0, n_t), np.int32)
+    P = paths if chunk == 0 else 0
+    pt = np.zeros((P, PATH_CAPACITY))
+    px = np.zeros((P, PATH_CAPACITY), np.int64)
+    pl = np.zeros(P, np.int64)
+    st = _rng.chunk_state(entropy, chunk)
+    jumps = _kernel.run_chunk(st, size, a["cum0"], a["support"], a["indptr"], a["target"], a["cum"], a["inv_exit"],
+                              a["seg_t"], a["dlev"], a["s_of"], a["times"], a["g0"], a["E"], a["hoff"], counts, cross,
+                              heat, work, a["woff"], rx, rn, rw, pt, px, pl, _rng.ZIG_K, _rng.ZIG_W, _rng.ZIG_F)
+    out = {"chunk": chunk, "jumps": int(jumps), "counts": counts.T.copy(), "cross": np.swapaxes(cross, 0, 1).copy(),
+           "heat": heat.T.copy(), "work": work.T.copy() if driven else None}
+    if record:
+        out.update(rec_x=rx, rec_n=rn, rec_w=rw if driven else None)
+    if P:
+        out.update(path_t=pt, path_x=px, path_len=pl)
+    return out
+
+
+def add_chunk(plan, acc, res):
+    """Add one chunk's result (from :func:`simulate_chunk`) into the accumulators; chunks in order."""
+    c = res["chunk"]
+    acc.counts += res["counts"]
+    acc.cross += res["cross"]
+    acc.heat += res["heat"]
+    if res["work"] is not None:
+        acc.work += res["work"]
+    acc.jumps[c] = res["jumps"]
+    if acc.rec_x is not None and "rec_x" in res:
+        lo = c * plan.chunk_size
+        acc.rec_x[lo:lo + len(res["rec_x"])] = res["rec_x"]
+        acc.rec_n[lo:lo + len(res["rec_n"])] = res["rec_n"]
+        if acc.rec_w is not None and res.get("rec_w") is not None:
+            acc.rec_w[lo:lo + len(res["rec_w"])] = res["rec_w"]
+    if "path_t" in res:
+        acc.path_t[:], acc.path_x[:], acc.path_len[:] = res["path_t"], res["path_x"], res["path_len"]
+    acc.chunks_done = c + 1

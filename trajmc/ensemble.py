@@ -119,7 +119,7 @@ class Ensemble:
 
 
 def simulate(model, trajectories=None, seed=None, threads=None, times=None, chunk_size=None, records=None,
-             paths=0, out=None, progress=None, quiet=True) -> Ensemble:
+             paths=0, out=None, progress=None, quiet=True, backend="threads", scheduler=None, workers=None) -> Ensemble:
     """Sample trajectories of the Pauli MME by exact Gillespie simulation.
 
     Parameters
@@ -136,6 +136,10 @@ def simulate(model, trajectories=None, seed=None, threads=None, times=None, chun
     paths : int   keep the full jump paths of the first ``paths`` trajectories
     out : path, optional   run directory: written as the run goes, so an interrupted run can be resumed
     progress : bool, optional   tqdm bar (default: when not quiet and stderr is a terminal)
+    backend : "threads" | "dask"   where chunks run; the result is bit-identical either way
+    scheduler : str, optional   address of a running Dask scheduler (dask backend); None starts a
+        LocalCluster of ``workers`` processes (default 2) and closes it afterwards
+    workers : int, optional   LocalCluster size, or workers to wait for on an existing scheduler
 
     Returns
     -------
@@ -143,13 +147,30 @@ def simulate(model, trajectories=None, seed=None, threads=None, times=None, chun
     """
     plan = engine.make_plan(model, trajectories, seed, times, chunk_size, records, paths)
     threads = engine.resolve_threads(threads)
+    backend = check_backend(backend, scheduler, workers)
     if out is not None:
         from .runio import RunWriter
 
         writer = RunWriter.create(out, plan)
-        return writer.run(threads, progress=_progress_flag(progress, quiet))
+        return writer.run(threads, progress=_progress_flag(progress, quiet), backend=backend, scheduler=scheduler,
+                          workers=workers)
     acc = engine.new_accumulators(plan)
-    return execute(plan, acc, threads, _progress_flag(progress, quiet))
+    return execute(plan, acc, threads, _progress_flag(progress, quiet), backend=backend, scheduler=scheduler,
+                   workers=workers)
+
+
+def check_backend(backend, scheduler=None, workers=None):
+    from .errors import ModelError
+
+    if backend not in ("threads", "dask"):
+        raise ModelError("backend", f"must be 'threads' or 'dask', got {backend!r}")
+    if backend == "threads" and (scheduler is not None or workers is not None):
+        raise ModelError("backend", "scheduler/workers need backend='dask'")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ModelError("workers", f"must be a positive integer, got {workers!r}")
+    if scheduler is not None and not isinstance(scheduler, str):
+        raise ModelError("scheduler", f"must be an address string, got {scheduler!r}")
+    return backend
 
 
 def _progress_flag(progress, quiet):
@@ -158,7 +179,8 @@ def _progress_flag(progress, quiet):
     return bool(progress)
 
 
-def execute(plan, acc, threads, show_progress=False, checkpoint=None) -> Ensemble:
+def execute(plan, acc, threads, show_progress=False, checkpoint=None, backend="threads", scheduler=None,
+            workers=None) -> Ensemble:
     """Run the remaining chunks of ``plan`` into ``acc`` and wrap the result."""
     compile_s = engine.compile_kernel()
     bar = None
@@ -171,12 +193,24 @@ def execute(plan, acc, threads, show_progress=False, checkpoint=None) -> Ensembl
         def cb(k):
             bar.update(k - bar.n)
     t0 = time.perf_counter()
+    info = {"backend": "threads"}
     try:
-        engine.run_plan(plan, acc, threads, progress=cb, checkpoint=checkpoint)
+        if backend == "dask":
+            from .cluster import DaskSession, run_plan_dask
+
+            session = DaskSession(scheduler, workers)
+            try:
+                info = run_plan_dask(plan, acc, session, progress=cb, checkpoint=checkpoint)
+            finally:
+                session.close()
+            threads = info["workers"]
+        else:
+            engine.run_plan(plan, acc, threads, progress=cb, checkpoint=checkpoint)
     finally:
         if bar is not None:
             bar.close()
     stats = make_stats(plan, acc, threads, compile_s, time.perf_counter() - t0)
+    stats.update(info)
     return Ensemble(plan, acc, stats)
 
 

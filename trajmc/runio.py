@@ -123,6 +123,7 @@ def provenance(plan, acc, stats=None, status="running", extra=None) -> dict:
                         "ns_per_jump_thread": stats["ns_per_jump"]}
         d["jumps"] = stats["jumps"]
         d["estimator"] = {"bias_correction": stats["bias_correction"], "se_method": stats["se_method"]}
+        d["backend"] = {k: stats[k] for k in ("backend", "scheduler", "workers", "worker_compile_s") if k in stats}
     if extra:
         d.update(extra)
     return d
@@ -178,8 +179,9 @@ class RunWriter:
         _save_accumulators(self.dir, self.plan, acc)
         atomic_text(self.dir / "provenance.json", json.dumps(provenance(self.plan, acc), indent=2))
 
-    def run(self, threads, progress=False) -> Ensemble:
-        ens = execute(self.plan, self.acc, threads, progress, checkpoint=self.checkpoint)
+    def run(self, threads, progress=False, backend="threads", scheduler=None, workers=None) -> Ensemble:
+        ens = execute(self.plan, self.acc, threads, progress, checkpoint=self.checkpoint, backend=backend,
+                      scheduler=scheduler, workers=workers)
         with engine.StopFlag():  # the run is finished: a late Ctrl-C must not leave half a directory
             self.checkpoint(ens.acc)
             save_run(ens, self.dir)
@@ -291,12 +293,13 @@ def load_run(run_dir) -> Ensemble:
     return Ensemble(plan, acc, stats)
 
 
-def resume_run(run_dir, threads, progress=False) -> Ensemble:
-    """Finish an interrupted run in place; the result is bit-identical to an uninterrupted run."""
+def resume_run(run_dir, threads, progress=False, backend="threads", scheduler=None, workers=None) -> Ensemble:
+    """Finish an interrupted run in place; the result is bit-identical to an uninterrupted run
+    (on any backend: chunks are seeded by index and summed exactly)."""
     w, prov = RunWriter.resume(run_dir)
     if prov.get("status") == "complete" and w.acc.chunks_done == w.plan.n_chunks:
         raise RunError(f"{run_dir}: run is already complete")
-    return w.run(threads, progress)
+    return w.run(threads, progress, backend=backend, scheduler=scheduler, workers=workers)
 
 
 def default_run_dir(name, root="runs"):

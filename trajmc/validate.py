@@ -354,8 +354,10 @@ def validate_cli(args):
         model = load_model(target)
         engine.make_plan(model, args.trajectories, args.seed, None, args.chunk_size, None, 0)
         run_dir = Path(args.out) if args.out else default_run_dir(model.name)
+        from .cli import _backend_args
+
         simulate(model, trajectories=args.trajectories, seed=args.seed, threads=engine.resolve_threads(args.threads),
-                 chunk_size=args.chunk_size, out=run_dir, quiet=args.quiet)
+                 chunk_size=args.chunk_size, out=run_dir, quiet=args.quiet, **_backend_args(args))
     ok, results = validate_run(run_dir, args.alpha)
     if not args.quiet:
         for r in results:
