@@ -66,7 +66,7 @@ def run_plan_dask(plan, acc, session: DaskSession, progress=None, checkpoint=Non
     t_start = time.perf_counter()
     wall0 = acc.wall_s
     compile_s = client.run(engine.compile_kernel)  # once per worker process; numba's cache makes it cheap
-    arrays_f = client.scatter([plan.arrays], broadcast=True)[0]
+    arrays_f = client.scatter([plan.arrays], broadcast=True, hash=False)[0]  # fresh key: no release race
     n_t, n = len(plan.times), plan.network.n_states
     end = plan.n_chunks if stop_after is None else min(plan.n_chunks, stop_after)
     workers = max(session.n_workers(), 1)
