@@ -242,7 +242,7 @@ def test_untouched_copy_loads(run_copy):
     ("trajectories", lambda m: m["simulation"].__setitem__("trajectories", N - 1)),
     ("seed", lambda m: m["simulation"].__setitem__("seed", 13)),
     ("chunk_size", lambda m: m["simulation"].__setitem__("chunk_size", 1000)),
-    ("times", lambda m: m["times"].__setitem__("values", m["times"]["values"][:-1])),
+    ("times", lambda m: m.__setitem__("times", {"stop": m["times"]["stop"], "num": m["times"]["num"] - 1})),
     ("emax", lambda m: m["baths"][1].__setitem__("emax", 7)),
 ])
 def test_edited_model_toml_is_refused(run_copy, what, edit):

@@ -142,7 +142,7 @@ def _summary(ens, run_dir):
           f"{where}, {st['wall_s']:.2f} s (+ compile/cache {st['compile_s']:.2f} s)")
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(out.to_string())
-    print(f"(± one standard error; entropies {st['bias_correction']}-corrected)")
+    print(f"(± one standard error; entropies bias-corrected: {st['bias_correction']})")
     print(f"run directory: {run_dir}")
 
 

@@ -191,7 +191,11 @@ class Model:
                 ini["system"] = self.p_system.tolist()
             ini["baths"] = [st.to_dict() for st in self.bath_states]
         d["initial"] = ini
-        d["times"] = {"values": self.times.tolist()}
+        t = self.times
+        if len(t) >= 2 and np.array_equal(t, np.linspace(0.0, t[-1], len(t))):
+            d["times"] = {"stop": float(t[-1]), "num": len(t)}  # reloads to the same linspace, bit for bit
+        else:
+            d["times"] = {"values": t.tolist()}
         d["simulation"] = {k: v for k, v in self.simulation.items() if v is not None}
         if self.protocol:
             d["protocol"] = [{"time": s.time, "energies": list(s.energies)} for s in self.protocol]
