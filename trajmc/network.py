@@ -253,7 +253,7 @@ def build_network(model: Model, energies=None, codes=None) -> Network:
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
     rate = np.exp(lr)
-    exit_rate = np.bincount(src, weights=rate, minlength=n)
+    exit_rate = np.bincount(src, weights=rate, minlength=n).astype(float)  # int64 when there are no edges
     lnV = np.zeros(n)
     for nu, b in enumerate(model.baths):
         lnV += b.lnV[states[:, 1 + nu]]

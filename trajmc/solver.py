@@ -217,7 +217,8 @@ def _eigh_route(net, members, e, b, local, src, q0p, times, mask):
     lv0 = lv.max(axis=1, keepdims=True)
     # S[y, x] = k(x->y) sqrt(V_x / V_y): symmetric by detailed balance
     A = np.zeros((nb, m, m))
-    A[b, local[y], local[x]] = np.exp(net.log_rate[e] + 0.5 * (net.lnV[x] - net.lnV[y]))
+    # parallel edges (a degenerate jump through several baths) add up
+    np.add.at(A, (b, local[y], local[x]), np.exp(net.log_rate[e] + 0.5 * (net.lnV[x] - net.lnV[y])))
     A = 0.5 * (A + A.transpose(0, 2, 1))
     A[:, np.arange(m), np.arange(m)] = -net.exit_rate[members]
     # the stationary pair is known exactly (eigenvalue 0, eigenvector u0 ∝ sqrt(V)): deflate it.
@@ -253,7 +254,7 @@ def _expm_route(net, members, e, b, local, src, q0, times, mask):
     nb, m = members.shape
     x, y = src[e], net.target[e]
     W = np.zeros((nb, m, m))
-    W[b, local[y], local[x]] = net.rate[e]
+    np.add.at(W, (b, local[y], local[x]), net.rate[e])  # parallel edges add up
     W[:, np.arange(m), np.arange(m)] = -net.exit_rate[members]
     out = np.empty((len(times), nb, m, q0.shape[-1]))
     cur = q0.copy()
