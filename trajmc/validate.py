@@ -62,17 +62,22 @@ def _z_family(name, est, se, exact, what):
                        detail=f"{what}: largest |z| = {abs(z[k]):.2f} over {ok.sum()} times")
 
 
+def _g_family(name, times, observed, exact, what="states"):
+    """G-tests of count rows against exact probability rows, one per time; Holm-adjusted minimum p."""
+    res = [g_test(o, q) for o, q in zip(observed, exact)]
+    p = [r.pvalue for r in res]
+    k = int(np.argmin(p))
+    imp = sum(r.impossible for r in res)
+    return CheckResult(name, "statistical", statistic=res[k].statistic, pvalue=_min_holm(p),
+                       detail=f"worst time t = {times[k]:g}: G = {res[k].statistic:.1f}, df = {res[k].df}"
+                              + (f"; {imp} observations in {what} of exact probability 0" if imp else ""))
+
+
 @check
 def GillespieVsExact(ctx):
     """Joint p_x(t) at every sample time: G-test with pooled sparse bins."""
     ens, sol = ctx["ens"], ctx["sol"]
-    res = [g_test(ens.counts[k], sol.p[k]) for k in range(len(ens.times))]
-    p = [r.pvalue for r in res]
-    k = int(np.argmin(p))
-    imp = sum(r.impossible for r in res)
-    return CheckResult("GillespieVsExact", "statistical", statistic=res[k].statistic, pvalue=_min_holm(p),
-                       detail=f"worst time t = {ens.times[k]:g}: G = {res[k].statistic:.1f}, df = {res[k].df}"
-                              + (f"; {imp} observations in states of exact probability 0" if imp else ""))
+    return _g_family("GillespieVsExact", ens.times, ens.counts, sol.p)
 
 
 @check
@@ -80,13 +85,7 @@ def SystemMarginalVsExact(ctx):
     """p_s(t) at every sample time: G-test."""
     ens, sol = ctx["ens"], ctx["sol"]
     ps, _ = ens.p_system()
-    ex = sol.p_system()
-    c = np.rint(ps * ens.trajectories)
-    res = [g_test(c[k], ex[k]) for k in range(len(ens.times))]
-    p = [r.pvalue for r in res]
-    k = int(np.argmin(p))
-    return CheckResult("SystemMarginalVsExact", "statistical", statistic=res[k].statistic, pvalue=_min_holm(p),
-                       detail=f"worst time t = {ens.times[k]:g}: G = {res[k].statistic:.1f}, df = {res[k].df}")
+    return _g_family("SystemMarginalVsExact", ens.times, np.rint(ps * ens.trajectories), sol.p_system(), "levels")
 
 
 @check
@@ -262,18 +261,11 @@ def WorkDistributionVsExact(ctx):
         return CheckResult("WorkDistributionVsExact", "skipped", detail="undriven model (no protocol)")
     w, P = fl.work_distribution(sol.segments, ens.times)
     woff = ens.plan.arrays["woff"]
-    res = []
-    for k in range(len(ens.times)):
-        obs = np.zeros(len(w))
-        hw = ens.acc.work[k]
-        idx = np.arange(-woff, woff + 1)
-        m = np.isin(idx, w)
-        obs[np.searchsorted(w, idx[m])] = hw[m]
-        res.append(g_test(obs, P[k]))
-    p = [r.pvalue for r in res]
-    k = int(np.argmin(p))
-    return CheckResult("WorkDistributionVsExact", "statistical", statistic=res[k].statistic, pvalue=_min_holm(p),
-                       detail=f"worst time t = {ens.times[k]:g}: G = {res[k].statistic:.1f}, df = {res[k].df}")
+    idx = np.arange(-woff, woff + 1)
+    m = np.isin(idx, w)
+    obs = np.zeros((len(ens.times), len(w)))
+    obs[:, np.searchsorted(w, idx[m])] = ens.acc.work[:, m]
+    return _g_family("WorkDistributionVsExact", ens.times, obs, P, "work values")
 
 
 @check
