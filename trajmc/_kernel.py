@@ -148,7 +148,7 @@ def run_chunk(rng, n_traj, cum0, support, indptr, target, cum, inv_exit, seg_t, 
 
 @nb.njit(cache=True, parallel=True)
 def run_wave(states, sizes, cum0, support, indptr, target, cum, inv_exit, seg_t, dlev, s_of, times, g0, E, hoff,
-             counts, cross, heat, work, woff, jumps, rec_x, rec_n, rec_w, rec_off, path_t, path_x, path_len,
+             counts, cross, heat, work, woff, jumps, fprint, rec_x, rec_n, rec_w, rec_off, path_t, path_x, path_len,
              zk, zw, zf):
     """Run the chunks of one wave in parallel into per-thread integer accumulators.
 
@@ -157,6 +157,7 @@ def run_wave(states, sizes, cum0, support, indptr, target, cum, inv_exit, seg_t,
     are exact and order-free, so the totals do not depend on which thread ran which chunk.
     ``rec_off`` (W,) first row of each chunk in the records (unused when they are empty).
     Paths are recorded for chunk slot 0 only (``path_len`` is empty otherwise).
+    ``fprint`` (W,) uint64 receives each chunk's fingerprint (its generator's end state).
     """
     W = states.shape[0]
     record = rec_x.shape[0] > 0
@@ -181,3 +182,4 @@ def run_wave(states, sizes, cum0, support, indptr, target, cum, inv_exit, seg_t,
         jumps[c] = run_chunk(st, sizes[c], cum0, support, indptr, target, cum, inv_exit, seg_t, dlev, s_of, times,
                              g0, E, hoff, counts[tid], cross[tid], heat[tid], work[tid], woff, rx, rn, rw,
                              path_t, path_x, pl, zk, zw, zf)
+        fprint[c] = st[0] ^ st[3]  # the generator's end state: a fingerprint of the chunk's whole stream

@@ -94,15 +94,15 @@ def delta_s_obs(ens, sol):
 def entropy_production_table(ens, sol, ds):
     N = ds.shape[0]
     ex = sol.thermo()
-    pred = fl.ift_prediction(sol.network, ens.times, sol.p)
+    pred = fl.ift_prediction(sol.segments, ens.times, sol.p)
     with np.errstate(over="ignore"):
         e = np.exp(-ds)
     mean, se = ds.mean(axis=0), ds.std(axis=0, ddof=1) / np.sqrt(N)
     em, ese = e.mean(axis=0), e.std(axis=0, ddof=1) / np.sqrt(N)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # no spread (t = 0): no z-score
         df = pd.DataFrame({"t": ens.times, "mean_ds": mean, "mean_ds_se": se, "Sigma_exact": ex["Sigma"].values,
-                           "z_mean": (mean - ex["Sigma"].values) / se, "ift_mc": em, "ift_se": ese,
-                           "ift_exact": pred, "z_ift": (em - pred) / ese})
+                           "z_mean": np.where(se > 0, (mean - ex["Sigma"].values) / se, np.nan), "ift_mc": em,
+                           "ift_se": ese, "ift_exact": pred, "z_ift": np.where(ese > 0, (em - pred) / ese, np.nan)})
     return df
 
 
@@ -112,6 +112,8 @@ def exchange_ft(ens, t_index=-1, min_count=10):
     Returns (table of sigma, ln P(sigma)/P(-sigma) ± SE; fitted slope, its SE) or None.
     """
     m = ens.model
+    if ens.plan.driven:  # the exchange FT is a statement about undriven dynamics (PHYSICS.md §5.8)
+        return None
     if m.n_baths != 2 or m.bath_states is None or any(st.state != "canonical" for st in m.bath_states):
         return None
     st = ens.network.states
@@ -199,7 +201,7 @@ def analyze(ens, sol, times=None):
     out = {}
     out["heat_distribution"], out["heat_cumulants"] = heat_tables(ens, sol, idx)
     out["activity"] = activity_table(ens, sol)
-    out["absolute_irreversibility"] = fl.absolute_irreversibility(sol.network)
+    out["absolute_irreversibility"] = fl.absolute_irreversibility(sol.segments)
     wt = work_tables(ens, sol)
     if wt is not None:
         out["work_distribution"], jar, out["gibbs_start"] = wt

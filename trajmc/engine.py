@@ -112,6 +112,7 @@ class Accumulators:
     jumps: np.ndarray  # (n_chunks,) int64 jumps per chunk
     chunks_done: int = 0
     work: np.ndarray | None = None  # (n_t, HW) int64 histogram of the work done so far (driven models)
+    fingerprint: np.ndarray | None = None  # (n_chunks,) uint64 end state of each chunk's generator
     rec_w: np.ndarray | None = None  # (trajectories, n_t) int32
     rec_x: np.ndarray | None = None  # (trajectories, n_t) int32
     rec_n: np.ndarray | None = None
@@ -218,6 +219,7 @@ def new_accumulators(plan: Plan) -> Accumulators:
     acc = Accumulators(counts=np.zeros((n_t, n), np.int64), cross=np.zeros((n_t, n, 2), np.int64),
                        heat=np.zeros((n_t, plan.arrays["H"]), np.int64), jumps=np.zeros(plan.n_chunks, np.int64))
     acc.work = np.zeros((n_t, plan.arrays["HW"]), np.int64)
+    acc.fingerprint = np.zeros(plan.n_chunks, np.uint64)
     if plan.record:
         acc.rec_x = np.zeros((plan.trajectories, n_t), np.int32)
         acc.rec_n = np.zeros((plan.trajectories, n_t), np.int32)
@@ -245,18 +247,18 @@ def compile_kernel() -> float:
         T = numba.config.NUMBA_NUM_THREADS
         _call_wave(a, np.array([_rng.chunk_state(0, 0)]), np.array([3], np.int64), np.zeros((T, 2, 2), np.int64),
                    np.zeros((T, 2, 2, 2), np.int64), np.zeros((T, 2, 1), np.int64), np.zeros((T, 1, 1), np.int64),
-                   np.zeros(1, np.int64), np.zeros((0, 2), np.int32), np.zeros((0, 2), np.int32),
+                   np.zeros(1, np.int64), np.zeros(1, np.uint64), np.zeros((0, 2), np.int32), np.zeros((0, 2), np.int32),
                    np.zeros((0, 2), np.int32), np.zeros(1, np.int64), np.zeros((0, 1)), np.zeros((0, 1), np.int64),
                    np.zeros(0, np.int64))
         _COMPILED["seconds"] = time.perf_counter() - t0
     return _COMPILED["seconds"]
 
 
-def _call_wave(a, states, sizes, counts, cross, heat, work, jumps, rec_x, rec_n, rec_w, rec_off, path_t, path_x,
-               path_len):
+def _call_wave(a, states, sizes, counts, cross, heat, work, jumps, fprint, rec_x, rec_n, rec_w, rec_off, path_t,
+               path_x, path_len):
     _kernel.run_wave(states, sizes, a["cum0"], a["support"], a["indptr"], a["target"], a["cum"], a["inv_exit"],
                      a["seg_t"], a["dlev"], a["s_of"], a["times"], a["g0"], a["E"], a["hoff"], counts, cross, heat,
-                     work, a["woff"], jumps, rec_x, rec_n, rec_w, rec_off, path_t, path_x, path_len,
+                     work, a["woff"], jumps, fprint, rec_x, rec_n, rec_w, rec_off, path_t, path_x, path_len,
                      _rng.ZIG_K, _rng.ZIG_W, _rng.ZIG_F)
 
 
@@ -311,6 +313,7 @@ def run_plan(plan: Plan, acc: Accumulators, threads: int, progress=None, checkpo
                 c0 = acc.chunks_done
                 c1 = min(end, c0 + W)
                 jumps = np.zeros(c1 - c0, np.int64)
+                fprint = np.zeros(c1 - c0, np.uint64)
                 states = np.array([_rng.chunk_state(plan.entropy, i) for i in range(c0, c1)])
                 sizes = plan.chunk_sizes(c0, c1)
                 rec_off = ((np.arange(c0, c1) - c0) * plan.chunk_size).astype(np.int64)
@@ -325,8 +328,9 @@ def run_plan(plan: Plan, acc: Accumulators, threads: int, progress=None, checkpo
                     pt, px, pl = acc.path_t, acc.path_x, acc.path_len
                 else:
                     pt, px, pl = np.zeros((0, 1)), np.zeros((0, 1), np.int64), np.zeros(0, np.int64)
-                _call_wave(a, states, sizes, counts, cross, heat, work, jumps, rx, rn, rw, rec_off, pt, px, pl)
+                _call_wave(a, states, sizes, counts, cross, heat, work, jumps, fprint, rx, rn, rw, rec_off, pt, px, pl)
                 acc.jumps[c0:c1] = jumps
+                acc.fingerprint[c0:c1] = fprint
                 acc.chunks_done = c1
                 acc.wall_s = wall0 + time.perf_counter() - t_start
                 if progress is not None:
@@ -370,7 +374,8 @@ def simulate_chunk(arrays, entropy, chunk, size, n_t, n, driven, record, paths):
     jumps = _kernel.run_chunk(st, size, a["cum0"], a["support"], a["indptr"], a["target"], a["cum"], a["inv_exit"],
                               a["seg_t"], a["dlev"], a["s_of"], a["times"], a["g0"], a["E"], a["hoff"], counts, cross,
                               heat, work, a["woff"], rx, rn, rw, pt, px, pl, _rng.ZIG_K, _rng.ZIG_W, _rng.ZIG_F)
-    out = {"chunk": chunk, "jumps": int(jumps), "counts": counts.T.copy(), "cross": np.swapaxes(cross, 0, 1).copy(),
+    out = {"chunk": chunk, "jumps": int(jumps), "fingerprint": np.uint64(st[0] ^ st[3]), "counts": counts.T.copy(),
+           "cross": np.swapaxes(cross, 0, 1).copy(),
            "heat": heat.T.copy(), "work": work.T.copy() if driven else None}
     if record:
         out.update(rec_x=rx, rec_n=rn, rec_w=rw if driven else None)
@@ -388,6 +393,7 @@ def add_chunk(plan, acc, res):
     if res["work"] is not None:
         acc.work += res["work"]
     acc.jumps[c] = res["jumps"]
+    acc.fingerprint[c] = res["fingerprint"]
     if acc.rec_x is not None and "rec_x" in res:
         lo = c * plan.chunk_size
         acc.rec_x[lo:lo + len(res["rec_x"])] = res["rec_x"]

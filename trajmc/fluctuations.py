@@ -21,6 +21,8 @@ from .solver import propagate
 __all__ = ["counting_moments", "cumulants_from_moments", "heat_weights", "heat_distribution", "ift_prediction",
            "block_scaled_v"]
 
+#: classes up to this many states get a dense augmented expm (stiff-proof); larger ones expm_multiply
+COUNTING_DENSE_MAX = 32
 #: largest (groups x states) for which the exact heat distribution is computed
 HEAT_EXACT_LIMIT = 20_000_000
 
@@ -41,36 +43,99 @@ def counting_moments(net, weights, times, order=3, p0=None) -> np.ndarray:
 
     ``net`` is a Network or the protocol segments ``[(start, Network)]``; ``weights`` a per-edge
     array, or a function ``Network -> per-edge array`` (needed when segments differ).
-    Returns (n_t, order).  Solves the augmented linear system exactly (``expm_multiply``),
-    one segment at a time (the moments carry over a switch unchanged).
+    Returns (n_t, order).  The augmented moment system is block diagonal over closed classes, like
+    the rate equation: small classes (one-bath shells) are solved with a batched dense ``expm`` (cost
+    ~ log of the rate scale, so stiff models stay cheap), classes above ``COUNTING_DENSE_MAX`` states
+    together with ``expm_multiply``.
+    The moments carry over a switch unchanged.
     """
     segs = _segments(net)
     n = segs[0][1].n_states
+    o1 = order + 1
     p0 = segs[0][1].p0 if p0 is None else p0
     times = np.asarray(times, dtype=float)
     out = np.empty((len(times), order))
-    cur = np.zeros((order + 1) * n)
-    cur[:n] = p0
+    cur = np.zeros((o1, n))  # cur[j] = E[N^j ; state]
+    cur[0] = p0
     bounds = [t0 for t0, _ in segs] + [np.inf]
     t_prev = 0.0
     for k, (t0, nk) in enumerate(segs):
         w = np.asarray(weights(nk) if callable(weights) else weights, dtype=float)
-        src, tgt, rate = nk.source, nk.target, nk.rate
-        mats = [nk.generator()] + [sp.coo_matrix((rate * w**i, (tgt, src)), shape=(n, n)).tocsr()
-                                    for i in range(1, order + 1)]
-        blocks = [[None] * (order + 1) for _ in range(order + 1)]
-        for j in range(order + 1):
+        stops = [t for t in times if t0 <= t < bounds[k + 1]]
+        marks = stops + ([bounds[k + 1]] if np.isfinite(bounds[k + 1]) else [])
+        steps = []
+        for t in marks:
+            steps.append(t - t_prev)
+            t_prev = t
+        solvers = _class_solvers(nk, w, order, COUNTING_DENSE_MAX)
+        for t, dt in zip(marks, steps):
+            if dt > 0:
+                for solve in solvers:
+                    solve(cur, dt)
+            if t in stops:
+                out[np.flatnonzero(times == t)] = cur[1:].sum(axis=1)
+    return out
+
+
+def _class_solvers(net, w, order, dense_max):
+    """Functions ``solve(cur, dt)`` advancing the augmented moments of each group of classes in place."""
+    import scipy.linalg
+
+    o1 = order + 1
+    src, tgt, rate = net.source, net.target, net.rate
+    sizes = np.bincount(net.block)
+    order_idx = np.argsort(net.block, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    local = np.empty(net.n_states, dtype=np.int64)
+    local[order_idx] = np.arange(net.n_states) - np.repeat(starts, sizes)
+    solvers = []
+    big = []
+    for m in np.unique(sizes):
+        bl = np.flatnonzero(sizes == m)
+        if m > dense_max:
+            big.extend(bl.tolist())
+            continue
+        members = order_idx[starts[bl][:, None] + np.arange(m)[None, :]]  # (nb, m)
+        gpos = np.full(net.n_blocks, -1)
+        gpos[bl] = np.arange(len(bl))
+        e = np.flatnonzero(gpos[net.block[src]] >= 0)
+        b = gpos[net.block[src[e]]]
+        A = np.zeros((len(bl), o1 * m, o1 * m))
+        x, y = local[src[e]], local[tgt[e]]
+        for j in range(o1):
+            for i in range(j + 1):  # block (j, j-i) = C(j, i) W_i
+                c = comb(j, i, exact=True)
+                np.add.at(A, (b, (j * m) + y, ((j - i) * m) + x), c * rate[e] * w[e] ** i)
+            A[:, j * m + np.arange(m), j * m + np.arange(m)] -= net.exit_rate[members]
+        cache = {}
+
+        def solve(cur, dt, A=A, members=members, cache=cache, m=m):
+            key = round(dt, 14)
+            if key not in cache:
+                cache[key] = scipy.linalg.expm(A * dt)
+            v = cur[:, members].transpose(1, 0, 2).reshape(len(members), o1 * m)  # (nb, o1*m)
+            v = np.matmul(cache[key], v[:, :, None])[:, :, 0]
+            cur[:, members] = v.reshape(len(members), o1, m).transpose(1, 0, 2)
+        solvers.append(solve)
+    if big:
+        idx = np.flatnonzero(np.isin(net.block, big))
+        pos = np.full(net.n_states, -1)
+        pos[idx] = np.arange(len(idx))
+        keep = pos[src] >= 0
+        s2, t2, r2, w2 = pos[src[keep]], pos[tgt[keep]], rate[keep], w[keep]
+        nn = len(idx)
+        mats = [sp.coo_matrix((r2, (t2, s2)), shape=(nn, nn)).tocsr() - sp.diags(net.exit_rate[idx])]
+        mats += [sp.coo_matrix((r2 * w2**i, (t2, s2)), shape=(nn, nn)).tocsr() for i in range(1, o1)]
+        blocks = [[None] * o1 for _ in range(o1)]
+        for j in range(o1):
             for i in range(j + 1):
                 blocks[j][j - i] = comb(j, i, exact=True) * mats[i]
-        A = sp.bmat(blocks, format="csr")
-        stops = [t for t in times if t0 <= t < bounds[k + 1]]
-        for t in stops + ([bounds[k + 1]] if np.isfinite(bounds[k + 1]) else []):
-            if t > t_prev:
-                cur = expm_multiply(A * (t - t_prev), cur)
-            t_prev = t
-            if t in stops:
-                out[np.flatnonzero(times == t)] = cur.reshape(order + 1, n)[1:].sum(axis=1)
-    return out
+        Abig = sp.bmat(blocks, format="csr")
+
+        def solve_big(cur, dt):
+            cur[:, idx] = expm_multiply(Abig * dt, cur[:, idx].ravel()).reshape(o1, nn)
+        solvers.append(solve_big)
+    return solvers
 
 
 def cumulants_from_moments(mu) -> np.ndarray:
@@ -107,32 +172,54 @@ def heat_distribution(net, nu: int, times):
     return np.arange(-emax, emax + 1), out
 
 
-def block_scaled_v(net: Network) -> np.ndarray:
-    """``V_x / max V`` within each shell (never overflows; only ratios inside a shell matter)."""
-    top = np.full(net.n_blocks, -np.inf)
-    np.maximum.at(top, net.block, net.lnV)
-    return np.exp(net.lnV - top[net.block])
+def _union_components(segs):
+    """Connected components of the union of all segments' jump graphs (closed classes of the whole run)."""
+    from scipy.sparse.csgraph import connected_components
+
+    n = segs[0][1].n_states
+    src = np.concatenate([nt.source for _, nt in segs])
+    tgt = np.concatenate([nt.target for _, nt in segs])
+    g = sp.coo_matrix((np.ones(len(src)), (src, tgt)), shape=(n, n))
+    return connected_components(g, directed=True, connection="weak")[1]
 
 
-def ift_prediction(net: Network, times, p_t=None) -> np.ndarray:
-    """Exact ``<exp(-Delta s_obs)>`` at ``times``.
+def block_scaled_v(net, comp=None) -> np.ndarray:
+    """``V_x / max V`` within each component (never overflows; only ratios inside one matter)."""
+    segs = _segments(net)
+    net = segs[0][1]
+    comp = net.block if comp is None else comp
+    top = np.full(int(comp.max()) + 1, -np.inf)
+    np.maximum.at(top, comp, net.lnV)
+    return np.exp(net.lnV - top[comp])
 
-    Equals ``sum_x p_t(x) [e^{Wt} (V 1_supp)]_x / V_x`` by detailed balance: 1 when the start
-    fills every state of its shells, < 1 under absolute irreversibility.
+
+def ift_prediction(net, times, p_t=None) -> np.ndarray:
+    """Exact ``<exp(-Delta s_obs)>`` at ``times`` (``net``: a Network or the protocol segments).
+
+    Equals ``sum_x p_t(x) [P(t) (V 1_supp)]_x / V_x`` by detailed balance (every segment keeps
+    ``V`` invariant): 1 when the start fills every state of its classes, < 1 under absolute
+    irreversibility.  ``V`` is scaled per component of the union of all segments' graphs.
     """
-    v = block_scaled_v(net)
-    supp = (net.p0 > 0).astype(float)
+    from .solver import propagate_segments
+
+    segs = _segments(net)
+    v = block_scaled_v(segs, _union_components(segs))
+    p0 = segs[0][1].p0
+    supp = (p0 > 0).astype(float)
     if p_t is None:
-        p_t, _ = propagate(net, net.p0, times)
-    back, _ = propagate(net, v * supp, times)
+        p_t, _, _ = propagate_segments(segs, p0, times)
+    back, _, _ = propagate_segments(segs, v * supp, times)
     return np.sum(p_t * back / v, axis=1)
 
 
-def absolute_irreversibility(net: Network) -> bool:
-    """True if the initial distribution leaves some state of an occupied shell empty."""
-    occupied = np.zeros(net.n_blocks, bool)
-    occupied[net.block[net.p0 > 0]] = True
-    return bool(np.any(occupied[net.block] & (net.p0 <= 0)))
+def absolute_irreversibility(net) -> bool:
+    """True if the initial distribution leaves some state of an occupied class empty."""
+    segs = _segments(net)
+    p0 = segs[0][1].p0
+    comp = _union_components(segs)
+    occupied = np.zeros(int(comp.max()) + 1, bool)
+    occupied[comp[p0 > 0]] = True
+    return bool(np.any(occupied[comp] & (p0 <= 0)))
 
 
 def _level_steps(segments):

@@ -35,9 +35,9 @@ from .model import load_model
 
 __all__ = ["RunWriter", "save_run", "load_run", "provenance", "default_run_dir"]
 
-SCHEMA = 2
-ACC_KEYS = ("counts", "cross", "heat", "work", "jumps", "chunks_done", "wall_s", "states", "path_t", "path_x",
-            "path_len", "checksum", "records_checksum")
+SCHEMA = 3
+ACC_KEYS = ("counts", "cross", "heat", "work", "jumps", "fingerprint", "chunks_done", "wall_s", "states", "path_t",
+            "path_x", "path_len", "checksum", "records_checksum")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -79,8 +79,8 @@ def git_commit():
 def accumulator_checksum(acc) -> str:
     """SHA-256 over the raw accumulators and paths: any later change to the stored data is detected."""
     h = hashlib.sha256()
-    for a in (acc.counts, acc.cross, acc.heat, acc.work, acc.jumps, np.array(acc.chunks_done), acc.path_t,
-              acc.path_x, acc.path_len):
+    for a in (acc.counts, acc.cross, acc.heat, acc.work, acc.jumps, acc.fingerprint, np.array(acc.chunks_done),
+              acc.path_t, acc.path_x, acc.path_len):
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
 
@@ -144,6 +144,7 @@ def _save_accumulators(run_dir, plan, acc):
     if rec is not None:
         atomic_write(run_dir / "records.npz", lambda fh: np.savez_compressed(fh, **rec))
     arrays = {"counts": acc.counts, "cross": acc.cross, "heat": acc.heat, "work": acc.work, "jumps": acc.jumps,
+              "fingerprint": acc.fingerprint,
               "chunks_done": np.array(acc.chunks_done), "wall_s": np.array(acc.wall_s),
               "states": plan.network.states, "path_t": acc.path_t, "path_x": acc.path_x, "path_len": acc.path_len,
               "checksum": np.array(accumulator_checksum(acc)), "records_checksum": np.array(rec_sum)}
@@ -254,7 +255,8 @@ def _read(run_dir, allow_partial=False):
     if prov.get("model", {}).get("digest") != model.digest:
         raise RunError(f"{run_dir}: model.toml was changed after the run (its physics digest differs from provenance.json)")
     acc = engine.Accumulators(counts=arr["counts"], cross=arr["cross"], heat=arr["heat"], jumps=arr["jumps"],
-                              chunks_done=done, work=arr["work"], path_t=arr["path_t"], path_x=arr["path_x"],
+                              chunks_done=done, work=arr["work"], fingerprint=arr["fingerprint"],
+                              path_t=arr["path_t"], path_x=arr["path_x"],
                               path_len=arr["path_len"], wall_s=float(arr["wall_s"]))
     have = accumulator_checksum(acc)
     if str(arr["checksum"]) != have:

@@ -270,7 +270,8 @@ def WorkDistributionVsExact(ctx):
 
 @check
 def ReproduceChunks(ctx):
-    """Re-simulates the first and last chunk from the recorded seed: jump counts must match exactly."""
+    """Re-simulates the first and last chunk from the recorded seed: jump counts and the fingerprint of the
+    random stream (the generator's end state) must match exactly."""
     ens = ctx["ens"]
     plan = ens.plan
     n_t, n = len(plan.times), plan.network.n_states
@@ -280,13 +281,15 @@ def ReproduceChunks(ctx):
         acc = engine.Accumulators(counts=np.zeros((n_t, n), np.int64), cross=np.zeros((n_t, n, 2), np.int64),
                                   heat=np.zeros((n_t, plan.arrays["H"]), np.int64),
                                   jumps=np.zeros(plan.n_chunks, np.int64), chunks_done=c,
+                                  fingerprint=np.zeros(plan.n_chunks, np.uint64),
                                   work=np.zeros((n_t, plan.arrays["HW"]), np.int64),
                                   path_t=np.zeros((plan.paths, engine.PATH_CAPACITY)),
                                   path_x=np.zeros((plan.paths, engine.PATH_CAPACITY), np.int64),
                                   path_len=np.zeros(plan.paths, np.int64))
         engine.run_plan(plan, acc, threads=1, stop_after=c + 1)
-        if acc.jumps[c] != ens.acc.jumps[c]:
-            bad.append(f"chunk {c}: stored {int(ens.acc.jumps[c])} jumps, re-simulated {int(acc.jumps[c])}")
+        if acc.jumps[c] != ens.acc.jumps[c] or acc.fingerprint[c] != ens.acc.fingerprint[c]:
+            bad.append(f"chunk {c}: stored {int(ens.acc.jumps[c])} jumps / stream fingerprint "
+                       f"{int(ens.acc.fingerprint[c]):#x}, re-simulated {int(acc.jumps[c])} / {int(acc.fingerprint[c]):#x}")
     return CheckResult("ReproduceChunks", "exact", statistic=len(bad), passed=not bad,
                        detail="; ".join(bad) if bad else f"chunks {idx} reproduce exactly from the recorded seed")
 
@@ -304,6 +307,21 @@ def run_checks(ens, sol, alpha=1e-3, names=None):
     return results
 
 
+def _finite(obj):
+    """Standard JSON: non-finite numbers (p-values of exact checks, an impossible G) become null."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    return obj
+
+
 def validate_run(run_dir, alpha=1e-3, figures=True):
     """Validate a finished run directory; writes validation.json, validation.md and figures."""
     from .runio import load_run
@@ -316,7 +334,7 @@ def validate_run(run_dir, alpha=1e-3, figures=True):
     ok = all(r.passed for r in results)
     verdict = {"run": str(run_dir), "alpha": alpha, "passed": ok, "correction": "Holm",
                "checks": [asdict(r) for r in results]}
-    (run_dir / "validation.json").write_text(json.dumps(verdict, indent=2, default=float))
+    (run_dir / "validation.json").write_text(json.dumps(_finite(verdict), indent=2, allow_nan=False))
     lines = [f"# Validation of `{run_dir.name}`", "",
              f"Model `{ens.model.name}`, {ens.trajectories} trajectories, seed entropy {ens.plan.entropy}. "
              f"Statistical checks Holm-corrected at alpha = {alpha:g}.", "",
