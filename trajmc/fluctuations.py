@@ -289,3 +289,43 @@ def global_gibbs_beta(model, net, tol=1e-12):
         if np.max(np.abs(g - net.p0)) <= tol:
             return float(beta)
     return None
+
+
+def reversed_model(model, beta):
+    """The time-reversed protocol over ``[0, T]`` (T = last sample time), started in the global Gibbs state of
+    the final levels at ``beta``; None if that is not expressible (a switch at T, or a joint initial table).
+
+    Forward levels eps_0 on [0, t_1), ..., eps_K on [t_K, T]; reversed: eps_K on [0, T - t_K), ...,
+    eps_0 on [T - t_1, T].
+    """
+    from .model import load_model
+
+    T = float(model.times[-1])
+    steps = list(model.protocol)
+    if not steps or steps[-1].time >= T or model.bath_states is None:
+        return None
+    levels = [list(map(int, model.energies))] + [list(s.energies) for s in steps]
+    d = model.to_dict()
+    d["system"]["energies"] = levels[-1]
+    d["protocol"] = [{"time": T - steps[k - 1].time, "energies": levels[k - 1]} for k in range(len(steps), 0, -1)]
+    d["initial"] = {"system": {"gibbs": True, "beta": beta},
+                    "baths": [{"state": "canonical", "beta": beta} for _ in model.baths]}
+    d["times"] = {"values": [0.0, T]}
+    d["name"] = f"{model.name}-reversed"
+    return load_model(d)
+
+
+def crooks_exact(model, beta):
+    """Exact forward and reversed work distributions for the Crooks relation
+    ``P_F(W) / P_R(-W) = exp(beta (W - Delta F))``: (w, P_F(w) at T, P_R(-w) at T, Delta F) or None."""
+    from .network import build_segments
+
+    rev = reversed_model(model, beta)
+    if rev is None:
+        return None
+    fwd = build_segments(model)
+    w, PF = work_distribution(fwd, [0.0, float(model.times[-1])])
+    wr, PR = work_distribution(build_segments(rev), [0.0, float(model.times[-1])])
+    PR_neg = np.interp(-w, wr, PR[-1], left=0.0, right=0.0)
+    dF = -np.log(gibbs_ratio(fwd, beta)) / beta
+    return w, PF[-1], PR_neg, dF

@@ -143,6 +143,18 @@ def analysis_figures(ens, res, outdir):
         paths.append(outdir / "work.png")
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
+    if "crooks" in res and len(res["crooks"]):
+        c = res["crooks"]
+        fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
+        ax.errorbar(c["beta_W_minus_dF"], c["log_ratio_mc"], yerr=1.96 * c["log_ratio_se"], fmt="o", ms=4,
+                    label="forward MC / exact reversed")
+        s = np.linspace(c["beta_W_minus_dF"].min(), c["beta_W_minus_dF"].max(), 2)
+        ax.plot(s, s, "k-", lw=1, label="Crooks: slope 1")
+        ax.set(xlabel="beta (W - Delta F)", ylabel="ln P_F(W) / P_R(-W)", title="Crooks relation")
+        ax.legend(fontsize=8)
+        paths.append(outdir / "crooks.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
     rec = ens.records
     if rec is not None:
         fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
