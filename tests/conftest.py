@@ -145,3 +145,20 @@ def solved():
 
 def block_members(net, b):
     return np.flatnonzero(net.block == b)
+
+
+def signal_from_another_thread(sig=None):
+    """Deliver ``sig`` (default SIGINT) to a thread other than the main one, as happens while numba
+    workers exist; CPython runs the Python-level handler in the main thread at its next bytecode."""
+    import signal
+    import threading
+
+    sig = signal.SIGINT if sig is None else sig
+
+    def send():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
+        signal.pthread_kill(threading.get_ident(), sig)
+
+    t = threading.Thread(target=send)
+    t.start()
+    t.join()

@@ -27,7 +27,7 @@ from trajmc.ensemble import Ensemble
 from trajmc.reference import ReferenceRNG, reference_chunk
 from trajmc.stats import g_test
 
-from conftest import get_model_dict
+from conftest import get_model_dict, signal_from_another_thread
 
 # Per-test false-alarm rate of every statistical assertion in this file.
 ALPHA = 1e-6
@@ -365,17 +365,6 @@ def test_interrupted_run_continues_bit_identically():
     assert_acc_equal(a0, acc)
 
 
-def signal_from_another_thread(sig=signal.SIGINT):
-    """Deliver ``sig`` as the kernel does when the main thread blocks it: to another thread (here a
-    helper; in a real run a numba worker).  CPython then runs the Python-level handler in the main
-    thread at its next bytecode."""
-    def send():
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
-        signal.pthread_kill(threading.get_ident(), sig)
-
-    t = threading.Thread(target=send)
-    t.start()
-    t.join()
 
 
 # Regression test: BUG engine.run_plan: SIGINT/SIGTERM are masked in the main thread only, so a Ctrl-C during a wa

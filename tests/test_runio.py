@@ -20,7 +20,7 @@ import tomli_w
 import trajmc
 from trajmc import engine, runio
 
-from conftest import get_model_dict
+from conftest import get_model_dict, signal_from_another_thread
 
 ACC = ["counts", "cross", "heat", "jumps"]
 
@@ -150,16 +150,6 @@ def test_resume_from_the_initial_checkpoint(finished, tmp_path):
     assert_same_ensemble(finished[1], runio.resume_run(d, threads=2))
 
 
-def signal_from_another_thread(sig=signal.SIGINT):
-    """Deliver ``sig`` to a thread other than the main one (as happens while numba workers exist);
-    CPython runs the Python-level handler in the main thread at its next bytecode."""
-    def send():
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
-        signal.pthread_kill(threading.get_ident(), sig)
-
-    t = threading.Thread(target=send)
-    t.start()
-    t.join()
 
 
 # Regression test: BUG runio.save_run/RunWriter.run: after the last wave the accumulators are written to accumulat

@@ -8,26 +8,34 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _mc_vs_exact(ax, t, curves, xlabel="t", ylabel="", title=""):
+    """Monte Carlo points with 1.96 SE bars, each over its exact line (black) when one is given.
+
+    ``curves``: iterable of (label, estimate, standard error, exact or None).
+    """
+    for label, est, se, exact in curves:
+        if np.all(np.isnan(est)):
+            continue
+        ax.errorbar(t, est, yerr=1.96 * np.asarray(se), fmt="o", ms=3, label=f"{label} (MC)")
+        if exact is not None:
+            ax.plot(t, exact, "k-", lw=1)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+
+
 def summary_figure(ens, path, exact=None):
-    """p_s(t) and the entropies of a Monte Carlo run (error bars: 1.96 SE); exact curves if given."""
+    """p_s(t) and the entropy productions of a Monte Carlo run (error bars: 1.96 SE); exact curves if given."""
     ps, pse = ens.p_system()
     th = ens.thermo()
-    t = ens.times
+    pex = exact.p_system() if exact is not None else None
+    ex = exact.thermo() if exact is not None else None
     fig, ax = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for s in range(ps.shape[1]):
-        ax[0].errorbar(t, ps[:, s], yerr=1.96 * pse[:, s], fmt="o", ms=3, label=f"s={s} (MC)")
-        if exact is not None:
-            ax[0].plot(t, exact.p_system()[:, s], "k-", lw=1)
-    ax[0].set(xlabel="t", ylabel="p_s(t)", title=f"{ens.model.name}: system populations")
-    ax[0].legend(fontsize=8)
-    for col in ("Sigma", "Sigma_tilde"):
-        if np.all(np.isnan(th[col])):
-            continue
-        ax[1].errorbar(t, th[col], yerr=1.96 * th[f"{col}_se"], fmt="o", ms=3, label=f"{col} (MC)")
-        if exact is not None:
-            ax[1].plot(t, exact.thermo()[col], "k-", lw=1)
-    ax[1].set(xlabel="t", ylabel="entropy production", title=f"{ens.trajectories} trajectories")
-    ax[1].legend(fontsize=8)
+    _mc_vs_exact(ax[0], ens.times, [(f"s={s}", ps[:, s], pse[:, s], None if pex is None else pex[:, s])
+                                    for s in range(ps.shape[1])],
+                 ylabel="p_s(t)", title=f"{ens.model.name}: system populations")
+    _mc_vs_exact(ax[1], ens.times, [(c, th[c], th[f"{c}_se"], None if ex is None else ex[c])
+                                    for c in ("Sigma", "Sigma_tilde")],
+                 ylabel="entropy production", title=f"{ens.trajectories} trajectories")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -44,27 +52,14 @@ def validation_figures(ens, sol, outdir):
     ps, pse = ens.p_system()
     pex = sol.p_system()
     fig, ax = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
-    for s in range(ps.shape[1]):
-        ax[0, 0].errorbar(t, ps[:, s], yerr=1.96 * pse[:, s], fmt="o", ms=3, label=f"s={s}")
-        ax[0, 0].plot(t, pex[:, s], "k-", lw=1)
-    ax[0, 0].set(xlabel="t", ylabel="p_s(t)", title="system populations (lines: exact)")
-    ax[0, 0].legend(fontsize=8)
-    ax[0, 1].errorbar(t, th["S_obs"], yerr=1.96 * th["S_obs_se"], fmt="o", ms=3, label="S_obs (MC)")
-    ax[0, 1].plot(t, ex["S_obs"], "k-", lw=1, label="exact")
-    ax[0, 1].set(xlabel="t", ylabel="S_obs", title="observational entropy")
-    ax[0, 1].legend(fontsize=8)
-    for col in ("Sigma", "Sigma_tilde"):
-        if np.all(np.isnan(ex[col])):
-            continue
-        ax[1, 0].errorbar(t, th[col], yerr=1.96 * th[f"{col}_se"], fmt="o", ms=3, label=f"{col} (MC)")
-        ax[1, 0].plot(t, ex[col], "k-", lw=1)
-    ax[1, 0].set(xlabel="t", ylabel="entropy production", title="Sigma vs Sigma_tilde (lines: exact)")
-    ax[1, 0].legend(fontsize=8)
-    for b in ens.model.bath_names:
-        ax[1, 1].errorbar(t, th[f"Q_{b}"], yerr=1.96 * th[f"Q_{b}_se"], fmt="o", ms=3, label=f"Q_{b} (MC)")
-        ax[1, 1].plot(t, ex[f"Q_{b}"], "k-", lw=1)
-    ax[1, 1].set(xlabel="t", ylabel="heat into the system", title="mean heat per bath (lines: exact)")
-    ax[1, 1].legend(fontsize=8)
+    _mc_vs_exact(ax[0, 0], t, [(f"s={s}", ps[:, s], pse[:, s], pex[:, s]) for s in range(ps.shape[1])],
+                 ylabel="p_s(t)", title="system populations (lines: exact)")
+    _mc_vs_exact(ax[0, 1], t, [("S_obs", th["S_obs"], th["S_obs_se"], ex["S_obs"])],
+                 ylabel="S_obs", title="observational entropy (line: exact)")
+    _mc_vs_exact(ax[1, 0], t, [(c, th[c], th[f"{c}_se"], ex[c]) for c in ("Sigma", "Sigma_tilde")],
+                 ylabel="entropy production", title="Sigma vs Sigma_tilde (lines: exact)")
+    _mc_vs_exact(ax[1, 1], t, [(f"Q_{b}", th[f"Q_{b}"], th[f"Q_{b}_se"], ex[f"Q_{b}"]) for b in ens.model.bath_names],
+                 ylabel="heat into the system", title="mean heat per bath (lines: exact)")
     fig.suptitle(f"{ens.model.name}: {ens.trajectories} trajectories vs exact solver")
     path = outdir / "validation.png"
     fig.savefig(path, dpi=110)
