@@ -148,15 +148,22 @@ def simulate(model, trajectories=None, seed=None, threads=None, times=None, chun
     plan = engine.make_plan(model, trajectories, seed, times, chunk_size, records, paths)
     threads = engine.resolve_threads(threads)
     backend = check_backend(backend, scheduler, workers)
-    if out is not None:
-        from .runio import RunWriter
+    session = None
+    if backend == "dask":  # connect (or start the cluster) before anything is written
+        from .cluster import DaskSession
 
-        writer = RunWriter.create(out, plan)
-        return writer.run(threads, progress=_progress_flag(progress, quiet), backend=backend, scheduler=scheduler,
-                          workers=workers)
-    acc = engine.new_accumulators(plan)
-    return execute(plan, acc, threads, _progress_flag(progress, quiet), backend=backend, scheduler=scheduler,
-                   workers=workers)
+        session = DaskSession(scheduler, workers)
+    try:
+        if out is not None:
+            from .runio import RunWriter
+
+            writer = RunWriter.create(out, plan)
+            return writer.run(threads, progress=_progress_flag(progress, quiet), backend=backend, scheduler=session)
+        acc = engine.new_accumulators(plan)
+        return execute(plan, acc, threads, _progress_flag(progress, quiet), backend=backend, scheduler=session)
+    finally:
+        if session is not None:
+            session.close()
 
 
 def check_backend(backend, scheduler=None, workers=None):
@@ -198,11 +205,13 @@ def execute(plan, acc, threads, show_progress=False, checkpoint=None, backend="t
         if backend == "dask":
             from .cluster import DaskSession, run_plan_dask
 
-            session = DaskSession(scheduler, workers)
+            own = not isinstance(scheduler, DaskSession)  # a session passed in stays open for its owner
+            session = DaskSession(scheduler, workers) if own else scheduler
             try:
                 info = run_plan_dask(plan, acc, session, progress=cb, checkpoint=checkpoint)
             finally:
-                session.close()
+                if own:
+                    session.close()
             threads = info["workers"]
         else:
             engine.run_plan(plan, acc, threads, progress=cb, checkpoint=checkpoint)

@@ -301,7 +301,15 @@ def resume_run(run_dir, threads, progress=False, backend="threads", scheduler=No
     w, prov = RunWriter.resume(run_dir)
     if prov.get("status") == "complete" and w.acc.chunks_done == w.plan.n_chunks:
         raise RunError(f"{run_dir}: run is already complete")
-    return w.run(threads, progress, backend=backend, scheduler=scheduler, workers=workers)
+    if backend != "dask":
+        return w.run(threads, progress)
+    from .cluster import DaskSession
+
+    session = DaskSession(scheduler, workers)  # connect before the run directory is touched
+    try:
+        return w.run(threads, progress, backend=backend, scheduler=session)
+    finally:
+        session.close()
 
 
 def default_run_dir(name, root="runs"):
