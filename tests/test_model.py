@@ -557,7 +557,7 @@ def test_unknown_example():
 def test_sources(tmp_path):
     with pytest.raises(trajmc.ModelError, match="does not exist"):
         trajmc.load_model(tmp_path / "missing.toml")
-    with pytest.raises(trajmc.ModelError, match="does not exist"):
+    with pytest.raises(trajmc.ModelError, match="is a directory"):
         trajmc.load_model(str(tmp_path))  # a directory is not a model file
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\n[system\nenergies = [0, 1]\n')

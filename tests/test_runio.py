@@ -140,7 +140,8 @@ def test_resume_after_interrupted_run_plan(finished, tmp_path):
 
     with pytest.raises(trajmc.Interrupted):
         engine.run_plan(plan, w.acc, 1, progress=progress, checkpoint=w.checkpoint)
-    assert json.loads((d / "provenance.json").read_text())["chunking"]["chunks_done"] == 16
+    # the first wave has one chunk per thread (later waves adapt to ~0.5 s)
+    assert json.loads((d / "provenance.json").read_text())["chunking"]["chunks_done"] == 1
     assert_same_ensemble(finished[1], runio.resume_run(d, threads=2))
 
 

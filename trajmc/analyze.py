@@ -245,7 +245,7 @@ def analyze(ens, sol, times=None):
 def analyze_run(run_dir, times=None, quiet=False):
     """Analyze a run directory: writes ``analysis/*.csv`` and ``figures/*.png``; returns the dict."""
     from .plotting import analysis_figures
-    from .runio import load_run
+    from .runio import atomic_text, load_run
     from .solver import solve
 
     run_dir = Path(run_dir)
@@ -256,7 +256,7 @@ def analyze_run(run_dir, times=None, quiet=False):
     tdir.mkdir(exist_ok=True)
     for name, val in res.items():
         if isinstance(val, pd.DataFrame):
-            val.to_csv(tdir / f"{name}.csv", index=False)
+            atomic_text(tdir / f"{name}.csv", val.to_csv(index=False))
     analysis_figures(ens, res, run_dir / "figures")
     if not quiet:
         _print_summary(ens, res, run_dir)

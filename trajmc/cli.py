@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="model TOML file (default: the built-in default example)")
     _add_sim_options(p)
     p.add_argument("--resume", metavar="DIR", help="finish an interrupted run directory")
-    p.add_argument("--paths", type=_nonneg_int, default=5, metavar="K", help="keep full jump paths of K trajectories")
+    p.add_argument("--paths", type=_nonneg_int, metavar="K", help="keep full jump paths of K trajectories (default 5)")
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("validate", help="compare a run (or a fresh simulation of a model) with the exact solver")
     p.add_argument("target", help="run directory or model TOML file")
@@ -137,9 +137,9 @@ def _summary(ens, run_dir):
 
 
 def _backend_args(args):
-    if args.scheduler is None and args.workers is None:
-        return {}
-    return {"backend": "dask", "scheduler": args.scheduler, "workers": args.workers}
+    from .ensemble import backend_kwargs
+
+    return backend_kwargs(args.scheduler, args.workers)
 
 
 def cmd_simulate(args):
@@ -149,7 +149,8 @@ def cmd_simulate(args):
 
     threads = resolve_threads(args.threads)
     if args.resume:
-        if args.model or args.example or args.trajectories or args.seed is not None or args.chunk_size or args.out:
+        if (args.model or args.example or args.trajectories or args.seed is not None or args.chunk_size or args.out
+                or args.paths is not None):
             raise TrajmcError("--resume takes only --threads, --scheduler, --workers and --quiet: "
                               "the run's own settings are used")
         ens = resume_run(args.resume, threads, progress=(not args.quiet) and sys.stderr.isatty(),
@@ -161,10 +162,11 @@ def cmd_simulate(args):
 
         model = load_model(_model_source(args))
         # validate every option before anything is written
-        make_plan(model, args.trajectories, args.seed, None, args.chunk_size, None, args.paths)
+        paths = 5 if args.paths is None else args.paths
+        make_plan(model, args.trajectories, args.seed, None, args.chunk_size, None, paths)
         run_dir = Path(args.out) if args.out else default_run_dir(model.name)
         ens = simulate(model, trajectories=args.trajectories, seed=args.seed, threads=threads,
-                       chunk_size=args.chunk_size, paths=args.paths, out=run_dir, quiet=args.quiet,
+                       chunk_size=args.chunk_size, paths=paths, out=run_dir, quiet=args.quiet,
                        **_backend_args(args))
     if not args.quiet:
         _summary(ens, run_dir)
@@ -210,6 +212,10 @@ def main(argv=None) -> int:
         return EXIT_INTERRUPTED
     except TrajmcError as exc:
         print(f"trajmc: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (OSError, MemoryError) as exc:  # a path we cannot write, a request too large to allocate
+        msg = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"trajmc: error: {type(exc).__name__}: {msg}".splitlines()[0], file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
         if old is not None:

@@ -39,10 +39,14 @@ class DaskSession:
         else:
             try:
                 self.client = Client(scheduler, timeout="20s")
-            except (OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError, ValueError) as exc:
                 raise TrajmcError(f"scheduler: cannot connect to {scheduler!r} ({exc})") from None
             if workers:
-                self.client.wait_for_workers(workers, timeout=120)
+                try:
+                    self.client.wait_for_workers(workers, timeout=120)
+                except TimeoutError:
+                    self.client.close()
+                    raise TrajmcError(f"workers: {workers} workers did not join {scheduler!r} within 120 s") from None
 
     @property
     def address(self):

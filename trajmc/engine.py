@@ -28,6 +28,10 @@ __all__ = ["Plan", "Accumulators", "make_plan", "run_plan", "Interrupted", "reso
 #: entries of per-trajectory records (trajectories x sample times) kept by default
 AUTO_RECORD_LIMIT = 20_000_000
 PATH_CAPACITY = 2000
+#: per-chunk bookkeeping (jump counts, fingerprints) is O(chunks): keep it small
+MAX_CHUNKS = 10_000_000
+#: a wave of chunks aims at this many seconds: Ctrl-C and progress act between waves
+WAVE_SECONDS = 0.5
 
 
 class StopFlag:
@@ -196,6 +200,9 @@ def make_plan(model, trajectories=None, seed=None, times=None, chunk_size=None, 
         raise ModelError("chunk_size", f"must be a positive integer, got {chunk_size!r}")
     if isinstance(paths, bool) or not isinstance(paths, (int, np.integer)) or not 0 <= paths <= 1000:
         raise ModelError("paths", f"must be an integer in 0..1000, got {paths!r}")
+    if -(-int(trajectories) // int(chunk_size)) > MAX_CHUNKS:
+        raise ModelError("trajectories", f"{trajectories} trajectories make more than {MAX_CHUNKS:.0e} chunks of "
+                                         f"{chunk_size}; raise chunk_size")
     entropy = resolve_seed(sim["seed"] if seed is None else seed)
     segments = build_segments(model)
     net = segments[0][1]
@@ -282,7 +289,9 @@ def run_plan(plan: Plan, acc: Accumulators, threads: int, progress=None, checkpo
     """
     a = plan.arrays
     n_t, n = len(plan.times), plan.network.n_states
-    W = 16 * threads  # chunks per wave: between waves we checkpoint and report progress
+    # chunks per wave: adapted so a wave lasts ~WAVE_SECONDS (Ctrl-C, progress and checkpoints act between
+    # waves); the totals are integer sums, so the wave size never changes the result
+    W = threads
     numba.set_num_threads(threads)
     # hand chunks to threads one at a time (jump counts per chunk vary), not in equal blocks
     old_chunksize = numba.set_parallel_chunksize(1)
@@ -312,6 +321,7 @@ def run_plan(plan: Plan, acc: Accumulators, threads: int, progress=None, checkpo
                     raise KeyboardInterrupt
                 c0 = acc.chunks_done
                 c1 = min(end, c0 + W)
+                t_wave = time.perf_counter()
                 jumps = np.zeros(c1 - c0, np.int64)
                 fprint = np.zeros(c1 - c0, np.uint64)
                 states = np.array([_rng.chunk_state(plan.entropy, i) for i in range(c0, c1)])
@@ -332,6 +342,8 @@ def run_plan(plan: Plan, acc: Accumulators, threads: int, progress=None, checkpo
                 acc.jumps[c0:c1] = jumps
                 acc.fingerprint[c0:c1] = fprint
                 acc.chunks_done = c1
+                took = time.perf_counter() - t_wave
+                W = int(min(64 * threads, max(threads, W * WAVE_SECONDS / max(took, 1e-6))))
                 acc.wall_s = wall0 + time.perf_counter() - t_start
                 if progress is not None:
                     progress(c1)

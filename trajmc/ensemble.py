@@ -166,6 +166,13 @@ def simulate(model, trajectories=None, seed=None, threads=None, times=None, chun
             session.close()
 
 
+def backend_kwargs(scheduler=None, workers=None) -> dict:
+    """The keyword arguments that select the Dask backend when a scheduler or a worker count is given."""
+    if scheduler is None and workers is None:
+        return {}
+    return {"backend": "dask", "scheduler": scheduler, "workers": workers}
+
+
 def check_backend(backend, scheduler=None, workers=None):
     from .errors import ModelError
 

@@ -35,7 +35,9 @@ def _safe_log(q):
 
 
 def _var(p, f):
-    """Variance of f(x) under p (rows), for f (n_t, n) or (n,)."""
+    """Variance of f(x) under p (rows), for f (n_t, n) or (n,); states of probability 0 do not count
+    (f may be infinite there, e.g. ln pi_E where pi_E underflows)."""
+    f = np.where(p > 0, f, 0.0)
     m = np.sum(p * f, axis=-1)
     return np.maximum(np.sum(p * f * f, axis=-1) - m * m, 0.0), m
 
@@ -149,6 +151,9 @@ def thermo_estimates(times, counts, cross, heat, hoff, emax, N, space: Space, g0
         hw = work / N
         cols["W"] = hw @ wv
         se["W"] = np.maximum(hw @ (wv * wv) - cols["W"] ** 2, 0.0)
+    else:  # undriven: no work, exactly (the same columns as the exact solution's table)
+        cols["W"] = np.zeros(len(times))
+        se["W"] = np.zeros(len(times))
     se["lnV"], _ = _var(p, space.lnV)
     df = assemble(times, cols, space)
     # differences over time: Sigma, Sigma_tilde, Q (influence phi_t(x_t) - phi_0(x_0))
@@ -179,7 +184,9 @@ def thermo_estimates(times, counts, cross, heat, hoff, emax, N, space: Space, g0
         else:
             var = np.asarray(v, dtype=float) / max(N - 1, 1) + q2.get(c, 0.0) + np.asarray(sysb.get(c, 0.0)) ** 2
             df[f"{c}_se"] = np.sqrt(var) if N > 1 else np.nan  # one trajectory has no spread to measure
-    df.loc[df.index[0], ["Sigma", "Sigma_se", "Sigma_tilde", "Sigma_tilde_se"]] = 0.0
+    df.loc[df.index[0], ["Sigma", "Sigma_se"]] = 0.0
+    if np.isfinite(df["Sigma_tilde"].iloc[0]):  # without a reference beta Sigma_tilde stays NaN throughout
+        df.loc[df.index[0], ["Sigma_tilde", "Sigma_tilde_se"]] = 0.0
     for name in space.bath_names:
         df.loc[df.index[0], [f"Q_{name}", f"Q_{name}_se"]] = 0.0
     df.attrs["bias_correction"] = BIAS_CORRECTION

@@ -259,6 +259,8 @@ def load_model(source) -> Model:
     src_name = None
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        if path.is_dir():
+            raise ModelError("", f"{str(path)!r} is a directory, not a model file")
         if not path.is_file():
             raise ModelError("", f"model file {str(path)!r} does not exist")
         try:

@@ -8,6 +8,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save(fig, path):
+    """Render to memory, then write atomically: a figure on disk is never half written."""
+    import io
+
+    from .runio import atomic_write
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
+    plt.close(fig)
+    atomic_write(path, lambda fh: fh.write(buf.getvalue()))
+    return path
+
+
 def _mc_vs_exact(ax, t, curves, xlabel="t", ylabel="", title=""):
     """Monte Carlo points with 1.96 SE bars, each over its exact line (black) when one is given.
 
@@ -36,9 +49,7 @@ def summary_figure(ens, path, exact=None):
     _mc_vs_exact(ax[1], ens.times, [(c, th[c], th[f"{c}_se"], None if ex is None else ex[c])
                                     for c in ("Sigma", "Sigma_tilde")],
                  ylabel="entropy production", title=f"{ens.trajectories} trajectories")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def validation_figures(ens, sol, outdir):
@@ -62,9 +73,7 @@ def validation_figures(ens, sol, outdir):
                  ylabel="heat into the system", title="mean heat per bath (lines: exact)")
     fig.suptitle(f"{ens.model.name}: {ens.trajectories} trajectories vs exact solver")
     path = outdir / "validation.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def analysis_figures(ens, res, outdir):
@@ -89,8 +98,7 @@ def analysis_figures(ens, res, outdir):
         ax.set(xlabel=f"heat Q from bath {b}", ylabel="P(Q)", title=f"heat distribution, bath {b} (lines: exact)")
         ax.legend(fontsize=8)
     paths.append(outdir / "heat_distribution.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    _save(fig, paths[-1])
     if "entropy_production" in res:
         ep = res["entropy_production"]
         fig, ax = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
@@ -106,8 +114,7 @@ def analysis_figures(ens, res, outdir):
         ax[1].set(xlabel="t", ylabel="<exp(-Delta s_obs)>", title="integral fluctuation theorem")
         ax[1].legend(fontsize=8)
         paths.append(outdir / "entropy_production.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        _save(fig, paths[-1])
     if "exchange_ft" in res and len(res["exchange_ft"]):
         ft = res["exchange_ft"]
         fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
@@ -118,8 +125,7 @@ def analysis_figures(ens, res, outdir):
                title=f"exchange FT: slope {res['ft_slope']:.3f} ± {res['ft_slope_se']:.3f}")
         ax.legend(fontsize=8)
         paths.append(outdir / "exchange_ft.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        _save(fig, paths[-1])
     if "work_distribution" in res:
         wd = res["work_distribution"]
         fig, ax = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
@@ -136,8 +142,7 @@ def analysis_figures(ens, res, outdir):
             ax[1].set(xlabel="t", ylabel="<exp(-beta W)>", title="Jarzynski equality")
             ax[1].legend(fontsize=8)
         paths.append(outdir / "work.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        _save(fig, paths[-1])
     if "crooks" in res and len(res["crooks"]):
         c = res["crooks"]
         fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
@@ -148,8 +153,7 @@ def analysis_figures(ens, res, outdir):
         ax.set(xlabel="beta (W - Delta F)", ylabel="ln P_F(W) / P_R(-W)", title="Crooks relation")
         ax.legend(fontsize=8)
         paths.append(outdir / "crooks.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        _save(fig, paths[-1])
     rec = ens.records
     if rec is not None:
         fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
@@ -158,6 +162,5 @@ def analysis_figures(ens, res, outdir):
         ax.bar(vals, cnt / cnt.sum(), width=0.9)
         ax.set(xlabel="number of jumps", ylabel="probability", title=f"activity up to t={ens.times[-1]:g}")
         paths.append(outdir / "activity.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        _save(fig, paths[-1])
     return paths

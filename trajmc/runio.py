@@ -164,8 +164,9 @@ class RunWriter:
         run_dir = Path(run_dir)
         if run_dir.exists() and any(run_dir.iterdir()):
             raise RunError(f"{run_dir}: run directory exists and is not empty (choose another --out, or --resume it)")
+        acc = engine.new_accumulators(plan)  # allocate first: a request too large writes nothing
         run_dir.mkdir(parents=True, exist_ok=True)
-        w = cls(run_dir, plan, engine.new_accumulators(plan))
+        w = cls(run_dir, plan, acc)
         atomic_text(run_dir / "model.toml", _resolved_model_toml(plan))
         w.checkpoint(w.acc)
         return w
@@ -292,6 +293,7 @@ def load_run(run_dir) -> Ensemble:
     t = prov.get("timings", {})
     stats = make_stats(plan, acc, t.get("threads", 1), t.get("compile_s", float("nan")), 0.0)
     stats["run_dir"] = str(run_dir)
+    stats.update(prov.get("backend", {}))
     return Ensemble(plan, acc, stats)
 
 

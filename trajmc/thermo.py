@@ -146,7 +146,9 @@ def assemble(times, cols: dict, space: Space) -> pd.DataFrame:
         c[f"Q_{name}"] = -dE
         st = st + space.beta[nu] * dE
     c["Sigma_tilde"] = st
-    order = ["S_obs", "Sigma", "Sigma_tilde", "S_sh", "I", "D", "E_S"] + (["W"] if "W" in c else [])
+    if "W" in c:  # first law: Delta E_S + sum Delta E_b - W (zero up to rounding; nonzero flags an error)
+        c["first_law"] = (c["E_S"] - c["E_S"][0]) - sum(c[f"Q_{n}"] for n in space.bath_names) - c["W"]
+    order = ["S_obs", "Sigma", "Sigma_tilde", "S_sh", "I", "D", "E_S"] + (["W", "first_law"] if "W" in c else [])
     for name in space.bath_names:
         order += [f"E_{name}", f"Q_{name}", f"S_B_{name}", f"D_{name}"]
     order += ["lnV"]
