@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import signal
-import threading
 
 import numba as nb
 import numpy as np

@@ -7,10 +7,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import tomllib
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

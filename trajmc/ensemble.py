@@ -10,7 +10,7 @@ import pandas as pd
 from . import engine
 from .estimate import BIAS_CORRECTION, SE_METHOD, thermo_estimates
 from .network import levels_at
-from .thermo import space_of
+from .thermo import marginal_system, space_of
 
 __all__ = ["simulate", "Ensemble"]
 
@@ -63,9 +63,7 @@ class Ensemble:
 
     def p_system(self):
         """System marginal ``p_s(t)`` and its standard error: two (n_t, n_levels) arrays."""
-        s = self.network.states[:, 0]
-        c = np.stack([np.bincount(s, weights=r, minlength=self.model.n_levels) for r in self.acc.counts])
-        p = c / self.trajectories
+        p = marginal_system(self.acc.counts, space_of(self.network)) / self.trajectories
         return p, np.sqrt(p * (1.0 - p) / self.trajectories)
 
     def heat_distribution(self, bath=0, t_index=-1) -> pd.Series:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import xlogy
 
-from .thermo import Space, assemble, functionals, state_energies
+from .thermo import Space, assemble, functionals, marginal_bath, marginal_system, state_energies
 
 __all__ = ["thermo_estimates", "BIAS_CORRECTION", "SE_METHOD"]
 
@@ -82,9 +82,8 @@ def thermo_estimates(times, counts, cross, heat, hoff, emax, N, space: Space, g0
     s, E = space.s, space.E
     n_b = E.shape[1]
     cols = functionals(p, space, levels)
-    cs = np.stack([np.bincount(s, weights=r, minlength=space.n_levels) for r in counts])
-    cEs = [np.stack([np.bincount(E[:, nu], weights=r, minlength=len(space.bath_lnV[nu])) for r in counts])
-           for nu in range(n_b)]
+    cs = marginal_system(counts, space)
+    cEs = [marginal_bath(counts, space, nu) for nu in range(n_b)]
     ps = cs / N
     pEs = [c / N for c in cEs]
     occ = lambda q: np.count_nonzero(q > 0, axis=-1)  # noqa: E731

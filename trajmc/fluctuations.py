@@ -16,7 +16,6 @@ from scipy.sparse.linalg import expm_multiply
 from scipy.special import comb
 
 from .network import Network
-from .solver import propagate
 
 __all__ = ["counting_moments", "cumulants_from_moments", "heat_weights", "heat_distribution", "ift_prediction",
            "block_scaled_v"]

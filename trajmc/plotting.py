@@ -76,6 +76,17 @@ def validation_figures(ens, sol, outdir):
     return _save(fig, path)
 
 
+def _slope_one(x, y, se, label, xlabel, ylabel, line_label, title, path):
+    """A fluctuation-theorem figure: log ratios with 1.96 SE bars against the predicted line y = x."""
+    fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
+    ax.errorbar(x, y, yerr=1.96 * np.asarray(se), fmt="o", ms=4, label=label)
+    s = np.linspace(min(0.0, float(np.min(x))), float(np.max(x)), 2)
+    ax.plot(s, s, "k-", lw=1, label=line_label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def analysis_figures(ens, res, outdir):
     """Heat distributions, trajectory entropy production and IFT, exchange FT, activity."""
     from pathlib import Path
@@ -109,23 +120,16 @@ def analysis_figures(ens, res, outdir):
         ax[0].axvline(ep["mean_ds"].iloc[-1], color="C1", ls="--", label="MC mean")
         ax[0].set(xlabel="Delta s_obs", ylabel="density", title=f"trajectory entropy production, t={ep['t'].iloc[-1]:g}")
         ax[0].legend(fontsize=8)
-        ax[1].errorbar(ep["t"], ep["ift_mc"], yerr=1.96 * ep["ift_se"], fmt="o", ms=3, label="<exp(-Delta s_obs)> (MC)")
-        ax[1].plot(ep["t"], ep["ift_exact"], "k-", lw=1, label="exact")
-        ax[1].set(xlabel="t", ylabel="<exp(-Delta s_obs)>", title="integral fluctuation theorem")
-        ax[1].legend(fontsize=8)
+        _mc_vs_exact(ax[1], ep["t"], [("<exp(-Delta s_obs)>", ep["ift_mc"], ep["ift_se"], ep["ift_exact"])],
+                     ylabel="<exp(-Delta s_obs)>", title="integral fluctuation theorem (line: exact)")
         paths.append(outdir / "entropy_production.png")
         _save(fig, paths[-1])
     if "exchange_ft" in res and len(res["exchange_ft"]):
         ft = res["exchange_ft"]
-        fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
-        ax.errorbar(ft["sigma"], ft["log_ratio"], yerr=1.96 * ft["log_ratio_se"], fmt="o", ms=3, label="MC")
-        s = np.linspace(0, ft["sigma"].max(), 2)
-        ax.plot(s, s, "k-", lw=1, label="theorem: slope 1")
-        ax.set(xlabel="sigma", ylabel="ln P(sigma)/P(-sigma)",
-               title=f"exchange FT: slope {res['ft_slope']:.3f} ± {res['ft_slope_se']:.3f}")
-        ax.legend(fontsize=8)
-        paths.append(outdir / "exchange_ft.png")
-        _save(fig, paths[-1])
+        paths.append(_slope_one(ft["sigma"], ft["log_ratio"], ft["log_ratio_se"], "MC", "sigma",
+                                "ln P(sigma)/P(-sigma)", "theorem: slope 1",
+                                f"exchange FT: slope {res['ft_slope']:.3f} ± {res['ft_slope_se']:.3f}",
+                                outdir / "exchange_ft.png"))
     if "work_distribution" in res:
         wd = res["work_distribution"]
         fig, ax = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
@@ -135,25 +139,17 @@ def analysis_figures(ens, res, outdir):
         ax[0].legend(fontsize=8)
         if "jarzynski" in res:
             j = res["jarzynski"]
-            ax[1].errorbar(j["t"], j["exp_mbW_mc"], yerr=1.96 * j["exp_mbW_se"], fmt="o", ms=3, label="MC")
-            ax[1].plot(j["t"], j["exp_mbW_exact"], "k-", lw=1, label="exact")
             if res.get("gibbs_start"):
                 ax[1].axhline(j["Z_ratio"].iloc[0], color="C3", ls="--", lw=1, label="Z_final / Z_0")
-            ax[1].set(xlabel="t", ylabel="<exp(-beta W)>", title="Jarzynski equality")
-            ax[1].legend(fontsize=8)
+            _mc_vs_exact(ax[1], j["t"], [("<exp(-beta W)>", j["exp_mbW_mc"], j["exp_mbW_se"], j["exp_mbW_exact"])],
+                         ylabel="<exp(-beta W)>", title="Jarzynski equality (line: exact)")
         paths.append(outdir / "work.png")
         _save(fig, paths[-1])
     if "crooks" in res and len(res["crooks"]):
         c = res["crooks"]
-        fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
-        ax.errorbar(c["beta_W_minus_dF"], c["log_ratio_mc"], yerr=1.96 * c["log_ratio_se"], fmt="o", ms=4,
-                    label="forward MC / exact reversed")
-        s = np.linspace(c["beta_W_minus_dF"].min(), c["beta_W_minus_dF"].max(), 2)
-        ax.plot(s, s, "k-", lw=1, label="Crooks: slope 1")
-        ax.set(xlabel="beta (W - Delta F)", ylabel="ln P_F(W) / P_R(-W)", title="Crooks relation")
-        ax.legend(fontsize=8)
-        paths.append(outdir / "crooks.png")
-        _save(fig, paths[-1])
+        paths.append(_slope_one(c["beta_W_minus_dF"], c["log_ratio_mc"], c["log_ratio_se"],
+                                "forward MC / exact reversed", "beta (W - Delta F)", "ln P_F(W) / P_R(-W)",
+                                "Crooks: slope 1", "Crooks relation", outdir / "crooks.png"))
     rec = ens.records
     if rec is not None:
         fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)

@@ -18,12 +18,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import scipy.linalg
-import scipy.sparse as sp
 from scipy.sparse.linalg import expm_multiply
 
-from .model import Model, load_model
+from .model import load_model
 from .network import Network, build_segments, levels_at
-from .thermo import space_of, thermo_table
+from .thermo import marginal_system, space_of, thermo_table
 
 __all__ = ["solve", "Solution", "propagate"]
 
@@ -73,8 +72,7 @@ class Solution:
 
     def p_system(self) -> np.ndarray:
         """System marginal ``p_s(t)``: (n_t, n_levels)."""
-        return np.stack([np.bincount(self.network.states[:, 0], weights=row, minlength=self.model.n_levels)
-                         for row in self.p])
+        return marginal_system(self.p, space_of(self.network))
 
     def __repr__(self):
         return (f"<Solution {self.model.name!r}: {self.network.n_states} states, "
