@@ -2,18 +2,19 @@
 
 Re-exports only; see the modules for the implementation.
 """
-from .engine import Interrupted
-from .ensemble import Ensemble, simulate
+from .engine import Interrupted, SimulationError
+from .ensemble import Ensemble
 from .errors import ModelError, RunError, TrajmcError, UnsupportedError
 from .examples import get_example, list_examples
 from .model import Model, load_model
 from .network import Network, build_network
-from .runio import load_run
+from .rundir import load_run
+from .simulation import simulate
 from .solver import Solution, solve
 
 from ._version import __version__
 
 __all__ = ["load_model", "solve", "simulate", "load_run", "Model", "Solution", "Ensemble", "Network",
-           "build_network", "Interrupted",
+           "build_network", "Interrupted", "SimulationError",
            "get_example", "list_examples", "TrajmcError", "ModelError", "RunError", "UnsupportedError",
            "__version__"]

@@ -1,14 +1,19 @@
 """``python -m trajmc analyze RUN_DIR``: fluctuation statistics with error bars and exact references.
 
-Tables (CSV) go to ``RUN_DIR/analysis/``, figures to ``RUN_DIR/figures/``:
+Everything comes from what the kernel streamed, so it works for any run size (records are never needed):
 
 * heat from each bath: distribution at chosen times and its first three cumulants
   (exact: :func:`trajmc.fluctuations.heat_distribution` and the counting-field moments);
-* trajectory observational entropy production ``Delta s_obs`` with the exact ``p_x(t)``:
-  its mean against ``Delta S_obs`` and ``<exp(-Delta s_obs)>`` against 1, or against the exact
-  value below 1 when the start leaves states of an occupied shell empty (absolute irreversibility);
-* two baths: the exchange fluctuation theorem ``ln P(sigma)/P(-sigma) = sigma`` (fitted slope);
-* activity: the distribution of the number of jumps.
+* trajectory observational entropy production ``Delta s_obs`` against the exact ``p_x(t)`` (streamed
+  when the run knew it): its mean against ``Delta S_obs``, ``<exp(-Delta s_obs)>`` against 1, or against
+  the exact value below 1 when the start leaves states of an occupied shell empty (absolute
+  irreversibility), and its histogram;
+* two baths: the exchange fluctuation theorem ``ln P(sigma)/P(-sigma) = sigma`` (fitted slope), from the
+  streamed joint of the levels at 0 and t and the heat of the first bath;
+* activity: mean and variance of the number of jumps (exact: counting field);
+* driven models: work distribution, Jarzynski and Crooks.
+
+The exact references need the enumerated network; without it the Monte Carlo columns stand alone.
 """
 from __future__ import annotations
 
@@ -18,8 +23,9 @@ import numpy as np
 import pandas as pd
 
 from . import fluctuations as fl
+from .validate import exact_reference, jarzynski_estimate, work_beta
 
-__all__ = ["analyze_run", "analyze", "sample_cumulants", "delta_s_obs", "exchange_ft"]
+__all__ = ["analyze_run", "analyze", "sample_cumulants", "exchange_ft"]
 
 #: largest augmented counting-field system (order+1) * states solved exactly
 COUNTING_LIMIT = 4_000_000
@@ -48,26 +54,25 @@ def _choose_times(times, chosen=None):
 
 
 def heat_tables(ens, sol, idx):
-    """Per bath: distribution table and cumulant table (MC ± SE, exact)."""
-    net = sol.network
+    """Per bath: distribution table and cumulant table (MC ± SE, exact when the solution exists)."""
     N = ens.trajectories
+    w = ens.acc.windows
     dists, cums = [], []
     for nu, name in enumerate(ens.model.bath_names):
-        a = ens.plan.arrays
-        em, off = int(a["emax"][nu]), int(a["hoff"][nu])
-        q = -np.arange(-em, em + 1)  # heat into the system = -(bath energy change)
-        exact_d = fl.heat_distribution(sol.segments, nu, ens.times[idx])
-        exact_k = None
-        if 4 * net.n_states <= COUNTING_LIMIT:
-            exact_k = fl.cumulants_from_moments(fl.counting_moments(
-                sol.segments, lambda nk, nu=nu: fl.heat_weights(nk, nu), ens.times[idx]))
+        q = np.arange(w.qlo[nu], w.qlo[nu] + w.qwid[nu])
+        exact_d = exact_k = None
+        if sol is not None:
+            exact_d = fl.heat_distribution(sol.segments, nu, ens.times[idx])
+            if 4 * sol.network.n_states <= COUNTING_LIMIT:
+                exact_k = fl.cumulants_from_moments(fl.counting_moments(
+                    sol.segments, lambda nk, nu=nu: fl.heat_weights(nk, nu), ens.times[idx]))
         for j, k in enumerate(idx):
-            h = ens.acc.heat[k, off - em: off + em + 1].astype(float)
+            h = ens.acc.heat[k, w.qoff[nu]: w.qoff[nu] + w.qwid[nu]].astype(float)
             P = h / N
             df = pd.DataFrame({"bath": name, "t": ens.times[k], "Q": q, "P_mc": P, "P_mc_se": np.sqrt(P * (1 - P) / N)})
             if exact_d is not None:
                 qq, Pe = exact_d
-                df["P_exact"] = np.interp(q, qq, Pe[j])  # same integer grid, reversed order
+                df["P_exact"] = np.interp(q, qq, Pe[j], left=0.0, right=0.0)
             keep = (df["P_mc"] > 0) | (df.get("P_exact", 0) > 1e-12)
             dists.append(df[keep].sort_values("Q"))
             kk, se = sample_cumulants(q, h)
@@ -81,117 +86,106 @@ def heat_tables(ens, sol, idx):
     return pd.concat(dists, ignore_index=True), pd.DataFrame(cums)
 
 
-def delta_s_obs(ens, sol):
-    """Per-trajectory ``Delta s_obs`` at every time, (N, n_t), from records and the exact ``p_x(t)``."""
-    x = ens.records["x"]
-    lnV = sol.network.lnV
-    with np.errstate(divide="ignore"):
-        lnp = np.log(sol.p)  # (n_t, n)
-    s = -(lnp[np.arange(len(ens.times))[None, :], x] - lnV[x])
-    return s - s[:, :1]
-
-
-def entropy_production_table(ens, sol, ds):
-    N = ds.shape[0]
+def entropy_production_table(ens, sol):
+    """Streamed <Delta s_obs> and <exp(-Delta s_obs)> with their exact values (None if not streamed)."""
+    te = ens.trajectory_entropy()
+    if te is None or sol is None:
+        return None
     ex = sol.thermo()
     pred = fl.ift_prediction(sol.segments, ens.times, sol.p)
-    with np.errstate(over="ignore"):
-        e = np.exp(-ds)
-    mean, se = ds.mean(axis=0), ds.std(axis=0, ddof=1) / np.sqrt(N)
-    em, ese = e.mean(axis=0), e.std(axis=0, ddof=1) / np.sqrt(N)
+    mean, se, em, ese = (te[c].to_numpy() for c in ("mean_ds", "mean_ds_se", "exp_mds", "exp_mds_se"))
     with np.errstate(divide="ignore", invalid="ignore"):  # no spread (t = 0): no z-score
-        df = pd.DataFrame({"t": ens.times, "mean_ds": mean, "mean_ds_se": se, "Sigma_exact": ex["Sigma"].values,
-                           "z_mean": np.where(se > 0, (mean - ex["Sigma"].values) / se, np.nan), "ift_mc": em,
-                           "ift_se": ese, "ift_exact": pred, "z_ift": np.where(ese > 0, (em - pred) / ese, np.nan)})
-    return df
+        return pd.DataFrame({"t": ens.times, "mean_ds": mean, "mean_ds_se": se, "Sigma_exact": ex["Sigma"].values,
+                             "z_mean": np.where(se > 0, (mean - ex["Sigma"].values) / se, np.nan), "ift_mc": em,
+                             "ift_se": ese, "ift_exact": pred,
+                             "z_ift": np.where(ese > 0, (em - pred) / ese, np.nan)})
+
+
+def delta_s_histogram(ens, t_index=-1):
+    """The streamed histogram of Delta s_obs at one time as a table (bin centres, probability density)."""
+    h = ens.delta_s_histogram(t_index)
+    if h is None:
+        return None
+    edges, counts = h
+    N = ens.trajectories
+    width = edges[1] - edges[0]
+    return pd.DataFrame({"ds_lo": edges[:-1], "ds_hi": edges[1:], "density": counts[1:-1] / (N * width),
+                         "count": counts[1:-1]}), int(counts[0]), int(counts[-1])
 
 
 def exchange_ft(ens, t_index=-1, min_count=10):
-    """Exchange fluctuation theorem for two canonical baths (PHYSICS.md §5.8) at ``times[t_index]``.
+    """Exchange fluctuation theorem for two canonical baths at ``times[t_index]``, from the streamed joint
+    of (level at 0, level at t, heat of the first bath).
 
-    Returns (table of sigma, ln P(sigma)/P(-sigma) ± SE; fitted slope, its SE) or None.
+    ``sigma = ln p_s(s_0) - ln p_s(s_t) + beta_A q_A + beta_B q_B`` with ``q`` the energy each bath gained
+    (the second bath's follows from energy conservation).  Returns (table, fitted slope, its SE) or None.
     """
     m = ens.model
-    if ens.plan.driven:  # the exchange FT is a statement about undriven dynamics (PHYSICS.md §5.8)
+    if ens.plan.driven or ens.acc.ft is None:
         return None
     if m.n_baths != 2 or m.bath_states is None or any(st.state != "canonical" for st in m.bath_states):
         return None
-    st = ens.network.states
-    x0, xt = ens.records["x"][:, 0], ens.records["x"][:, t_index]
+    ft = ens.acc.ft[t_index]  # (s0, st, Q_A index)
+    w = ens.acc.windows
+    QA = np.arange(w.qlo[0], w.qlo[0] + w.qwid[0])
     betas = np.array([m.beta_ref(0), m.beta_ref(1)])
+    eps = m.energies.astype(float)
     with np.errstate(divide="ignore"):
         lps = np.log(m.p_system)
-    q = st[xt, 1:] - st[x0, 1:]  # energy gained by each bath
-    sigma = lps[st[x0, 0]] - lps[st[xt, 0]] + q @ betas
+    s0, st, qi = np.nonzero(ft)
+    cnt = ft[s0, st, qi]
+    Q_A = QA[qi]
+    Q_B = eps[st] - eps[s0] - Q_A  # heat into the system from B: the system's energy change minus A's
+    sigma = lps[s0] - lps[st] - betas[0] * Q_A - betas[1] * Q_B
     key = np.round(sigma, 9)
-    vals, cnt = np.unique(key, return_counts=True)
-    lookup = dict(zip(vals.tolist(), cnt.tolist()))
+    vals, inv = np.unique(key, return_inverse=True)
+    tot = np.bincount(inv, weights=cnt)
+    lookup = dict(zip(vals.tolist(), tot.tolist(), strict=True))
     rows = []
-    for v, c in zip(vals, cnt):
-        # both signs seen often enough that ln(count) is not biased by small numbers
+    for v, c in zip(vals, tot, strict=True):
         if v > 1e-9 and lookup.get(-v, 0) >= min_count and c >= min_count:
             cm = lookup[-v]
-            rows.append({"sigma": v, "n_plus": c, "n_minus": cm, "log_ratio": np.log(c / cm),
+            rows.append({"sigma": v, "n_plus": int(c), "n_minus": int(cm), "log_ratio": np.log(c / cm),
                          "log_ratio_se": np.sqrt(1.0 / c + 1.0 / cm)})
     df = pd.DataFrame(rows)
     if df.empty:
         return df, np.nan, np.nan
-    w = 1.0 / df["log_ratio_se"] ** 2
-    denom = np.sum(w * df["sigma"] ** 2)
-    slope = float(np.sum(w * df["sigma"] * df["log_ratio"]) / denom)
+    wts = 1.0 / df["log_ratio_se"] ** 2
+    denom = np.sum(wts * df["sigma"] ** 2)
+    slope = float(np.sum(wts * df["sigma"] * df["log_ratio"]) / denom)
     return df, slope, float(1.0 / np.sqrt(denom))
 
 
 def activity_table(ens, sol):
-    """Jump-count statistics at each time: MC mean/variance ± SE and exact (counting field)."""
-    rec = ens.records
-    N = ens.trajectories
-    exact = None
-    if 4 * sol.network.n_states <= COUNTING_LIMIT:
-        exact = fl.cumulants_from_moments(fl.counting_moments(sol.segments, lambda nk: np.ones(nk.n_edges),
-                                                              ens.times))
-    rows = []
-    for k, t in enumerate(ens.times):
-        row = {"t": t}
-        if rec is not None:
-            vals, cnt = np.unique(rec["jumps"][:, k], return_counts=True)
-            kk, se = sample_cumulants(vals, cnt)
-            row.update(mean_mc=kk[0], mean_se=se[0], var_mc=kk[1], var_se=se[1])
-        elif k == len(ens.times) - 1:
-            row.update(mean_mc=ens.stats["jumps"] / N, mean_se=np.nan)
-        if exact is not None:
-            row.update(mean_exact=exact[k, 0], var_exact=exact[k, 1])
-        rows.append(row)
-    return pd.DataFrame(rows)
+    """Jump-count statistics at each time: MC mean/variance ± SE (streamed) and exact (counting field)."""
+    act = ens.activity()
+    df = pd.DataFrame({"t": ens.times, "mean_mc": act["mean"].values, "mean_se": act["mean_se"].values,
+                       "var_mc": act["var"].values, "var_se": act["var_se"].values})
+    if sol is not None and 4 * sol.network.n_states <= COUNTING_LIMIT:
+        exact = fl.cumulants_from_moments(fl.counting_moments(sol.segments, lambda nk: np.ones(nk.n_edges), ens.times))
+        df["mean_exact"], df["var_exact"] = exact[:, 0], exact[:, 1]
+    return df
 
 
 def work_tables(ens, sol):
     """Driven models: work distribution at the last time (MC ± SE, exact), and Jarzynski over time."""
-    if not ens.plan.driven:
+    if not ens.plan.driven or sol is None:
         return None
-    a = ens.plan.arrays
     N = ens.trajectories
-    wv = np.arange(-a["woff"], a["woff"] + 1)
+    wv = np.arange(-ens.plan.woff, ens.plan.woff + 1)
     w_ex, P_ex = fl.work_distribution(sol.segments, ens.times)
     Pm = ens.acc.work[-1] / N
     dist = pd.DataFrame({"W": wv, "P_mc": Pm, "P_mc_se": np.sqrt(Pm * (1 - Pm) / N),
                          "P_exact": np.interp(wv, w_ex, P_ex[-1], left=0.0, right=0.0)})
     dist = dist[(dist.P_mc > 0) | (dist.P_exact > 1e-14)]
-    beta = fl.global_gibbs_beta(ens.model, sol.network)
-    gibbs = beta is not None
-    if beta is None:
-        finite = [ens.model.beta_ref(nu) for nu in range(ens.model.n_baths) if np.isfinite(ens.model.beta_ref(nu))]
-        beta = finite[0] if finite else None
+    beta, gibbs = work_beta(ens.model, sol.network)
     jar = None
     if beta is not None:
-        e = np.exp(-beta * wv)
-        h = ens.acc.work / N
-        mean = h @ e
-        se = np.sqrt(np.maximum(h @ e**2 - mean**2, 0.0) / max(N - 1, 1))
+        mean, se = jarzynski_estimate(ens, beta)
         exact = fl.tilted_work_average(sol.segments, ens.times, beta)
         jar = pd.DataFrame({"t": ens.times, "beta": beta, "exp_mbW_mc": mean, "exp_mbW_se": se, "exp_mbW_exact": exact,
                             "Z_ratio": fl.gibbs_ratio(sol.segments, beta) if gibbs else np.nan,
-                            "mean_W_mc": h @ wv, "mean_W_exact": P_ex @ w_ex})
+                            "mean_W_mc": ens.acc.work / N @ wv, "mean_W_exact": P_ex @ w_ex})
     return dist, jar, gibbs, beta
 
 
@@ -202,8 +196,7 @@ def crooks_table(ens, beta):
         return None
     w, PF, PRn, dF = r
     N = ens.trajectories
-    a = ens.plan.arrays
-    wv = np.arange(-a["woff"], a["woff"] + 1)
+    wv = np.arange(-ens.plan.woff, ens.plan.woff + 1)
     cnt = np.interp(w, wv, ens.acc.work[-1].astype(float), left=0.0, right=0.0)
     P = cnt / N
     keep = (cnt > 0) & (PRn > 0)
@@ -217,12 +210,13 @@ def crooks_table(ens, beta):
 
 
 def analyze(ens, sol, times=None):
-    """All fluctuation statistics of an ensemble as a dict of DataFrames (and FT slope)."""
+    """All fluctuation statistics of an ensemble as a dict of DataFrames (and FT slope); ``sol`` may be None."""
     idx = _choose_times(ens.times, times)
     out = {}
     out["heat_distribution"], out["heat_cumulants"] = heat_tables(ens, sol, idx)
     out["activity"] = activity_table(ens, sol)
-    out["absolute_irreversibility"] = fl.absolute_irreversibility(sol.segments)
+    if sol is not None:
+        out["absolute_irreversibility"] = fl.absolute_irreversibility(sol.segments)
     wt = work_tables(ens, sol)
     if wt is not None:
         out["work_distribution"], jar, out["gibbs_start"], beta = wt
@@ -232,50 +226,50 @@ def analyze(ens, sol, times=None):
             cr = crooks_table(ens, beta)
             if cr is not None:
                 out["crooks"] = cr
-    if ens.records is not None:
-        ds = delta_s_obs(ens, sol)
-        out["entropy_production"] = entropy_production_table(ens, sol, ds)
-        out["delta_s_final"] = ds[:, -1]
-        r = exchange_ft(ens)
-        if r is not None:
-            out["exchange_ft"], out["ft_slope"], out["ft_slope_se"] = r
+    ep = entropy_production_table(ens, sol)
+    if ep is not None:
+        out["entropy_production"] = ep
+        out["delta_s_histogram"], out["delta_s_under"], out["delta_s_over"] = delta_s_histogram(ens)
+    r = exchange_ft(ens)
+    if r is not None:
+        out["exchange_ft"], out["ft_slope"], out["ft_slope_se"] = r
     return out
 
 
 def analyze_run(run_dir, times=None, quiet=False):
-    """Analyze a run directory: writes ``analysis/*.csv`` and ``figures/*.png``; returns the dict."""
-    from .plotting import analysis_figures
-    from .runio import atomic_text, load_run
-    from .solver import solve
+    """Analyze a run directory: writes ``analysis/*.csv``; returns (the dict of results, ensemble)."""
+    from .rundir import atomic_text, load_run
 
     run_dir = Path(run_dir)
     ens = load_run(run_dir)
-    sol = solve(ens.model)
+    sol = exact_reference(ens.model, ens.plan)
     res = analyze(ens, sol, times)
     tdir = run_dir / "analysis"
     tdir.mkdir(exist_ok=True)
     for name, val in res.items():
         if isinstance(val, pd.DataFrame):
             atomic_text(tdir / f"{name}.csv", val.to_csv(index=False))
-    analysis_figures(ens, res, run_dir / "figures")
     if not quiet:
-        _print_summary(ens, res, run_dir)
-    return res
+        _print_summary(ens, res, run_dir, sol)
+    return res, ens
 
 
-def _print_summary(ens, res, run_dir):
+def _print_summary(ens, res, run_dir, sol):
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 4):
-        print(f"{ens.model.name}: {ens.trajectories} trajectories")
-        print("heat cumulants (heat into the system; MC ± SE vs exact):")
+        print(f"{ens.model.name}: {ens.trajectories} trajectories ({ens.plan.path} path)")
+        if sol is None:
+            print("no exact reference: the network is too large to enumerate (Monte Carlo values only)")
+        print("heat cumulants (heat into the system; MC ± SE" + (" vs exact):" if sol is not None else "):"))
         print(res["heat_cumulants"].to_string(index=False))
         if "entropy_production" in res:
             ep = res["entropy_production"].iloc[-1]
             print(f"<Delta s_obs>(t={ep.t:g}) = {ep.mean_ds:.4f} ± {ep.mean_ds_se:.4f}  (exact Delta S_obs {ep.Sigma_exact:.4f})")
             note = " (absolute irreversibility: the start leaves states of its shells empty)" \
-                if res["absolute_irreversibility"] else ""
+                if res.get("absolute_irreversibility") else ""
             print(f"<exp(-Delta s_obs)> = {ep.ift_mc:.4f} ± {ep.ift_se:.4f}  (exact {ep.ift_exact:.4f}){note}")
         else:
-            print("trajectory entropy production: skipped (the run kept no per-trajectory records)")
+            why = "no exact p_x(t)" if sol is None or not ens.joint else "the run did not stream it"
+            print(f"trajectory entropy production: not available ({why})")
         if "ft_slope" in res:
             print(f"exchange FT: slope of ln P(sigma)/P(-sigma) vs sigma = {res['ft_slope']:.4f} ± "
                   f"{res['ft_slope_se']:.4f} (theorem: 1)")
@@ -289,5 +283,6 @@ def _print_summary(ens, res, run_dir):
             print(f"Crooks (forward MC vs exact reversed protocol): ln P_F(W)/P_R(-W) - beta (W - dF) has largest "
                   f"|z| = {np.nanmax(np.abs(c.z)):.2f} over {len(c)} work values (Delta F = {c.Delta_F.iloc[0]:.5f})")
         act = res["activity"].iloc[-1]
-        print(f"activity at t={act.t:g}: mean jumps {act.get('mean_mc', np.nan):.4f} (exact {act.get('mean_exact', np.nan):.4f})")
-    print(f"tables in {run_dir / 'analysis'}, figures in {run_dir / 'figures'}")
+        print(f"activity at t={act.t:g}: mean jumps {act.mean_mc:.4f} ± {act.mean_se:.4f}"
+              + (f" (exact {act.mean_exact:.4f})" if "mean_exact" in act else ""))
+    print(f"tables in {run_dir / 'analysis'}")

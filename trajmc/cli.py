@@ -40,8 +40,20 @@ def _number(convert, ok, what):
     return parse
 
 
-_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
-_nonneg_int = _number(int, lambda v: v >= 0, "a non-negative integer")
+def _integer(text):
+    """An integer, also written like ``1e6`` (refused if it is not a whole number)."""
+    try:
+        return int(text)
+    except ValueError:
+        v = float(text)  # ValueError propagates: not a number at all
+        if not np.isfinite(v) or v != round(v) or abs(v) > 2**62:
+            raise ValueError(text) from None
+        return int(v)
+
+
+_positive_int = _number(_integer, lambda v: v >= 1, "a positive integer")
+_nonneg_int = _number(_integer, lambda v: v >= 0, "a non-negative integer")
+_positive_float = _number(float, lambda v: np.isfinite(v) and v > 0, "a positive number")
 _alpha = _number(float, lambda v: 0 < v < 1, "a number in (0, 1)")
 
 
@@ -56,10 +68,24 @@ def _add_sim_options(p):
     p.add_argument("--scheduler", metavar="ADDRESS", help="run chunks on this Dask scheduler (dask backend)")
     p.add_argument("--workers", type=_positive_int, metavar="N",
                    help="run chunks on a Dask LocalCluster of N processes (or wait for N workers at --scheduler)")
+    p.add_argument("--engine", choices=("auto", "enumerated", "implicit"),
+                   help="enumerated network (full joint p_x(t)) or implicit per-bath rate tables (marginals; any "
+                        "size); default: the model's simulation.engine, else auto")
+    p.add_argument("--records", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep every trajectory's state at every sample time (default: off; all statistics are "
+                        "streamed)")
+    p.add_argument("--memory-budget", metavar="SIZE",
+                   help="refuse runs estimated to need more memory, e.g. 4GiB (default: TRAJMC_MEMORY_BUDGET or half "
+                        "the RAM)")
+    p.add_argument("--max-jumps", type=_positive_float, metavar="N",
+                   help="refuse runs expected to make more jumps (default: the model's simulation.max_jumps, else 1e13)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ._version import __version__
+
     ap = _Parser(prog="trajmc", description="Trajectory Monte Carlo of the Pauli microcanonical master equation.")
+    ap.add_argument("--version", action="version", version=f"trajmc {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("simulate", help="sample trajectories and write a run directory")
     p.add_argument("model", nargs="?", help="model TOML file (default: the built-in default example)")
@@ -68,12 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paths", type=_nonneg_int, metavar="K", help="keep full jump paths of K trajectories (default 5)")
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("validate", help="compare a run (or a fresh simulation of a model) with the exact solver")
-    p.add_argument("target", help="run directory or model TOML file")
+    p.add_argument("target", nargs="?", help="run directory or model TOML file (or give --example)")
     _add_sim_options(p)
     p.add_argument("--alpha", type=_alpha, default=1e-3, help="family-wise false-alarm rate (default 1e-3)")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("analyze", help="fluctuation statistics, tables and figures of a run directory")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run directory written by `simulate`")
+    p.add_argument("--quiet", action="store_true", help="no summary")
     p.set_defaults(func=cmd_analyze)
     p = sub.add_parser("examples", help="list the built-in models")
     p.set_defaults(func=cmd_examples)
@@ -118,12 +145,13 @@ def cmd_solve(args):
 
 def _summary(ens, run_dir):
     th = ens.thermo()
-    ps, pse = ens.p_system()
+    ps, pse = ens.p_system(), ens.p_system_se()
     rows = np.unique(np.linspace(0, len(ens.times) - 1, 6).round().astype(int))
     out = pd.DataFrame(index=pd.Index(ens.times[rows], name="t"))
     for s in range(ps.shape[1]):
         out[f"p_{s}"] = [f"{ps[i, s]:.4f}±{pse[i, s]:.2g}" for i in rows]
-    for c in ["S_obs", "Sigma", "Sigma_tilde"] + [f"Q_{b}" for b in ens.model.bath_names]:
+    ent = ["S_obs", "Sigma"] if th.attrs.get("joint") else ["S_obs_upper", "Sigma_upper"]
+    for c in ent + ["Sigma_tilde"] + [f"Q_{b}" for b in ens.model.bath_names]:
         out[c] = [f"{th[c].iloc[i]:.4f}±{th[f'{c}_se'].iloc[i]:.2g}" for i in rows]
     st = ens.stats
     where = (f"Dask at {st['scheduler']} ({st['workers']} workers)" if st.get("backend") == "dask"
@@ -133,56 +161,123 @@ def _summary(ens, run_dir):
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(out.to_string())
     print(f"(± one standard error; entropies bias-corrected: {st['bias_correction']})")
+    if not th.attrs.get("joint"):
+        print(f"{st['path']} path ({st['path_reason']}): marginals only; S_obs_upper and Sigma_upper are upper bounds, "
+              "S_obs, Sigma and I are not estimated")
     print(f"run directory: {run_dir}")
 
 
 def _backend_args(args):
-    from .ensemble import backend_kwargs
+    from .simulation import backend_kwargs
 
     return backend_kwargs(args.scheduler, args.workers)
 
 
+def _figures(draw, what):
+    """Draw figures; a figure that cannot be drawn is reported and never fails the command."""
+    try:
+        draw()
+    except Exception as exc:  # noqa: BLE001 - the numbers are saved; a figure is a bonus
+        print(f"trajmc: warning: the {what} figure could not be drawn ({type(exc).__name__}: "
+              f"{str(exc).splitlines()[0] if str(exc) else ''})", file=sys.stderr)
+
+
+def _run_options(args):
+    """The simulation options shared by `simulate` and `validate MODEL` (checked before anything is written)."""
+    return {"trajectories": args.trajectories, "seed": args.seed, "chunk_size": args.chunk_size,
+            "records": args.records, "engine": args.engine, "memory_budget": args.memory_budget,
+            "max_jumps": args.max_jumps}
+
+
+def _simulate_into(model, args, paths, run_dir, threads):
+    from .simulation import plan_run, simulate
+
+    opts = _run_options(args)
+    plan_run(model, opts["trajectories"], opts["seed"], None, opts["chunk_size"], opts["records"], paths,
+             opts["engine"], threads, opts["memory_budget"], opts["max_jumps"])  # every option checked first
+    return simulate(model, threads=threads, paths=paths, out=run_dir, quiet=args.quiet, **opts, **_backend_args(args))
+
+
 def cmd_simulate(args):
     from .engine import resolve_threads
-    from .ensemble import simulate
-    from .runio import default_run_dir, resume_run
+    from .model import load_model
+    from .rundir import default_run_dir, resume_run
 
     threads = resolve_threads(args.threads)
     if args.resume:
-        if (args.model or args.example or args.trajectories or args.seed is not None or args.chunk_size or args.out
-                or args.paths is not None):
-            raise TrajmcError("--resume takes only --threads, --scheduler, --workers and --quiet: "
-                              "the run's own settings are used")
+        given = [f for f in ("model", "example", "trajectories", "seed", "chunk_size", "out", "paths", "records",
+                             "engine", "memory_budget", "max_jumps") if getattr(args, f) is not None]
+        if given:
+            raise TrajmcError(f"--resume takes only --threads, --scheduler, --workers and --quiet (not "
+                              f"{given[0]}): the run's own settings are used")
         ens = resume_run(args.resume, threads, progress=(not args.quiet) and sys.stderr.isatty(),
                          **_backend_args(args))
         run_dir = Path(args.resume)
     else:
-        from .engine import make_plan
-        from .model import load_model
-
         model = load_model(_model_source(args))
-        # validate every option before anything is written
         paths = 5 if args.paths is None else args.paths
-        make_plan(model, args.trajectories, args.seed, None, args.chunk_size, None, paths)
         run_dir = Path(args.out) if args.out else default_run_dir(model.name)
-        ens = simulate(model, trajectories=args.trajectories, seed=args.seed, threads=threads,
-                       chunk_size=args.chunk_size, paths=paths, out=run_dir, quiet=args.quiet,
-                       **_backend_args(args))
+        ens = _simulate_into(model, args, paths, run_dir, threads)
+    from .plotting import summary_figure
+
+    def draw():
+        (run_dir / "figures").mkdir(exist_ok=True)
+        summary_figure(ens, run_dir / "figures" / "summary.png")
+    _figures(draw, "summary")
     if not args.quiet:
         _summary(ens, run_dir)
     return 0
 
 
 def cmd_validate(args):
-    from .validate import validate_cli
+    from .engine import resolve_threads
+    from .model import load_model
+    from .rundir import default_run_dir
+    from .validate import validate_run
 
-    return validate_cli(args)
+    if args.target and args.example:
+        raise TrajmcError("give a run directory, a model file or --example, not two of them")
+    if not args.target and not args.example:
+        raise TrajmcError("validate needs a run directory, a model file or --example NAME")
+    target = Path(args.target) if args.target else None
+    if target is not None and target.is_dir():
+        given = [f for f in ("trajectories", "seed", "chunk_size", "out", "scheduler", "workers", "records", "engine",
+                             "memory_budget", "max_jumps") if getattr(args, f) is not None]
+        if given:
+            raise TrajmcError(f"--{given[0].replace('_', '-')}: applies only when validating a model file "
+                              f"(a run directory is validated as it was run)")
+        run_dir = target
+    else:
+        from .examples import get_example
+
+        model = load_model(get_example(args.example) if args.example else target)
+        run_dir = Path(args.out) if args.out else default_run_dir(model.name)
+        _simulate_into(model, args, 0, run_dir, resolve_threads(args.threads))
+    ok, results, ens, sol = validate_run(run_dir, args.alpha)
+    from .plotting import validation_figures
+
+    _figures(lambda: validation_figures(ens, sol, run_dir / "figures"), "validation")
+    if not args.quiet:
+        for r in results:
+            p = f"p_adj={r.adjusted_pvalue:.3g}" if r.kind == "statistical" else r.kind
+            print(f"{r.mark:4s}  {r.name:34s} {p:16s} {r.detail}")
+        off = [r for r in results if not r.counted]
+        note = f" ({len(off)} not applicable or not checkable: {', '.join(r.name for r in off)})" if off else ""
+        print(f"{'PASS' if ok else 'FAIL'}{note}: report in {run_dir / 'validation.md'}")
+    return 0 if ok else 1
 
 
 def cmd_analyze(args):
     from .analyze import analyze_run
+    from .plotting import analysis_figures
 
-    analyze_run(args.run_dir)
+    path = Path(args.run_dir)
+    if path.is_file():
+        raise TrajmcError(f"{path}: analyze takes a run directory (written by `simulate`), not a file")
+    res, ens = analyze_run(path, quiet=args.quiet)
+    _figures(lambda: analysis_figures(ens, res, path / "figures"), "analysis")
+    if not args.quiet:
+        print(f"figures in {path / 'figures'}")
     return 0
 
 

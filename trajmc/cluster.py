@@ -1,6 +1,6 @@
 """Dask backend: chunks become Dask tasks on a LocalCluster or an existing scheduler.
 
-* The kernel's arrays are scattered to every worker once (``broadcast=True``); tasks carry only
+* The plan (its kernel tables, without the networks) is scattered to every worker once (``broadcast=True``); tasks carry only
   the chunk index.  Each worker process compiles (or loads from numba's cache) the kernel once.
 * A task returns its chunk's integer accumulators; results are added in chunk order as they
   complete, so the accumulators always hold a prefix of chunks (checkpoints, ``--resume``) and
@@ -70,8 +70,7 @@ def run_plan_dask(plan, acc, session: DaskSession, progress=None, checkpoint=Non
     t_start = time.perf_counter()
     wall0 = acc.wall_s
     compile_s = client.run(engine.compile_kernel)  # once per worker process; numba's cache makes it cheap
-    arrays_f = client.scatter([plan.arrays], broadcast=True, hash=False)[0]  # fresh key: no release race
-    n_t, n = len(plan.times), plan.network.n_states
+    plan_f = client.scatter([engine.worker_plan(plan)], broadcast=True, hash=False)[0]  # fresh key: no release race
     end = plan.n_chunks if stop_after is None else min(plan.n_chunks, stop_after)
     workers = max(session.n_workers(), 1)
     max_inflight = max_inflight or 4 * workers
@@ -82,8 +81,8 @@ def run_plan_dask(plan, acc, session: DaskSession, progress=None, checkpoint=Non
 
     def submit(c):
         size = int(plan.chunk_sizes(c, c + 1)[0])
-        ac.add(client.submit(engine.simulate_chunk, arrays_f, plan.entropy, c, size, n_t, n, plan.driven,
-                             plan.record, plan.paths, key=f"trajmc-{token}-chunk-{c}", pure=False))
+        ac.add(client.submit(engine.simulate_chunk, plan_f, c, size, acc.windows, key=f"trajmc-{token}-chunk-{c}",
+                             pure=False))
 
     last_ck = time.perf_counter()
     stop = engine.StopFlag()

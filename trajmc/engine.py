@@ -1,53 +1,71 @@
-"""Monte Carlo driver: chunking, seeding, threads, streaming accumulators, checkpoints.
+"""Monte Carlo driver: the plan, the accumulators, waves of chunks on numba threads, checkpoints.
 
-Trajectories are split into chunks of a fixed size (a model setting, never the
-thread count).  Chunk ``i`` draws from ``SeedSequence(entropy, spawn_key=(i,))``.
-Chunks run in waves on numba threads, each into its own buffer, and buffers are
-added into the accumulators in chunk order, so the result is bit-identical for
-any number of threads and survives interruption: a checkpoint holds the
-accumulators after the first ``k`` chunks, and ``resume`` continues at chunk ``k``.
+Trajectories are split into chunks of a fixed size (a model setting, never the thread count).  Chunk
+``i`` draws from ``SeedSequence(entropy, spawn_key=(i,))``.  Chunks run in waves on numba threads.
+Integer accumulators are summed per thread (exact, so order-free); float sums are kept per chunk and
+added in chunk order.  The totals are therefore bit-identical for any number of threads, workers or
+interruptions.
+
+The wave runs in a helper thread while the main thread waits for it and handles SIGINT/SIGTERM: a
+signal sets a flag that the kernel polls, so a run stops within milliseconds even inside a chunk that
+runs for minutes.  Work not yet folded into the accumulators (at most the last ~2 s) is discarded and
+redone on ``resume``: a checkpoint always holds exactly the first ``chunks_done`` chunks.
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, fields
 
 import numba
 import numpy as np
 
-from . import _kernel, _rng
+from . import _kernel as K
+from . import _rng
 from .errors import ModelError, TrajmcError
 from .model import load_model
-from .network import Network, build_segments
+from .network import segment_energies
+from .resources import check_memory, format_bytes, memory_budget as resolve_budget
+from .tables import (DS_BINS, choose_path, enumerated_tables, grown_windows, implicit_tables, initial_exit_rates,
+                     initial_windows, make_clock)
 
-__all__ = ["Plan", "Accumulators", "make_plan", "run_plan", "Interrupted", "resolve_seed"]
+__all__ = ["Plan", "Accumulators", "make_plan", "new_accumulators", "run_plan", "Interrupted", "resolve_seed",
+           "resolve_threads", "compile_kernel", "simulate_chunk", "add_chunk"]
 
-#: entries of per-trajectory records (trajectories x sample times) kept by default
-AUTO_RECORD_LIMIT = 20_000_000
 PATH_CAPACITY = 2000
 #: per-chunk bookkeeping (jump counts, fingerprints) is O(chunks): keep it small
 MAX_CHUNKS = 10_000_000
-#: a wave of chunks aims at this many seconds: Ctrl-C and progress act between waves
+#: a wave of chunks aims at this many seconds (progress and the wave size adapt between waves)
 WAVE_SECONDS = 0.5
+#: per-thread buffers are folded into the totals at least this often (and after every wave if small)
+FLUSH_SECONDS = 2.0
+SMALL_BUFFERS = 4_000_000
+#: the main thread checks for signals this often while a wave runs
+POLL_SECONDS = 0.05
+#: expected jumps above which a run is refused (simulation.max_jumps) or a warning is given
+DEFAULT_MAX_JUMPS = 1e13
+WARN_JUMPS = 1e11
+#: joint states x times up to which the exact p_x(t) is computed to stream Delta s_obs by default
+AUTO_ENTROPY_LIMIT = 20_000_000
 
 
 class StopFlag:
-    """While installed (main thread only), SIGINT/SIGTERM only set a flag, read between waves.
+    """While installed (main thread only), SIGINT/SIGTERM only set a flag (and ``ctl[0]``, which the kernel
+    polls), so the run stops at a consistent point: the checkpoint always matches ``chunks_done``."""
 
-    A signal may be delivered to a numba worker thread in the middle of a wave; with a raising
-    handler the KeyboardInterrupt would surface between the wave and its bookkeeping.  Here the
-    run stops at the next wave boundary, so the checkpoint always matches ``chunks_done``.
-    """
-
-    def __init__(self):
+    def __init__(self, ctl=None):
         self.set = False
+        self.ctl = ctl
         self._old = None
 
     def _handler(self, signum, frame):
         self.set = True
+        if self.ctl is not None:
+            self.ctl[0] = 1
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -65,6 +83,10 @@ class Interrupted(TrajmcError):
     """The run was interrupted; its finished chunks are in the checkpoint."""
 
 
+class SimulationError(TrajmcError):
+    """The dynamics cannot be simulated (e.g. time steps below double precision)."""
+
+
 def resolve_seed(seed) -> int:
     """``None | int | SeedSequence`` -> the entropy (int) that seeds every chunk."""
     if isinstance(seed, np.random.SeedSequence):
@@ -78,197 +100,6 @@ def resolve_seed(seed) -> int:
     return int(seed)
 
 
-@dataclass
-class Plan:
-    """Everything fixed before the first trajectory: the network, the kernel's arrays, the chunking."""
-
-    model: object
-    network: Network
-    times: np.ndarray
-    entropy: int
-    trajectories: int
-    chunk_size: int
-    record: bool
-    paths: int
-    arrays: dict = field(repr=False)
-    segments: list = field(default=None, repr=False)  # [(start time, Network)] of the protocol
-
-    @property
-    def driven(self) -> bool:
-        return len(self.arrays["seg_t"]) > 1
-
-    @property
-    def n_chunks(self) -> int:
-        return -(-self.trajectories // self.chunk_size)
-
-    def chunk_sizes(self, start, stop):
-        i = np.arange(start, stop)
-        return np.minimum(self.chunk_size, self.trajectories - i * self.chunk_size).astype(np.int64)
-
-
-@dataclass
-class Accumulators:
-    """Streaming sums; memory independent of the number of trajectories (records aside)."""
-
-    counts: np.ndarray  # (n_t, n) int64
-    cross: np.ndarray  # (n_t, n, 2) int64, fixed point: value * plan.arrays["g_scale"]
-    heat: np.ndarray  # (n_t, H) int64
-    jumps: np.ndarray  # (n_chunks,) int64 jumps per chunk
-    chunks_done: int = 0
-    work: np.ndarray | None = None  # (n_t, HW) int64 histogram of the work done so far (driven models)
-    fingerprint: np.ndarray | None = None  # (n_chunks,) uint64 end state of each chunk's generator
-    rec_w: np.ndarray | None = None  # (trajectories, n_t) int32
-    rec_x: np.ndarray | None = None  # (trajectories, n_t) int32
-    rec_n: np.ndarray | None = None
-    path_t: np.ndarray | None = None
-    path_x: np.ndarray | None = None
-    path_len: np.ndarray | None = None
-    wall_s: float = 0.0
-
-    def as_dict(self):
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-
-def _edge_arrays(net: Network):
-    """CSR rows, targets, cumulative jump probabilities and inverse exit rates of one segment."""
-    src = net.source
-    exit_rate = net.exit_rate
-    with np.errstate(divide="ignore"):
-        inv_exit = np.where(exit_rate > 0, 1.0 / np.where(exit_rate > 0, exit_rate, 1.0), 0.0)
-    # cumulative jump probabilities within each row, the last of each row exactly 1
-    for_rows = np.cumsum(net.rate)
-    row_base = np.concatenate([[0.0], for_rows])[net.indptr[:-1]]
-    cum = (for_rows - row_base[src]) / np.where(exit_rate[src] > 0, exit_rate[src], 1.0)
-    last = net.indptr[1:][np.diff(net.indptr) > 0] - 1
-    cum[last] = 1.0
-    return net.indptr, net.target, cum, inv_exit
-
-
-def _kernel_arrays(segments, times):
-    """Everything the kernel reads, for the segment networks ``[(start time, Network)]``."""
-    net = segments[0][1]
-    model = net.model
-    n = net.n_states
-    parts = [_edge_arrays(nt) for _, nt in segments]
-    offs = np.concatenate([[0], np.cumsum([len(p[1]) for p in parts])])
-    indptr = np.stack([p[0] + o for p, o in zip(parts, offs)]).astype(np.int64)
-    target = np.concatenate([p[1] for p in parts]).astype(np.int64)
-    cum = np.concatenate([p[2] for p in parts])
-    inv_exit = np.stack([p[3] for p in parts])
-    seg_t = np.array([t0 for t0, _ in segments[1:]] + [np.inf])
-    levels = np.stack([nt.energies for _, nt in segments])
-    dlev = np.zeros_like(levels)
-    dlev[1:] = levels[1:] - levels[:-1]
-    wmax = int(np.abs(dlev).max(axis=1).sum())
-    support = np.flatnonzero(net.p0 > 0).astype(np.int64)
-    cum0 = np.cumsum(net.p0[support])
-    cum0 /= cum0[-1]
-    cum0[-1] = 1.0
-    # functions of the initial state whose sums per (time, state) give the time correlations
-    # of the delta-method error bars: -a_0 = ln(p0/V) (Sigma) and h_0 = -ln p_s(0) + sum beta E (Sigma_tilde)
-    g0 = np.zeros((n, 2))  # float; the kernel sums a fixed-point copy (see make_plan)
-    pos = net.p0 > 0
-    g0[pos, 0] = np.log(net.p0[pos]) - net.lnV[pos]
-    ps0 = np.bincount(net.states[:, 0], weights=net.p0, minlength=model.n_levels)
-    with np.errstate(divide="ignore"):
-        g0[pos, 1] = -np.log(ps0[net.states[pos, 0]])
-    betas = np.array([model.beta_ref(nu) for nu in range(model.n_baths)])
-    if np.all(np.isfinite(betas)):
-        g0[pos, 1] += net.states[pos, 1:] @ betas
-    E = np.ascontiguousarray(net.states[:, 1:])
-    emax = np.array([b.emax for b in model.baths], dtype=np.int64)
-    widths = 2 * emax + 1
-    hoff = (np.concatenate([[0], np.cumsum(widths)[:-1]]) + emax).astype(np.int64)
-    return {"cum0": cum0, "support": support, "indptr": indptr, "target": target, "cum": cum,
-            "inv_exit": inv_exit, "seg_t": seg_t, "dlev": dlev, "s_of": net.states[:, 0].copy(),
-            "times": np.append(np.asarray(times, dtype=np.float64), np.inf), "g0f": g0, "E": E,
-            "hoff": hoff, "H": int(widths.sum()), "emax": emax, "woff": wmax, "HW": 2 * wmax + 1,
-            "levels": levels}
-
-
-def make_plan(model, trajectories=None, seed=None, times=None, chunk_size=None, records=None, paths=0) -> Plan:
-    """Validate the run parameters and build the network: nothing is simulated yet."""
-    model = load_model(model)
-    if times is not None:
-        model = model.with_times(times)
-    sim = model.simulation
-    trajectories = sim["trajectories"] if trajectories is None else trajectories
-    if isinstance(trajectories, bool) or not isinstance(trajectories, (int, np.integer)) or trajectories < 1:
-        raise ModelError("trajectories", f"must be a positive integer, got {trajectories!r}")
-    chunk_size = sim["chunk_size"] if chunk_size is None else chunk_size
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ModelError("chunk_size", f"must be a positive integer, got {chunk_size!r}")
-    if isinstance(paths, bool) or not isinstance(paths, (int, np.integer)) or not 0 <= paths <= 1000:
-        raise ModelError("paths", f"must be an integer in 0..1000, got {paths!r}")
-    if -(-int(trajectories) // int(chunk_size)) > MAX_CHUNKS:
-        raise ModelError("trajectories", f"{trajectories} trajectories make more than {MAX_CHUNKS:.0e} chunks of "
-                                         f"{chunk_size}; raise chunk_size")
-    entropy = resolve_seed(sim["seed"] if seed is None else seed)
-    segments = build_segments(model)
-    net = segments[0][1]
-    n_t = len(model.times)
-    if records is None:
-        records = int(trajectories) * n_t <= AUTO_RECORD_LIMIT
-    arrays = _kernel_arrays(segments, model.times)
-    # cross sums are exact int64 fixed point, so adding them is associative: the largest power-of-two
-    # scale that cannot overflow for this many trajectories (resolution ~1e-8 or finer in practice)
-    gmax = float(np.abs(arrays["g0f"]).max()) + 1.0
-    scale = 2.0 ** min(40, np.floor(np.log2(2.0**62 / (gmax * (int(trajectories) + 1)))))
-    arrays["g_scale"] = scale
-    arrays["g0"] = np.round(arrays["g0f"] * scale).astype(np.int64)
-    return Plan(model=model, network=net, times=model.times, entropy=entropy, trajectories=int(trajectories),
-                chunk_size=int(chunk_size), record=bool(records), paths=int(min(paths, chunk_size, trajectories)),
-                arrays=arrays, segments=segments)
-
-
-def new_accumulators(plan: Plan) -> Accumulators:
-    n_t, n = len(plan.times), plan.network.n_states
-    acc = Accumulators(counts=np.zeros((n_t, n), np.int64), cross=np.zeros((n_t, n, 2), np.int64),
-                       heat=np.zeros((n_t, plan.arrays["H"]), np.int64), jumps=np.zeros(plan.n_chunks, np.int64))
-    acc.work = np.zeros((n_t, plan.arrays["HW"]), np.int64)
-    acc.fingerprint = np.zeros(plan.n_chunks, np.uint64)
-    if plan.record:
-        acc.rec_x = np.zeros((plan.trajectories, n_t), np.int32)
-        acc.rec_n = np.zeros((plan.trajectories, n_t), np.int32)
-        if plan.driven:
-            acc.rec_w = np.zeros((plan.trajectories, n_t), np.int32)
-    acc.path_t = np.zeros((plan.paths, PATH_CAPACITY))
-    acc.path_x = np.zeros((plan.paths, PATH_CAPACITY), np.int64)
-    acc.path_len = np.zeros(plan.paths, np.int64)
-    return acc
-
-
-_COMPILED = {"seconds": None}
-
-
-def compile_kernel() -> float:
-    """Compile (or load from numba's cache) the kernel once per process; returns the seconds it took."""
-    if _COMPILED["seconds"] is None:
-        t0 = time.perf_counter()
-        a = {"cum0": np.array([1.0]), "support": np.array([0], np.int64),
-             "indptr": np.array([[0, 1, 2]], np.int64), "target": np.array([1, 0], np.int64),
-             "cum": np.array([1.0, 1.0]), "inv_exit": np.array([[1.0, 1.0]]), "seg_t": np.array([np.inf]),
-             "dlev": np.zeros((1, 2), np.int64), "s_of": np.array([0, 1], np.int64),
-             "times": np.array([0.0, 1.0, np.inf]), "g0": np.zeros((2, 2), np.int64), "E": np.zeros((2, 1), np.int64),
-             "hoff": np.array([0], np.int64), "woff": 0}
-        T = numba.config.NUMBA_NUM_THREADS
-        _call_wave(a, np.array([_rng.chunk_state(0, 0)]), np.array([3], np.int64), np.zeros((T, 2, 2), np.int64),
-                   np.zeros((T, 2, 2, 2), np.int64), np.zeros((T, 2, 1), np.int64), np.zeros((T, 1, 1), np.int64),
-                   np.zeros(1, np.int64), np.zeros(1, np.uint64), np.zeros((0, 2), np.int32), np.zeros((0, 2), np.int32),
-                   np.zeros((0, 2), np.int32), np.zeros(1, np.int64), np.zeros((0, 1)), np.zeros((0, 1), np.int64),
-                   np.zeros(0, np.int64))
-        _COMPILED["seconds"] = time.perf_counter() - t0
-    return _COMPILED["seconds"]
-
-
-def _call_wave(a, states, sizes, counts, cross, heat, work, jumps, fprint, rec_x, rec_n, rec_w, rec_off, path_t,
-               path_x, path_len):
-    _kernel.run_wave(states, sizes, a["cum0"], a["support"], a["indptr"], a["target"], a["cum"], a["inv_exit"],
-                     a["seg_t"], a["dlev"], a["s_of"], a["times"], a["g0"], a["E"], a["hoff"], counts, cross, heat,
-                     work, a["woff"], jumps, fprint, rec_x, rec_n, rec_w, rec_off, path_t, path_x, path_len,
-                     _rng.ZIG_K, _rng.ZIG_W, _rng.ZIG_F)
-
-
 def resolve_threads(threads) -> int:
     limit = numba.config.NUMBA_NUM_THREADS
     if threads is None:
@@ -280,40 +111,514 @@ def resolve_threads(threads) -> int:
     return int(threads)
 
 
+def _count(v, key, lo=1):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ModelError(key, f"must be an integer >= {lo}, got {v!r}")
+    return int(v)
+
+
+@dataclass
+class Plan:
+    """Everything fixed before the first trajectory: the path, its tables, the chunking, the estimates."""
+
+    model: object
+    path: str  # "enumerated" | "implicit"
+    reason: str
+    segments: list | None  # [(start, Network)] on the enumerated path
+    times: np.ndarray
+    entropy: int
+    trajectories: int
+    chunk_size: int
+    record: bool
+    paths: int
+    clock: K.Clock = field(repr=False)
+    tables: object = field(repr=False)  # K.Enumerated | K.Implicit
+    windows: K.Windows = field(repr=False)
+    g_scale: float = 1.0
+    g0: np.ndarray | None = field(default=None, repr=False)  # enumerated: float ln(p0/V) per state
+    ft: bool = False  # two baths: joint (s_0, s_t, heat of bath 0) accumulated
+    trajectory_entropy: bool = False  # Delta s_obs streamed (enumerated, exact p_x(t) known)
+    expected_jumps: float = 0.0
+    memory: dict = field(default_factory=dict)
+    n_states: int = 0  # enumerated: reachable joint states (0 on the implicit path)
+
+    @property
+    def network(self):
+        return self.segments[0][1] if self.segments is not None else None
+
+    @property
+    def driven(self) -> bool:
+        return len(self.clock.seg_t) > 1
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.trajectories // self.chunk_size)
+
+    @property
+    def n_t(self) -> int:
+        return len(self.times)
+
+    @property
+    def n_levels(self) -> int:
+        return self.model.n_levels
+
+    @property
+    def n_baths(self) -> int:
+        return self.model.n_baths
+
+    @property
+    def woff(self) -> int:
+        return int(self.clock.woff[0])
+
+    @property
+    def n_moments(self) -> int:
+        return K.M_QQ + self.n_baths**2
+
+    def chunk_sizes(self, start, stop):
+        i = np.arange(start, stop)
+        return np.minimum(self.chunk_size, self.trajectories - i * self.chunk_size).astype(np.int64)
+
+    def info(self) -> dict:
+        """What provenance records about the plan."""
+        return {"path": self.path, "reason": self.reason, "states": self.n_states,
+                "trajectory_entropy": self.trajectory_entropy, "expected_jumps": float(self.expected_jumps),
+                "memory": self.memory}
+
+
+@dataclass
+class Accumulators:
+    """Streaming sums: memory independent of the number of trajectories (records aside).
+
+    Common to both paths (time first): ``sys2`` (n_t, n_s, n_s) levels at 0 and t; ``heat`` (n_t, sum qwid)
+    windowed heat histograms; ``qsum`` (n_t, N, n_s, n_s) heat sums by levels; ``work`` (n_t, HW); ``viol``
+    (2,) first-law violations and samples checked; ``mom`` (n_t, M) float sums (see ``_kernel.M_*``);
+    ``ft`` (n_t, n_s, n_s, qwid_0) two baths.  Enumerated: ``counts``, ``cross`` (n_t, n), ``dsh``
+    (n_t, B + 2).  Implicit: ``marg`` (n_t, sum wid n_s), ``cross1`` (one bath), ``visited`` (N, 2).
+    """
+
+    sys2: np.ndarray
+    heat: np.ndarray
+    qsum: np.ndarray
+    work: np.ndarray
+    viol: np.ndarray
+    mom: np.ndarray
+    jumps: np.ndarray  # (n_chunks,) i8
+    fingerprint: np.ndarray  # (n_chunks,) u8
+    windows: K.Windows
+    ft: np.ndarray | None = None
+    counts: np.ndarray | None = None
+    cross: np.ndarray | None = None
+    dsh: np.ndarray | None = None
+    marg: np.ndarray | None = None
+    cross1: np.ndarray | None = None
+    visited: np.ndarray | None = None
+    rec_x: np.ndarray | None = None
+    rec_n: np.ndarray | None = None
+    rec_w: np.ndarray | None = None
+    rec_E: np.ndarray | None = None
+    path_t: np.ndarray | None = None
+    path_x: np.ndarray | None = None
+    path_E: np.ndarray | None = None
+    path_len: np.ndarray | None = None
+    chunks_done: int = 0
+    wall_s: float = 0.0
+
+    #: the arrays that are sums over trajectories (saved, checksummed, added chunk by chunk)
+    SUMS = ("sys2", "heat", "qsum", "work", "viol", "mom", "ft", "counts", "cross", "dsh", "marg", "cross1")
+
+    def arrays(self) -> dict:
+        """Every array field that is present (not None), by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if isinstance(getattr(self, f.name), np.ndarray)}
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def make_plan(model, trajectories=None, seed=None, times=None, chunk_size=None, records=None, paths=0,
+              engine=None, memory_budget=None, max_jumps=None, threads=1, trajectory_entropy=None,
+              exact=None) -> Plan:
+    """Validate the run parameters, choose the path and build its tables: nothing is simulated yet.
+
+    ``exact(segments, times) -> p (n_t, n)`` supplies the exact ``p_x(t)`` (the caller's solver) when
+    ``trajectory_entropy`` asks for streamed ``Delta s_obs`` (default: on the enumerated path when the
+    exact solution is small).  Refuses, before allocating anything, a run whose expected number of
+    jumps exceeds ``max_jumps`` or whose memory exceeds the budget (one line naming what to change).
+    """
+    model = load_model(model)
+    if times is not None:
+        model = model.with_times(times)
+    sim = model.simulation
+    trajectories = _count(sim["trajectories"] if trajectories is None else trajectories, "trajectories")
+    chunk_size = _count(sim["chunk_size"] if chunk_size is None else chunk_size, "chunk_size")
+    if isinstance(paths, bool) or not isinstance(paths, (int, np.integer)) or not 0 <= paths <= 1000:
+        raise ModelError("paths", f"must be an integer in 0..1000, got {paths!r}")
+    if -(-trajectories // chunk_size) > MAX_CHUNKS:
+        raise ModelError("trajectories", f"{trajectories} trajectories make more than {MAX_CHUNKS:.0e} chunks of "
+                                         f"{chunk_size}; raise chunk_size")
+    if chunk_size > 2**31 - 1:
+        raise ModelError("chunk_size", f"must be below 2^31, got {chunk_size}")
+    entropy = resolve_seed(sim["seed"] if seed is None else seed)
+    engine = (sim.get("engine") or "auto") if engine is None else engine
+    records = sim.get("records") if records is None else records
+    records = bool(records) if records is not None else False
+    if trajectory_entropy is None:
+        trajectory_entropy = sim.get("trajectory_entropy")
+    max_jumps = float(sim.get("max_jumps") or DEFAULT_MAX_JUMPS) if max_jumps is None else float(max_jumps)
+    budget = resolve_budget(memory_budget)
+    threads = resolve_threads(threads)
+    n_t, n_s, N = len(model.times), model.n_levels, model.n_baths
+    seg_levels = segment_energies(model)
+    clock = make_clock(model, model.times, seg_levels)
+    # per joint state: totals (counts, cross) and per-thread copies, 8 bytes each per time
+    per_state = 8 * n_t * 2 * (threads + 1) + 64
+    path, segments, reason = choose_path(model, engine, per_state, budget)
+    if path == "enumerated":
+        net = segments[0][1]
+        if trajectory_entropy is None:
+            trajectory_entropy = exact is not None and net.n_states * n_t <= AUTO_ENTROPY_LIMIT
+        elif trajectory_entropy and exact is None:
+            raise ModelError("trajectory_entropy", "needs the exact solution (call through trajmc.simulate)")
+        p = exact(segments, model.times) if trajectory_entropy else None
+        tables, g0f, scale = enumerated_tables(segments, trajectories, p)
+    else:
+        if trajectory_entropy:
+            raise ModelError("trajectory_entropy", "Delta s_obs needs the exact p_x(t), i.e. the enumerated path "
+                                                   f"(this run is implicit: {reason})")
+        trajectory_entropy = False
+        tables, scale = implicit_tables(model, trajectories)
+        g0f = None
+    mean_exit, top_exit = initial_exit_rates(path, tables, model)
+    T_end = float(model.times[-1])
+    expected = float(trajectories) * T_end * float(np.max(mean_exit)) if len(mean_exit) else 0.0
+    _guard_work(expected, top_exit, T_end, max_jumps, threads)
+    win = initial_windows(model, path, T_end * float(np.max(mean_exit)) if len(mean_exit) else 0.0, n_s)
+    ft = N == 2 and n_s * n_s * int(win.qwid[0]) * n_t <= 4_000_000
+    plan = Plan(model=model, path=path, reason=reason, segments=segments, times=model.times, entropy=entropy,
+                trajectories=trajectories, chunk_size=chunk_size, record=records,
+                paths=int(min(paths, chunk_size, trajectories)), clock=clock, tables=tables, windows=win,
+                g_scale=float(scale), g0=g0f, ft=ft, trajectory_entropy=bool(trajectory_entropy),
+                expected_jumps=expected, n_states=segments[0][1].n_states if segments is not None else 0)
+    plan.memory = estimate_memory(plan, threads)
+    _check_plan_memory(plan, budget)
+    return plan
+
+
+def _guard_work(expected, top_exit, T_end, max_jumps, threads):
+    """Refuse (or warn about) runs that would take forever, before any work."""
+    if top_exit > 0 and T_end * top_exit > 2.0**50:
+        raise ModelError("times.stop", f"exit rates up to {top_exit:.3g} make time steps below the resolution of "
+                                       f"double precision at t = {T_end:g}; lower the rates (kernel.gamma) or times.stop")
+    hours = expected * 1e-8 / 3600 / max(threads, 1)  # ~10 ns per jump and thread
+    if expected > max_jumps:
+        raise ModelError("simulation.max_jumps", f"the run would make ~{expected:.3g} jumps (~{hours:.3g} h on "
+                                                 f"{threads} threads), more than max_jumps = {max_jumps:.3g}; lower "
+                                                 "trajectories or times.stop, or raise simulation.max_jumps")
+    if expected > WARN_JUMPS:
+        warnings.warn(f"trajmc: the run will make ~{expected:.3g} jumps (~{hours:.3g} h on {threads} threads)",
+                      stacklevel=3)
+
+
+def _sizes(plan, win, T, W):
+    """Shapes of the per-thread/per-chunk buffers (T, W slots) and of the totals: {name: (shape, dtype)}."""
+    n_t, n_s, N = plan.n_t, plan.n_levels, plan.n_baths
+    Hq, Mw = int(win.qwid.sum()), int((win.wid * n_s).sum())
+    enum = plan.path == "enumerated"
+    n = plan.n_states
+    q0 = int(win.qwid[0])
+    HW = 2 * plan.woff + 1 if plan.driven else 1
+    one = plan.path == "implicit" and N == 1
+    return {"sys2": ((T, n_s, n_s, n_t), np.int64), "heat": ((T, Hq, n_t), np.int64),
+            "qsum": ((T, N, n_s, n_s, n_t), np.int64), "work": ((T, HW, n_t), np.int64),
+            "viol": ((T, 2), np.int64), "ft": ((T, n_s, n_s, q0, n_t) if plan.ft else (T, 0, 0, 0, 0), np.int64),
+            "counts": ((T, n, n_t) if enum else (T, 0, 0), np.int64),
+            "cross": ((T, n, n_t) if enum else (T, 0, 0), np.int64),
+            "dsh": ((T, DS_BINS + 2, n_t) if plan.trajectory_entropy else (T, 0, 0), np.int64),
+            "marg": ((T, Mw, n_t) if not enum else (T, 0, 0), np.int64),
+            "cross1": ((T, Mw, n_t) if one else (T, 0, 0), np.int64),
+            "ext": ((T, N, 4), np.int64), "visited": ((T, N, 2), np.int64),
+            "jumps": ((W,), np.int64), "fprint": ((W,), np.uint64), "status": ((W,), np.int64),
+            "mom": ((W, n_t, plan.n_moments), np.float64)}
+
+
+def wave_slots(plan, threads) -> int:
+    """Chunks per wave at most: 64 per thread, fewer when the per-chunk float sums are large (many times)."""
+    per = plan.n_t * plan.n_moments * 8
+    return int(min(64 * threads, max(threads, 2**28 // max(per, 1))))
+
+
+def estimate_memory(plan, threads) -> dict:
+    """Bytes the run will allocate: tables, totals, per-thread and per-chunk buffers, records, paths."""
+    W = wave_slots(plan, threads)
+    sz = _sizes(plan, plan.windows, threads, W)
+    per_thread = sum(math.prod(s) * np.dtype(d).itemsize for k, (s, d) in sz.items()
+                     if k not in ("jumps", "fprint", "status", "mom"))
+    totals = per_thread / threads
+    per_chunk = sum(math.prod(sz[k][0]) * np.dtype(sz[k][1]).itemsize for k in ("jumps", "fprint", "status", "mom"))
+    tables = sum(a.nbytes for a in plan.tables)
+    if plan.network is not None:
+        nt = plan.network
+        tables += sum(net.n_edges * 40 + net.n_states * (24 + 8 * plan.n_baths) for _, net in plan.segments) \
+            + nt.n_states * 8
+    rec = 0
+    if plan.record:
+        per = 4 * plan.n_t * (2 + (1 if plan.driven else 0) + (plan.n_baths if plan.path == "implicit" else 0))
+        rec = per * plan.trajectories
+    paths = plan.paths * PATH_CAPACITY * (16 + 8 * plan.n_baths)
+    out = {"tables": int(tables), "totals": int(totals), "per_thread": int(per_thread), "per_chunk": int(per_chunk),
+           "records": int(rec), "paths": int(paths), "chunk_bookkeeping": int(16 * plan.n_chunks)}
+    out["total"] = int(sum(out.values()))
+    out["threads"] = int(threads)
+    return out
+
+
+def _check_plan_memory(plan, budget):
+    m = plan.memory
+    biggest = max(("tables", "totals", "per_thread", "records"), key=lambda k: m[k])
+    hint = {"records": "turn off per-trajectory records (records = false / --no-records)",
+            "per_thread": "use fewer threads or fewer sample times (times.num)",
+            "totals": "use fewer sample times (times.num)" + ("" if plan.path == "implicit" else
+                                                              " or engine = 'implicit' (marginals only)"),
+            "tables": "reduce emax or the number of levels"}[biggest]
+    check_memory(m["total"], budget, f"this Monte Carlo run ({plan.path} path)", hint)
+
+
+# --------------------------------------------------------------------------- accumulators
+
+
+def _reset_ext(a):
+    """Extremes buffers ((..., 2) min/max or (..., 4) two min/max pairs) to 'nothing seen'."""
+    a[..., 0] = np.iinfo(np.int64).max
+    a[..., 1] = np.iinfo(np.int64).min
+    if a.shape[-1] == 4:
+        a[..., 2] = np.iinfo(np.int64).max
+        a[..., 3] = np.iinfo(np.int64).min
+
+
+def new_accumulators(plan: Plan) -> Accumulators:
+    """Zero totals in the layout of :class:`Accumulators` (allocates records when the plan keeps them)."""
+    sz = _sizes(plan, plan.windows, 1, 1)
+    tot = {}
+    for k in Accumulators.SUMS:
+        shape, dt = sz[k]
+        tot[k] = np.zeros((shape[-1],) + shape[1:-1], dt) if k not in ("viol", "mom") else None
+    tot["viol"] = np.zeros(2, np.int64)
+    tot["mom"] = np.zeros((plan.n_t, plan.n_moments))
+    acc = Accumulators(sys2=tot["sys2"], heat=tot["heat"], qsum=tot["qsum"], work=tot["work"], viol=tot["viol"],
+                       mom=tot["mom"], jumps=np.zeros(plan.n_chunks, np.int64),
+                       fingerprint=np.zeros(plan.n_chunks, np.uint64), windows=plan.windows)
+    if plan.ft:
+        acc.ft = tot["ft"]
+    if plan.path == "enumerated":
+        acc.counts, acc.cross = tot["counts"], tot["cross"]
+        if plan.trajectory_entropy:
+            acc.dsh = tot["dsh"]
+    else:
+        acc.marg = tot["marg"]
+        if plan.n_baths == 1:
+            acc.cross1 = tot["cross1"]
+        acc.visited = np.zeros((plan.n_baths, 2), np.int64)
+        _reset_ext(acc.visited)
+    n_t = plan.n_t
+    if plan.record:
+        acc.rec_x = np.zeros((plan.trajectories, n_t), np.int32)
+        acc.rec_n = np.zeros((plan.trajectories, n_t), np.int32)
+        if plan.driven:
+            acc.rec_w = np.zeros((plan.trajectories, n_t), np.int32)
+        if plan.path == "implicit":
+            acc.rec_E = np.zeros((plan.trajectories, n_t, plan.n_baths), np.int32)
+    acc.path_t = np.zeros((plan.paths, PATH_CAPACITY))
+    acc.path_x = np.zeros((plan.paths, PATH_CAPACITY), np.int64)
+    acc.path_E = np.zeros((plan.paths, PATH_CAPACITY, plan.n_baths if plan.path == "implicit" else 0), np.int64)
+    acc.path_len = np.zeros(plan.paths, np.int64)
+    return acc
+
+
+def _new_out(plan, acc, T, W):
+    """Per-thread and per-chunk buffers on the accumulators' current windows; records/paths are acc's own."""
+    sz = _sizes(plan, acc.windows, T, W)
+    a = {k: np.zeros(s, d) for k, (s, d) in sz.items()}
+    _reset_ext(a["ext"])
+    _reset_ext(a["visited"])
+    n_t = plan.n_t
+    z32 = np.zeros((0, n_t), np.int32)
+    return K.Out(**a, rec_x=acc.rec_x if acc.rec_x is not None else z32,
+                 rec_n=acc.rec_n if acc.rec_n is not None else z32,
+                 rec_w=acc.rec_w if acc.rec_w is not None else z32,
+                 rec_E=acc.rec_E if acc.rec_E is not None else np.zeros((0, n_t, plan.n_baths), np.int32),
+                 path_t=acc.path_t, path_x=acc.path_x, path_E=acc.path_E, path_len=acc.path_len)
+
+
+def _fold(acc, out):
+    """Per-thread buffers -> totals (exact integer sums, time axis first), then zero the buffers."""
+    for k in Accumulators.SUMS:
+        tot = getattr(acc, k)
+        if tot is None or k in ("mom",):
+            continue
+        buf = getattr(out, k)
+        if k == "viol":
+            tot += buf.sum(axis=0)
+        else:
+            tot += np.moveaxis(buf.sum(axis=0), -1, 0)
+        buf[...] = 0
+    if acc.visited is not None:
+        acc.visited[:, 0] = np.minimum(acc.visited[:, 0], out.visited[:, :, 0].min(axis=0))
+        acc.visited[:, 1] = np.maximum(acc.visited[:, 1], out.visited[:, :, 1].max(axis=0))
+    _reset_ext(out.visited)
+
+
+def _discard(out):
+    for k in Accumulators.SUMS:
+        if k != "mom":
+            getattr(out, k)[...] = 0
+    _reset_ext(out.visited)
+    _reset_ext(out.ext)
+
+
+def _rewindow(arr, axis, old, new, unit, lo_old, lo_new, off_old, off_new, wid_old):
+    """Copy each bath's window segment of ``arr`` (along ``axis``) into the layout of the new windows."""
+    shape = list(arr.shape)
+    shape[axis] = int((new * unit).sum()) if unit else 0
+    out = np.zeros(shape, arr.dtype)
+    a = np.moveaxis(arr, axis, 0)
+    b = np.moveaxis(out, axis, 0)
+    for nu in range(len(old)):
+        src = a[off_old[nu]: off_old[nu] + wid_old[nu] * unit]
+        start = off_new[nu] + (lo_old[nu] - lo_new[nu]) * unit
+        b[start: start + len(src)] = src
+    return out
+
+
+def grow_accumulators(plan, acc, win):
+    """Re-lay the windowed totals of ``acc`` on the (larger) windows ``win``."""
+    old = acc.windows
+    n_s = plan.n_levels
+    acc.heat = _rewindow(acc.heat, 1, old.qwid, win.qwid, 1, old.qlo, win.qlo, old.qoff, win.qoff, old.qwid)
+    if acc.ft is not None:
+        ft = np.zeros(acc.ft.shape[:3] + (int(win.qwid[0]),), np.int64)
+        d = int(old.qlo[0] - win.qlo[0])
+        ft[..., d:d + acc.ft.shape[3]] = acc.ft
+        acc.ft = ft
+    for name in ("marg", "cross1"):
+        arr = getattr(acc, name)
+        if arr is None:
+            continue
+        setattr(acc, name, _rewindow(arr, 1, old.wid, win.wid, n_s, old.lo, win.lo, old.moff, win.moff, old.wid))
+    acc.windows = win
+
+
+def _merge_windows(a, b, n_s):
+    """The smallest windows covering both ``a`` and ``b``."""
+    from .tables import windows_from
+
+    lo = np.minimum(a.lo, b.lo)
+    hi = np.maximum(a.lo + a.wid, b.lo + b.wid)
+    qlo = np.minimum(a.qlo, b.qlo)
+    qhi = np.maximum(a.qlo + a.qwid, b.qlo + b.qwid)
+    return windows_from(lo, hi - lo, qlo, qhi - qlo, n_s)
+
+
+def _same_windows(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+# --------------------------------------------------------------------------- running
+
+
+_COMPILED = {"seconds": None}
+
+
+def _wave_fn(plan):
+    return K.enumerated_wave if plan.path == "enumerated" else K.implicit_wave
+
+
+def _chunk_fn(path):
+    return K.enumerated_chunk if path == "enumerated" else K.implicit_chunk
+
+
+def compile_kernel() -> float:
+    """Compile (or load from numba's cache) both paths' kernels once per process; returns the seconds.
+
+    The warm-up runs tiny plans built by the same constructors as every real run, so the compiled
+    signatures are exactly the ones used later.
+    """
+    if _COMPILED["seconds"] is None:
+        t0 = time.perf_counter()
+        spec = {"name": "warm-up", "system": {"energies": [0, 1], "coupling": [[0, 1], [1, 0]]},
+                "baths": [{"name": "B", "dos": {"model": "oscillators", "n": 2}, "emax": 4,
+                           "kernel": {"model": "sqrt"}}],
+                "initial": {"system": [0.0, 1.0], "baths": [{"state": "microcanonical", "energy": 2}]},
+                "times": {"values": [0.0, 1.0]}}
+        for path in ("enumerated", "implicit"):
+            plan = make_plan(spec, trajectories=2, seed=0, chunk_size=2, engine=path, records=True, paths=1)
+            acc = new_accumulators(plan)
+            out = _new_out(plan, acc, numba.config.NUMBA_NUM_THREADS, 1)
+            ctl = np.zeros(1, np.int64)
+            one = np.zeros(1, np.int64)
+            _wave_fn(plan)(np.array([_rng.chunk_state(0, 0)]), np.array([2], np.int64), one, one + 1, plan.clock,
+                           plan.tables, acc.windows, out, ctl)
+            _chunk_fn(path)(_rng.chunk_state(0, 0), 1, 0, 0, 0, True, plan.clock, plan.tables, acc.windows, out, ctl)
+        _COMPILED["seconds"] = time.perf_counter() - t0
+    return _COMPILED["seconds"]
+
+
+def _in_thread(fn, args, threads, stop, ctl):
+    """Run ``fn(*args)`` on a helper thread (numba's thread settings are per thread) while this thread
+    waits and forwards a stop request to the kernel through ``ctl``."""
+    err = []
+
+    def target():
+        try:
+            numba.set_num_threads(threads)
+            numba.set_parallel_chunksize(1)  # chunks one at a time: jump counts per chunk vary
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+            err.append(exc)
+
+    th = threading.Thread(target=target, name="trajmc-wave", daemon=True)
+    th.start()
+    while th.is_alive():
+        th.join(POLL_SECONDS)
+        if stop.set:
+            ctl[0] = 1
+    if err:
+        raise err[0]
+
+
 def run_plan(plan: Plan, acc: Accumulators, threads: int, progress=None, checkpoint=None,
              checkpoint_every=2.0, stop_after=None, stop=None) -> Accumulators:
     """Run the chunks ``acc.chunks_done .. n_chunks-1`` (or up to ``stop_after``) into ``acc``.
 
-    ``checkpoint(acc)`` is called at most every ``checkpoint_every`` seconds and on
-    interruption; ``progress(k)`` after each wave with the number of chunks finished.
+    ``checkpoint(acc)`` is called at most every ``checkpoint_every`` seconds and on interruption, always
+    with accumulators that hold exactly the first ``acc.chunks_done`` chunks; ``progress(k)`` after each
+    wave with the number of chunks finished.
     """
-    a = plan.arrays
-    n_t, n = len(plan.times), plan.network.n_states
-    # chunks per wave: adapted so a wave lasts ~WAVE_SECONDS (Ctrl-C, progress and checkpoints act between
-    # waves); the totals are integer sums, so the wave size never changes the result
-    W = threads
-    numba.set_num_threads(threads)
-    # hand chunks to threads one at a time (jump counts per chunk vary), not in equal blocks
-    old_chunksize = numba.set_parallel_chunksize(1)
-    # one accumulator slot per thread; integer sums make the totals independent of the scheduling
-    counts = np.zeros((threads, n, n_t), np.int64)  # state-major inside the kernel
-    cross = np.zeros((threads, n, n_t, 2), np.int64)
-    heat = np.zeros((threads, a["H"], n_t), np.int64)
-    work = np.zeros((threads, a["HW"] if plan.driven else 1, n_t), np.int64)
-    last_ck = time.perf_counter()
     end = plan.n_chunks if stop_after is None else min(plan.n_chunks, stop_after)
+    Wmax = wave_slots(plan, threads)
+    out = _new_out(plan, acc, threads, Wmax)
+    small = sum(getattr(out, k).size for k in Accumulators.SUMS if k != "mom") < SMALL_BUFFERS
+    ctl = np.zeros(1, np.int64)
+    stop = stop if stop is not None else StopFlag()
+    stop.ctl = ctl
+    fn = _wave_fn(plan)
+    W = threads
     t_start = time.perf_counter()
     wall0 = acc.wall_s
+    flushed, mom_snap = acc.chunks_done, acc.mom.copy()
+    last_fold = last_ck = time.perf_counter()
 
-    def flush():  # thread slots -> accumulators (exact integer sums)
-        for buf, total in ((counts, acc.counts), (cross, acc.cross), (heat, acc.heat)):
-            total += np.swapaxes(buf.sum(axis=0), 0, 1)
-            buf[:] = 0
-        if plan.driven:
-            acc.work += work.sum(axis=0).T
-            work[:] = 0
+    def fold():
+        nonlocal flushed, mom_snap, last_fold
+        _fold(acc, out)
+        flushed, mom_snap, last_fold = acc.chunks_done, acc.mom.copy(), time.perf_counter()
 
-    stop = stop if stop is not None else StopFlag()
+    def discard():  # back to the last fold: the chunks since then are run again
+        _discard(out)
+        acc.mom[...] = mom_snap
+        acc.jumps[flushed:acc.chunks_done] = 0
+        acc.fingerprint[flushed:acc.chunks_done] = 0
+        acc.chunks_done = flushed
+
     try:
         with stop:
             while acc.chunks_done < end:
@@ -321,97 +626,150 @@ def run_plan(plan: Plan, acc: Accumulators, threads: int, progress=None, checkpo
                     raise KeyboardInterrupt
                 c0 = acc.chunks_done
                 c1 = min(end, c0 + W)
-                t_wave = time.perf_counter()
-                jumps = np.zeros(c1 - c0, np.int64)
-                fprint = np.zeros(c1 - c0, np.uint64)
-                states = np.array([_rng.chunk_state(plan.entropy, i) for i in range(c0, c1)])
+                nw = c1 - c0
+                idx = np.arange(c0, c1)
+                states = np.array([_rng.chunk_state(plan.entropy, i) for i in idx])
                 sizes = plan.chunk_sizes(c0, c1)
-                rec_off = ((np.arange(c0, c1) - c0) * plan.chunk_size).astype(np.int64)
-                if acc.rec_x is not None:
-                    lo = c0 * plan.chunk_size
-                    hi = lo + int(sizes.sum())
-                    rx, rn = acc.rec_x[lo:hi], acc.rec_n[lo:hi]
-                else:
-                    rx = rn = np.zeros((0, n_t), np.int32)
-                rw = acc.rec_w[lo:hi] if acc.rec_w is not None else np.zeros((0, n_t), np.int32)
-                if c0 == 0 and plan.paths:
-                    pt, px, pl = acc.path_t, acc.path_x, acc.path_len
-                else:
-                    pt, px, pl = np.zeros((0, 1)), np.zeros((0, 1), np.int64), np.zeros(0, np.int64)
-                _call_wave(a, states, sizes, counts, cross, heat, work, jumps, fprint, rx, rn, rw, rec_off, pt, px, pl)
-                acc.jumps[c0:c1] = jumps
-                acc.fingerprint[c0:c1] = fprint
+                rec0 = (idx * plan.chunk_size).astype(np.int64) if plan.record else np.zeros(nw, np.int64)
+                first = (idx == 0).astype(np.int64)
+                out.mom[:nw] = 0.0
+                t_wave = time.perf_counter()
+                _in_thread(fn, (states, sizes, rec0, first, plan.clock, plan.tables, acc.windows, out, ctl),
+                           threads, stop, ctl)
+                status = out.status[:nw]
+                if stop.set or np.any(status == K.ABORTED):
+                    raise KeyboardInterrupt
+                if np.any(status == K.STALLED):
+                    discard()
+                    raise SimulationError("time stopped advancing in a trajectory (steps below double precision): "
+                                          "the rates are too large for times.stop; lower kernel.gamma")
+                if np.any(status == K.OVERFLOW):  # a window was too small: grow it, redo since the last fold
+                    ext = np.stack([out.ext[..., 0].min(axis=0), out.ext[..., 1].max(axis=0),
+                                    out.ext[..., 2].min(axis=0), out.ext[..., 3].max(axis=0)], axis=1)
+                    discard()
+                    grow_accumulators(plan, acc, grown_windows(acc.windows, ext, plan.model, plan.n_levels))
+                    out = _new_out(plan, acc, threads, Wmax)
+                    continue
+                acc.jumps[c0:c1] = out.jumps[:nw]
+                acc.fingerprint[c0:c1] = out.fprint[:nw]
+                for c in range(nw):  # float sums: chunk order, whatever the scheduling
+                    acc.mom += out.mom[c]
                 acc.chunks_done = c1
                 took = time.perf_counter() - t_wave
-                W = int(min(64 * threads, max(threads, W * WAVE_SECONDS / max(took, 1e-6))))
+                W = int(min(Wmax, max(threads, W * WAVE_SECONDS / max(took, 1e-6))))
                 acc.wall_s = wall0 + time.perf_counter() - t_start
+                now = time.perf_counter()
+                due = checkpoint is not None and now - last_ck >= checkpoint_every
+                if small or due or now - last_fold >= FLUSH_SECONDS:
+                    fold()
                 if progress is not None:
                     progress(c1)
-                if checkpoint is not None and time.perf_counter() - last_ck >= checkpoint_every:
-                    flush()
+                if due:
                     checkpoint(acc)
                     last_ck = time.perf_counter()
-            flush()
+            fold()
     except KeyboardInterrupt:
-        flush()
+        discard()
         acc.wall_s = wall0 + time.perf_counter() - t_start
         if checkpoint is not None:
             with StopFlag():  # a second Ctrl-C must not cut the checkpoint in half
                 checkpoint(acc)
         raise Interrupted(f"interrupted after {acc.chunks_done} of {plan.n_chunks} chunks") from None
-    finally:
-        numba.set_parallel_chunksize(old_chunksize)
     return acc
 
 
-def simulate_chunk(arrays, entropy, chunk, size, n_t, n, driven, record, paths):
-    """Run one chunk on this thread and return its accumulators (for distributed backends).
+# --------------------------------------------------------------------------- one chunk (distributed backends)
 
-    The result is what :func:`run_plan` adds for that chunk: integer arrays, so any order of
-    combination gives the same totals.  Records (if kept) are the chunk's own rows.
+
+def worker_plan(plan) -> Plan:
+    """A copy of ``plan`` without its networks: what a remote worker needs to run any chunk."""
+    import copy
+
+    p = copy.copy(plan)
+    p.segments = None
+    return p
+
+
+def simulate_chunk(plan, chunk, size, windows):
+    """Run one chunk on this thread and return its contribution (time-first layout) and its windows.
+
+    A window overflow is handled here: the chunk is run again on grown windows (the same draws).
     """
-    a = arrays
-    counts = np.zeros((n, n_t), np.int64)
-    cross = np.zeros((n, n_t, 2), np.int64)
-    heat = np.zeros((a["H"], n_t), np.int64)
-    work = np.zeros((a["HW"] if driven else 1, n_t), np.int64)
-    rx = np.zeros((size if record else 0, n_t), np.int32)
-    rn = np.zeros_like(rx)
-    rw = np.zeros((size if (record and driven) else 0, n_t), np.int32)
-    P = paths if chunk == 0 else 0
-    pt = np.zeros((P, PATH_CAPACITY))
-    px = np.zeros((P, PATH_CAPACITY), np.int64)
-    pl = np.zeros(P, np.int64)
-    st = _rng.chunk_state(entropy, chunk)
-    jumps = _kernel.run_chunk(st, size, a["cum0"], a["support"], a["indptr"], a["target"], a["cum"], a["inv_exit"],
-                              a["seg_t"], a["dlev"], a["s_of"], a["times"], a["g0"], a["E"], a["hoff"], counts, cross,
-                              heat, work, a["woff"], rx, rn, rw, pt, px, pl, _rng.ZIG_K, _rng.ZIG_W, _rng.ZIG_F)
-    out = {"chunk": chunk, "jumps": int(jumps), "fingerprint": np.uint64(st[0] ^ st[3]), "counts": counts.T.copy(),
-           "cross": np.swapaxes(cross, 0, 1).copy(),
-           "heat": heat.T.copy(), "work": work.T.copy() if driven else None}
-    if record:
-        out.update(rec_x=rx, rec_n=rn, rec_w=rw if driven else None)
-    if P:
-        out.update(path_t=pt, path_x=px, path_len=pl)
-    return out
+    while True:
+        acc = _chunk_acc(plan, windows, size if plan.record else 0, chunk)
+        out = _new_out(plan, acc, 1, 1)
+        st = _rng.chunk_state(plan.entropy, chunk)
+        ctl = np.zeros(1, np.int64)
+        jumps = _chunk_fn(plan.path)(st, size, 0, 0, 0, chunk == 0, plan.clock, plan.tables, windows, out, ctl)
+        if out.status[0] == K.OVERFLOW:
+            ext = np.stack([out.ext[..., 0].min(axis=0), out.ext[..., 1].max(axis=0), out.ext[..., 2].min(axis=0),
+                            out.ext[..., 3].max(axis=0)], axis=1)
+            windows = grown_windows(windows, ext, plan.model, plan.n_levels)
+            continue
+        if out.status[0] != K.OK:
+            raise SimulationError("time stopped advancing in a trajectory (steps below double precision)")
+        _fold(acc, out)
+        res = {k: getattr(acc, k) for k in Accumulators.SUMS if getattr(acc, k) is not None}
+        res["mom"] = out.mom[0].copy()
+        res.update(chunk=chunk, jumps=int(jumps), fingerprint=np.uint64(st[0] ^ st[3]), windows=windows,
+                   visited=acc.visited)
+        if plan.record:
+            res.update(rec_x=acc.rec_x, rec_n=acc.rec_n, rec_w=acc.rec_w, rec_E=acc.rec_E)
+        if chunk == 0 and plan.paths:
+            res.update(path_t=acc.path_t, path_x=acc.path_x, path_E=acc.path_E, path_len=acc.path_len)
+        return res
+
+
+def _chunk_acc(plan, windows, rows, chunk):
+    """Zero accumulators for one chunk (records: ``rows`` of their own)."""
+    import copy
+
+    p = copy.copy(plan)
+    p.windows = windows
+    p.trajectories = max(rows, 1)
+    p.record = rows > 0
+    if chunk != 0:
+        p.paths = 0
+    acc = new_accumulators(p)
+    return acc
 
 
 def add_chunk(plan, acc, res):
     """Add one chunk's result (from :func:`simulate_chunk`) into the accumulators; chunks in order."""
     c = res["chunk"]
-    acc.counts += res["counts"]
-    acc.cross += res["cross"]
-    acc.heat += res["heat"]
-    if res["work"] is not None:
-        acc.work += res["work"]
+    win = res["windows"]
+    if not _same_windows(win, acc.windows):
+        merged = _merge_windows(acc.windows, win, plan.n_levels)
+        if not _same_windows(merged, acc.windows):
+            grow_accumulators(plan, acc, merged)
+        if not _same_windows(merged, win):
+            part = _chunk_acc(plan, win, 0, 1)
+            for k in Accumulators.SUMS:
+                if k in res and getattr(part, k) is not None:
+                    setattr(part, k, res[k])
+            grow_accumulators(plan, part, merged)
+            res = dict(res, **{k: getattr(part, k) for k in Accumulators.SUMS if getattr(part, k) is not None})
+    for k in Accumulators.SUMS:
+        tot = getattr(acc, k)
+        if tot is not None and k in res:
+            tot += res[k]
+    if acc.visited is not None and res.get("visited") is not None:
+        acc.visited[:, 0] = np.minimum(acc.visited[:, 0], res["visited"][:, 0])
+        acc.visited[:, 1] = np.maximum(acc.visited[:, 1], res["visited"][:, 1])
     acc.jumps[c] = res["jumps"]
     acc.fingerprint[c] = res["fingerprint"]
-    if acc.rec_x is not None and "rec_x" in res:
+    if acc.rec_x is not None and res.get("rec_x") is not None:
         lo = c * plan.chunk_size
-        acc.rec_x[lo:lo + len(res["rec_x"])] = res["rec_x"]
-        acc.rec_n[lo:lo + len(res["rec_n"])] = res["rec_n"]
-        if acc.rec_w is not None and res.get("rec_w") is not None:
-            acc.rec_w[lo:lo + len(res["rec_w"])] = res["rec_w"]
+        for k in ("rec_x", "rec_n", "rec_w", "rec_E"):
+            dst, src = getattr(acc, k), res.get(k)
+            if dst is not None and src is not None:
+                dst[lo:lo + len(src)] = src
     if "path_t" in res:
-        acc.path_t[:], acc.path_x[:], acc.path_len[:] = res["path_t"], res["path_x"], res["path_len"]
+        for k in ("path_t", "path_x", "path_E", "path_len"):
+            getattr(acc, k)[...] = res[k]
     acc.chunks_done = c + 1
+
+
+def describe_memory(m) -> str:
+    return ", ".join(f"{k} {format_bytes(v)}" for k, v in m.items() if k not in ("total", "threads") and v) \
+        + f"; total {format_bytes(m['total'])}"

@@ -1,236 +1,201 @@
-"""Public Monte Carlo API: :func:`simulate` and the :class:`Ensemble` result."""
+"""The Monte Carlo result: :class:`Ensemble`, rebuilt from the streaming accumulators of a run."""
 from __future__ import annotations
-
-import sys
-import time
 
 import numpy as np
 import pandas as pd
 
-from . import engine
-from .estimate import BIAS_CORRECTION, SE_METHOD, thermo_estimates
-from .network import levels_at
-from .thermo import marginal_system, space_of
+from . import _kernel as K
+from .errors import ModelError
+from .estimate import thermo_estimates
 
-__all__ = ["simulate", "Ensemble"]
+__all__ = ["Ensemble"]
 
 
 class Ensemble:
-    """Monte Carlo estimates of a model, rebuilt from streaming accumulators.
+    """Monte Carlo estimates of a model.
 
     Attributes
     ----------
     times : ndarray (n_t,)
-    states : DataFrame (one row per joint state: ``s``, ``E_<bath>``)
-    p, p_se : ndarray (n_t, n_states)  relative frequencies and multinomial standard errors
-    counts : ndarray (n_t, n_states) int64
-    stats : dict  trajectories, jumps, wall_s, compile_s, threads, chunks, chunk_size, seed_entropy, ...
-    records : dict or None  per-trajectory ``x`` (state index) and ``jumps`` at each sample time
-    paths : list of (times, state indices) for the first few trajectories
+    stats : dict  trajectories, jumps, wall_s, compile_s, threads, chunks, chunk_size, seed_entropy, path, ...
+    plan, acc : the run's plan and accumulators (:mod:`trajmc.engine`)
+
+    The full joint distribution (``p``, ``p_se``, ``counts``, ``states``) exists on the enumerated path
+    only (``ens.joint``); everything else exists on both.
     """
 
-    def __init__(self, plan: engine.Plan, acc: engine.Accumulators, stats: dict):
+    def __init__(self, plan, acc, stats: dict):
         self.plan = plan
         self.model = plan.model
-        self.network = plan.network
         self.times = plan.times
         self.acc = acc
         self.stats = stats
         self._states = None
+        self._thermo = None
+
+    # ------------------------------------------------------------------ joint distribution
+    @property
+    def network(self):
+        """The enumerated network (None on the implicit path)."""
+        return self.plan.network
+
+    @property
+    def joint(self) -> bool:
+        """True when the full joint ``p_x(t)`` was accumulated (enumerated path)."""
+        return self.acc.counts is not None
 
     @property
     def trajectories(self) -> int:
-        return int(self.acc.counts[0].sum())
+        return int(self.acc.sys2[0].sum())
 
     @property
-    def counts(self) -> np.ndarray:
+    def counts(self):
+        """Occupation counts of every joint state, (n_t, n_states) int64; None without the joint."""
         return self.acc.counts
 
     @property
-    def states(self) -> pd.DataFrame:
+    def states(self):
+        """One row per joint state: ``s``, ``E_<bath>`` (DataFrame); None without the joint."""
+        if self.network is None:
+            return None
         if self._states is None:
             self._states = self.network.frame()
         return self._states
 
     @property
-    def p(self) -> np.ndarray:
-        return self.acc.counts / self.trajectories
+    def p(self):
+        """Relative frequencies of the joint states, (n_t, n_states) float; None without the joint."""
+        return None if self.acc.counts is None else self.acc.counts / self.trajectories
 
     @property
-    def p_se(self) -> np.ndarray:
+    def p_se(self):
+        """Multinomial standard errors of :attr:`p`; None without the joint."""
         p = self.p
+        return None if p is None else np.sqrt(p * (1.0 - p) / self.trajectories)
+
+    # ------------------------------------------------------------------ marginals
+    def p_system(self) -> np.ndarray:
+        """System marginal ``p_s(t)``: (n_t, n_levels) (the same type as ``Solution.p_system()``)."""
+        return self.acc.sys2.sum(axis=1) / self.trajectories
+
+    def p_system_se(self) -> np.ndarray:
+        """Standard errors of :meth:`p_system` (multinomial), (n_t, n_levels)."""
+        p = self.p_system()
         return np.sqrt(p * (1.0 - p) / self.trajectories)
 
-    def p_system(self):
-        """System marginal ``p_s(t)`` and its standard error: two (n_t, n_levels) arrays."""
-        p = marginal_system(self.acc.counts, space_of(self.network)) / self.trajectories
-        return p, np.sqrt(p * (1.0 - p) / self.trajectories)
+    def _bath(self, bath) -> int:
+        names = self.model.bath_names
+        if isinstance(bath, str):
+            if bath not in names:
+                raise ModelError("bath", f"unknown bath {bath!r} (this model's baths: {', '.join(names)})")
+            return names.index(bath)
+        if isinstance(bath, bool) or not isinstance(bath, (int, np.integer)) or not 0 <= bath < len(names):
+            raise ModelError("bath", f"must be a bath name ({', '.join(names)}) or index 0..{len(names) - 1}, got "
+                                     f"{bath!r}")
+        return int(bath)
 
     def heat_distribution(self, bath=0, t_index=-1) -> pd.Series:
         """Histogram of the heat ``Q`` into the system from ``bath`` up to ``times[t_index]``
         (``Q = -(E_bath(t) - E_bath(0))``, integer grid steps) as probabilities indexed by Q."""
-        nu = self.model.bath_names.index(bath) if isinstance(bath, str) else int(bath)
-        a = self.plan.arrays
-        em, off = int(a["emax"][nu]), int(a["hoff"][nu])
-        h = self.acc.heat[t_index, off - em: off + em + 1]
-        d = np.arange(-em, em + 1)
+        nu = self._bath(bath)
+        w = self.acc.windows
+        h = self.acc.heat[t_index, w.qoff[nu]: w.qoff[nu] + w.qwid[nu]]
+        q = np.arange(w.qlo[nu], w.qlo[nu] + w.qwid[nu])
         keep = h > 0
-        return pd.Series(h[keep][::-1] / self.trajectories, index=pd.Index(-d[keep][::-1], name="Q"),
+        return pd.Series(h[keep] / self.trajectories, index=pd.Index(q[keep], name="Q"),
                          name=f"P(Q_{self.model.bath_names[nu]})")
+
+    def bath_distribution(self, bath=0, t_index=-1) -> pd.Series:
+        """``p(E)`` of one bath at ``times[t_index]`` (probabilities indexed by E, occupied energies only)."""
+        from .estimate import marginals
+
+        nu = self._bath(bath)
+        M = marginals(self.plan, self.acc)
+        c = M.sE[nu][t_index].sum(axis=1)
+        E = M.lo[nu] + np.arange(len(c))
+        keep = c > 0
+        return pd.Series(c[keep] / self.trajectories, index=pd.Index(E[keep], name="E"),
+                         name=f"p(E_{self.model.bath_names[nu]})")
+
+    def work_distribution(self, t_index=-1) -> pd.Series:
+        """Histogram of the work done on the system up to ``times[t_index]`` (integer energies)."""
+        h = self.acc.work[t_index]
+        w = np.arange(-self.plan.woff, self.plan.woff + 1) if self.plan.driven else np.zeros(1, np.int64)
+        keep = h > 0
+        return pd.Series(h[keep] / self.trajectories, index=pd.Index(w[keep], name="W"), name="P(W)")
+
+    # ------------------------------------------------------------------ estimates
+    def thermo(self) -> pd.DataFrame:
+        """Thermodynamic estimates with a ``<col>_se`` column each; entropies bias-corrected by the delete-one
+        jackknife (``attrs['bias_correction']``), error bars by the delta method (``attrs['se_method']``).
+        ``attrs`` also say which columns are estimates, which are bounds and which are missing."""
+        if self._thermo is None:
+            self._thermo = thermo_estimates(self.plan, self.acc)
+        return self._thermo.copy()
+
+    def activity(self) -> pd.DataFrame:
+        """Mean and variance of the number of jumps up to each time, with standard errors (streamed sums)."""
+        N = self.trajectories
+        m = self.acc.mom[:, K.M_ACT:K.M_ACT + 4] / N
+        m1, m2, m3, m4 = m.T
+        var = np.maximum(m2 - m1**2, 0.0)
+        mu4 = m4 - 4 * m3 * m1 + 6 * m2 * m1**2 - 3 * m1**4
+        return pd.DataFrame({"mean": m1, "mean_se": np.sqrt(var / max(N - 1, 1)), "var": var,
+                             "var_se": np.sqrt(np.maximum(mu4 - var**2, 0.0) / max(N - 1, 1))},
+                            index=pd.Index(self.times, name="t"))
+
+    def trajectory_entropy(self):
+        """Streamed ``<Delta s_obs>`` and ``<exp(-Delta s_obs)>`` at every time with standard errors
+        (``Delta s_obs`` against the exact ``p_x(t)``); None when the run did not stream them."""
+        if not self.plan.trajectory_entropy:
+            return None
+        N = self.trajectories
+        s = self.acc.mom[:, K.M_DS:K.M_DS + 4] / N
+        d1, d2, e1, e2 = s.T
+        with np.errstate(invalid="ignore"):
+            return pd.DataFrame({"mean_ds": d1, "mean_ds_se": np.sqrt(np.maximum(d2 - d1**2, 0.0) / max(N - 1, 1)),
+                                 "exp_mds": e1, "exp_mds_se": np.sqrt(np.maximum(e2 - e1**2, 0.0) / max(N - 1, 1))},
+                                index=pd.Index(self.times, name="t"))
+
+    def delta_s_histogram(self, t_index=-1):
+        """(bin edges (B+1,), counts (B+2,) with under- and overflow first and last) of ``Delta s_obs``."""
+        if self.acc.dsh is None:
+            return None
+        lo, inv = self.plan.tables.dsbin
+        B = self.acc.dsh.shape[1] - 2
+        return lo + np.arange(B + 1) / inv, self.acc.dsh[t_index]
+
+    @property
+    def first_law(self):
+        """(violations, (trajectory, time) samples checked) of ``Delta E_S + sum Delta E_b = W``, exact integers."""
+        return int(self.acc.viol[0]), int(self.acc.viol[1])
 
     @property
     def records(self):
-        if self.acc.rec_x is None:
+        """Per-trajectory state (enumerated) or level and bath energies (implicit), jumps and work at each
+        sample time, if the run kept them (``records=True``); else None."""
+        a = self.acc
+        if a.rec_x is None:
             return None
-        rec = {"x": self.acc.rec_x, "jumps": self.acc.rec_n}
-        if self.acc.rec_w is not None:
-            rec["work"] = self.acc.rec_w
+        rec = {"x" if self.joint else "s": a.rec_x, "jumps": a.rec_n}
+        if a.rec_w is not None:
+            rec["work"] = a.rec_w
+        if a.rec_E is not None:
+            rec["E"] = a.rec_E
         return rec
 
     @property
     def paths(self):
+        """Full jump paths of the first trajectories: list of (times, states) (enumerated: state indices;
+        implicit: (len, 1 + N) arrays of level and bath energies)."""
         a = self.acc
-        return [(a.path_t[i, :a.path_len[i]], a.path_x[i, :a.path_len[i]]) for i in range(len(a.path_len))]
-
-    def thermo(self) -> pd.DataFrame:
-        """PHYSICS.md §4 estimates with a ``<col>_se`` column each; entropies Miller–Madow corrected
-        (``df.attrs['bias_correction']``), error bars by the delta method (``df.attrs['se_method']``)."""
-        a = self.plan.arrays
-        scale = a["g_scale"]
-        driven = self.plan.driven
-        return thermo_estimates(self.times, self.acc.counts, self.acc.cross / scale, self.acc.heat, a["hoff"],
-                                a["emax"], self.trajectories, space_of(self.network), a["g0"] / scale,
-                                levels=levels_at(self.plan.segments, self.times) if driven else None,
-                                work=self.acc.work if driven else None, woff=a["woff"])
-
-    def work_distribution(self, t_index=-1) -> pd.Series:
-        """Histogram of the work done on the system up to ``times[t_index]`` (integer energies)."""
-        a = self.plan.arrays
-        h = self.acc.work[t_index]
-        w = np.arange(-a["woff"], a["woff"] + 1)
-        keep = h > 0
-        return pd.Series(h[keep] / self.trajectories, index=pd.Index(w[keep], name="W"), name="P(W)")
+        if self.joint:
+            return [(a.path_t[i, :a.path_len[i]], a.path_x[i, :a.path_len[i]]) for i in range(len(a.path_len))]
+        return [(a.path_t[i, :a.path_len[i]],
+                 np.column_stack([a.path_x[i, :a.path_len[i]], a.path_E[i, :a.path_len[i]]]))
+                for i in range(len(a.path_len))]
 
     def __repr__(self):
+        what = f"{self.plan.n_states} states" if self.joint else "marginals only"
         return (f"<Ensemble {self.model.name!r}: {self.trajectories} trajectories, {self.stats.get('jumps')} jumps, "
-                f"{self.network.n_states} states, {len(self.times)} times>")
-
-
-def simulate(model, trajectories=None, seed=None, threads=None, times=None, chunk_size=None, records=None,
-             paths=0, out=None, progress=None, quiet=True, backend="threads", scheduler=None, workers=None) -> Ensemble:
-    """Sample trajectories of the Pauli MME by exact Gillespie simulation.
-
-    Parameters
-    ----------
-    model : Model, dict or path
-    trajectories : int, optional   (default: the model's ``simulation.trajectories``)
-    seed : None | int | SeedSequence   (default: the model's ``simulation.seed``; None draws fresh entropy,
-        which is recorded in ``stats['seed_entropy']``)
-    threads : int, optional   numba threads (default: all cores); never changes the result
-    times : array_like, optional   sample times overriding the model's
-    chunk_size : int, optional   trajectories per chunk (default: the model's, 4096)
-    records : bool, optional   keep each trajectory's state and jump count at every sample time
-        (default: when trajectories x times <= 2e7)
-    paths : int   keep the full jump paths of the first ``paths`` trajectories
-    out : path, optional   run directory: written as the run goes, so an interrupted run can be resumed
-    progress : bool, optional   tqdm bar (default: when not quiet and stderr is a terminal)
-    backend : "threads" | "dask"   where chunks run; the result is bit-identical either way
-    scheduler : str, optional   address of a running Dask scheduler (dask backend); None starts a
-        LocalCluster of ``workers`` processes (default 2) and closes it afterwards
-    workers : int, optional   LocalCluster size, or workers to wait for on an existing scheduler
-
-    Returns
-    -------
-    Ensemble
-    """
-    plan = engine.make_plan(model, trajectories, seed, times, chunk_size, records, paths)
-    threads = engine.resolve_threads(threads)
-    backend = check_backend(backend, scheduler, workers)
-    session = None
-    if backend == "dask":  # connect (or start the cluster) before anything is written
-        from .cluster import DaskSession
-
-        session = DaskSession(scheduler, workers)
-    try:
-        if out is not None:
-            from .runio import RunWriter
-
-            writer = RunWriter.create(out, plan)
-            return writer.run(threads, progress=_progress_flag(progress, quiet), backend=backend, scheduler=session)
-        acc = engine.new_accumulators(plan)
-        return execute(plan, acc, threads, _progress_flag(progress, quiet), backend=backend, scheduler=session)
-    finally:
-        if session is not None:
-            session.close()
-
-
-def backend_kwargs(scheduler=None, workers=None) -> dict:
-    """The keyword arguments that select the Dask backend when a scheduler or a worker count is given."""
-    if scheduler is None and workers is None:
-        return {}
-    return {"backend": "dask", "scheduler": scheduler, "workers": workers}
-
-
-def check_backend(backend, scheduler=None, workers=None):
-    from .errors import ModelError
-
-    if backend not in ("threads", "dask"):
-        raise ModelError("backend", f"must be 'threads' or 'dask', got {backend!r}")
-    if backend == "threads" and (scheduler is not None or workers is not None):
-        raise ModelError("backend", "scheduler/workers need backend='dask'")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ModelError("workers", f"must be a positive integer, got {workers!r}")
-    if scheduler is not None and not isinstance(scheduler, str):
-        raise ModelError("scheduler", f"must be an address string, got {scheduler!r}")
-    return backend
-
-
-def _progress_flag(progress, quiet):
-    if progress is None:
-        return (not quiet) and sys.stderr.isatty()
-    return bool(progress)
-
-
-def execute(plan, acc, threads, show_progress=False, checkpoint=None, backend="threads", scheduler=None,
-            workers=None) -> Ensemble:
-    """Run the remaining chunks of ``plan`` into ``acc`` and wrap the result."""
-    compile_s = engine.compile_kernel()
-    bar = None
-    cb = None
-    if show_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=plan.n_chunks, initial=acc.chunks_done, unit="chunk", desc=plan.model.name, file=sys.stderr)
-
-        def cb(k):
-            bar.update(k - bar.n)
-    t0 = time.perf_counter()
-    info = {"backend": "threads"}
-    try:
-        if backend == "dask":
-            from .cluster import DaskSession, run_plan_dask
-
-            own = not isinstance(scheduler, DaskSession)  # a session passed in stays open for its owner
-            session = DaskSession(scheduler, workers) if own else scheduler
-            try:
-                info = run_plan_dask(plan, acc, session, progress=cb, checkpoint=checkpoint)
-            finally:
-                if own:
-                    session.close()
-            threads = info["workers"]
-        else:
-            engine.run_plan(plan, acc, threads, progress=cb, checkpoint=checkpoint)
-    finally:
-        if bar is not None:
-            bar.close()
-    stats = make_stats(plan, acc, threads, compile_s, time.perf_counter() - t0)
-    stats.update(info)
-    return Ensemble(plan, acc, stats)
-
-
-def make_stats(plan, acc, threads, compile_s, run_s):
-    return {"trajectories": plan.trajectories, "jumps": int(acc.jumps.sum()), "wall_s": float(acc.wall_s),
-            "compile_s": float(compile_s), "threads": int(threads), "chunks": plan.n_chunks,
-            "chunk_size": plan.chunk_size, "seed_entropy": plan.entropy, "states": plan.network.n_states,
-            "edges": plan.network.n_edges, "ns_per_jump": 1e9 * acc.wall_s * threads / max(int(acc.jumps.sum()), 1),
-            "bias_correction": BIAS_CORRECTION, "se_method": SE_METHOD, "last_session_s": float(run_s)}
+                f"{self.plan.path} path ({what}), {len(self.times)} times>")

@@ -1,42 +1,75 @@
-"""Estimators from Monte Carlo counts, with honest error bars (PHYSICS.md §6).
+"""Estimators from Monte Carlo accumulators, with honest error bars.
 
 * ``p_x(t)``: relative frequencies, multinomial standard errors.
-* Entropies (``S_obs, S_sh, S_B, I, D``): plug-in through the same functionals
-  as the exact solver (:mod:`trajmc.thermo`), bias-corrected by the delete-one
-  jackknife over trajectories (exact from the counts).  Standard errors: the
-  delta method (influence functions), plus the second-order chi-square term,
-  plus the disagreement between the jackknife and Miller–Madow corrections
-  (both first order: where they differ the run is too sparse to trust either,
-  and the error bar says so).  A jackknife over a few chunks under-covers
-  (PHYSICS.md §6), so nothing here depends on the chunking.
-* ``Sigma`` and ``Sigma_tilde`` are differences of estimates from the same
-  trajectories; their influence is ``phi_t(x_t) - phi_0(x_0)``, and the
-  time-correlation term comes from the ``cross`` accumulator.
-* Linear quantities (energies, heat, ``<ln V>``): plain means.
+* Entropies: plug-in through the same functionals as the exact solver (:mod:`trajmc.thermo`),
+  bias-corrected by the delete-one jackknife over trajectories (exact from the counts).  Standard
+  errors: the delta method (the variance of one trajectory's influence), plus the second-order
+  chi-square term, plus the disagreement between the jackknife and Miller-Madow corrections (both first
+  order: where they differ the run is too sparse to trust either, and the error bar says so).
+* ``Sigma`` and ``Sigma_tilde`` are differences of estimates from the same trajectories; their
+  influence is ``phi_t(x_t) - phi_0(x_0)``, so the time correlation enters: for ``Sigma`` through the
+  ``cross`` sums, for ``Sigma_tilde`` through the joint counts of the levels at 0 and t and the heat
+  sums and products (``sys2``, ``qsum``, the ``Q Q`` channels).
+* Linear quantities (energies, heat, work, ``<ln V>``): plain means.
+
+Without the full joint (the implicit path with several baths) everything a marginal ``(s, E_nu)``
+determines is estimated as usual; ``S_obs``, ``Sigma`` and ``I`` are missing (NaN), and
+``S_obs_upper = S_sh + sum S_B - max I_nu``, ``Sigma_upper`` and ``I_lower = max I_nu`` are bounds.
+Quantities that mix several baths (``D``, ``lnV``, the bounds) then get a conservative standard error
+(a sum of the parts' errors, which cannot be smaller than the true one).  ``attrs`` list all of this.
+
+Every column is an :class:`Estimate` record; a column without one is a programming error, not a NaN.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy.special import xlogy
 
-from .thermo import Space, assemble, functionals, marginal_bath, marginal_system, state_energies
+from . import _kernel as K
+from .thermo import bath_observational_entropy, relative_entropy, shannon
 
-__all__ = ["thermo_estimates", "BIAS_CORRECTION", "SE_METHOD"]
+__all__ = ["Estimate", "Marginals", "thermo_estimates", "entropy_bias", "BIAS_CORRECTION", "SE_METHOD"]
 
 BIAS_CORRECTION = "delete-one jackknife (exact from counts); its disagreement with Miller-Madow enters the SE"
 SE_METHOD = ("delta method (influence functions, time correlations included) + second-order chi-square term "
              "+ |jackknife - Miller-Madow| bias-correction uncertainty")
 
 
-def _safe_log(q):
+@dataclass(frozen=True)
+class Estimate:
+    """One column of the estimates table and what its standard error is made of (all (n_t,))."""
+
+    value: np.ndarray
+    var: np.ndarray  # variance of one trajectory's influence (delta method)
+    chi2: np.ndarray | float = 0.0  # second-order variance of a plug-in entropy
+    sysb: np.ndarray | float = 0.0  # |jackknife - Miller-Madow| of the bias correction
+    kind: str = "estimate"  # "estimate" | "bound"
+    se_fixed: np.ndarray | None = None  # a conservative SE given directly (sum of the parts' SEs)
+
+    def se(self, N) -> np.ndarray:
+        if self.se_fixed is not None:
+            return np.asarray(self.se_fixed, dtype=float)
+        if N <= 1:  # one trajectory has no spread to measure
+            return np.full(np.shape(self.value), np.nan)
+        v = np.asarray(self.var, dtype=float) / (N - 1) + np.asarray(self.chi2) + np.asarray(self.sysb) ** 2
+        return np.sqrt(v)
+
+
+def _missing(n_t):
+    nan = np.full(n_t, np.nan)
+    return Estimate(nan, nan, kind="missing")
+
+
+def _log(q):
     with np.errstate(divide="ignore"):
         return np.where(q > 0, np.log(np.where(q > 0, q, 1.0)), 0.0)
 
 
 def _var(p, f):
-    """Variance of f(x) under p (rows), for f (n_t, n) or (n,); states of probability 0 do not count
-    (f may be infinite there, e.g. ln pi_E where pi_E underflows)."""
+    """Variance and mean of f under p over the last axis; cells of probability 0 do not count."""
     f = np.where(p > 0, f, 0.0)
     m = np.sum(p * f, axis=-1)
     return np.maximum(np.sum(p * f * f, axis=-1) - m * m, 0.0), m
@@ -53,144 +86,163 @@ def entropy_bias(c):
     N = c.sum(axis=1)
     xl = xlogy(c, c)
     S = xl.sum(axis=1)
-    H = np.log(N) - S / N
+    with np.errstate(divide="ignore", invalid="ignore"):
+        H = np.log(N) - S / N
     cm1 = np.where(c > 0, c - 1.0, 0.0)
-    # sum over observations of the entropy with that observation removed
     inner = N * S - np.sum(c * xl, axis=1) + np.sum(c * xlogy(cm1, cm1), axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         sum_loo = N * np.log(N - 1.0) - inner / (N - 1.0)
         h_jk = N * H - (N - 1.0) / N * sum_loo
+        mm = (np.count_nonzero(c > 0, axis=1) - 1) / (2.0 * N)
     jk = np.where(N > 1, h_jk - H, 0.0)
-    mm = (np.count_nonzero(c > 0, axis=1) - 1) / (2.0 * N)
-    return jk, mm
+    return jk, np.where(N > 0, mm, 0.0)
 
 
-def thermo_estimates(times, counts, cross, heat, hoff, emax, N, space: Space, g0, levels=None, work=None,
-                     woff=0) -> pd.DataFrame:
-    """Thermodynamic table with ``<col>_se`` columns from the accumulators.
+def _occupied(c):
+    return np.count_nonzero(np.reshape(c, (c.shape[0], -1)) > 0, axis=1)
 
-    Parameters
-    ----------
-    counts : (n_t, n) int64, cross : (n_t, n, 2) float64, heat : (n_t, H) int64
-    hoff, emax : (N_b,) heat-histogram offsets and grid tops per bath
-    N : int, number of trajectories
-    g0 : (n, 2) the initial-state functions summed in ``cross`` (see engine)
-    levels : (n_t, n_levels), optional   level energies in force (driven models)
-    work : (n_t, 2 woff + 1) int64, optional   histogram of the work done so far (driven models)
-    """
-    p = counts / N
-    s, E = space.s, space.E
-    n_b = E.shape[1]
-    cols = functionals(p, space, levels)
-    cs = marginal_system(counts, space)
-    cEs = [marginal_bath(counts, space, nu) for nu in range(n_b)]
-    ps = cs / N
-    pEs = [c / N for c in cEs]
-    occ = lambda q: np.count_nonzero(q > 0, axis=-1)  # noqa: E731
-    Kx, Ks = occ(p), occ(ps)
-    KE = [occ(q) for q in pEs]
-    # bias corrections (jackknife) and their uncertainty |jackknife - Miller-Madow|, per Shannon term
-    bx, bs = entropy_bias(counts), entropy_bias(cs)
-    bE = [entropy_bias(c) for c in cEs]
-    se = {}
-    # second-order variance of plug-in entropies, (K-1)/(2N^2) per term (chi-square law of 2N(S - S_plugin));
-    # it dominates where the first-order influence is nearly constant (e.g. Sigma_tilde near equilibrium)
-    q2 = {}
-    sysb = {}  # systematic: how much the two bias corrections disagree
-    chi = lambda K: np.maximum(K - 1, 0) / (2.0 * N * N)  # noqa: E731
 
-    def correct(col, terms):
-        """Add the signed combination ``terms`` [(sign, (jk, mm)), ...] of corrections to ``col``."""
-        jk = sum(sg * b[0] for sg, b in terms)
-        mm = sum(sg * b[1] for sg, b in terms)
-        cols[col] = cols[col] + jk
-        sysb[col] = jk - mm
-        return jk, mm
+@dataclass
+class Marginals:
+    """What every estimate needs, from either path (counts are integers; time is the first axis)."""
 
-    lnps = _safe_log(ps)[:, s]
-    lnpE = [_safe_log(q)[:, E[:, nu]] for nu, q in enumerate(pEs)]
-    a = -(_safe_log(p) - space.lnV)  # -ln(p_x / V_x) per state
-    correct("S_obs", [(1, bx)])
-    se["S_obs"], _ = _var(p, a)
-    q2["S_obs"] = chi(Kx)
-    correct("S_sh", [(1, bs)])
-    se["S_sh"], _ = _var(p, -lnps)
-    q2["S_sh"] = chi(Ks)
-    correct("I", [(1, bs)] + [(1, b) for b in bE] + [(-1, bx)])
-    se["I"], _ = _var(p, _safe_log(p) - lnps - sum(lnpE))
-    q2["I"] = chi(np.maximum(Kx - Ks - sum(KE) + len(KE), 2))
-    for nu, name in enumerate(space.bath_names):
-        lv = space.bath_lnV[nu]
-        lvx = np.where(np.isfinite(lv), lv, 0.0)[E[:, nu]]
-        correct(f"S_B_{name}", [(1, bE[nu])])
-        se[f"S_B_{name}"], _ = _var(p, -(lnpE[nu] - lvx))
-        q2[f"S_B_{name}"] = chi(KE[nu])
-        se[f"E_{name}"], _ = _var(p, E[:, nu].astype(float))
-        pi = space.pi[nu]
-        if pi is not None:
-            correct(f"D_{name}", [(-1, bE[nu])])
-            with np.errstate(divide="ignore"):
-                lpi = np.log(pi)[E[:, nu]]
-            se[f"D_{name}"], _ = _var(p, lnpE[nu] - lpi)
-            q2[f"D_{name}"] = chi(KE[nu])
-        else:
-            se[f"D_{name}"] = np.full(len(times), np.nan)
-    if all(pi is not None for pi in space.pi):
-        cols["D"] = sum(cols[f"D_{name}"] for name in space.bath_names)
-        sysb["D"] = sum(sysb[f"D_{name}"] for name in space.bath_names)
+    N: int
+    times: np.ndarray
+    ps: np.ndarray  # (n_t, n_s) level counts
+    sE: list  # per bath (n_t, W, n_s) counts of (E, s), E = lo + index
+    lo: np.ndarray  # (N,) window bottoms
+    lnV: list  # per bath (W,) ln V on the window (-inf: no microstates)
+    pi: list  # per bath (W,) canonical reference on the window, or None
+    q: list  # per bath (H,) heat values of the heat histogram
+    heat: list  # per bath (n_t, H) counts
+    sys2: np.ndarray  # (n_t, n_s, n_s)
+    qsum: np.ndarray  # (n_t, N, n_s, n_s)
+    qq: np.ndarray  # (n_t, N, N) float sums of Q_nu Q_mu
+    eps: np.ndarray  # (n_t, n_s) level energies in force
+    beta: np.ndarray  # (N,) reference inverse temperatures (NaN: none)
+    names: tuple
+    w: np.ndarray | None = None  # work values
+    work: np.ndarray | None = None  # (n_t, HW) counts (driven)
+
+
+def marginals(plan, acc) -> Marginals:
+    """The marginal counts of a run, on either path."""
+    m = plan.model
+    n_t, n_s, N = plan.n_t, plan.n_levels, plan.n_baths
+    Nt = int(acc.sys2[0].sum())
+    win = acc.windows
+    sE, lo, lnV, pi = [], np.zeros(N, np.int64), [], []
+    if acc.counts is not None:
+        st = plan.network.states
+        for nu, b in enumerate(m.baths):
+            G = b.emax + 1
+            code = st[:, 1 + nu] * n_s + st[:, 0]
+            out = np.zeros((n_t, G * n_s), np.int64)
+            for k in range(n_t):
+                out[k] = np.bincount(code, weights=acc.counts[k], minlength=G * n_s).astype(np.int64)
+            sE.append(out.reshape(n_t, G, n_s))
+    else:
+        for nu in range(N):
+            a = acc.marg[:, win.moff[nu]: win.moff[nu] + win.wid[nu] * n_s]
+            sE.append(a.reshape(n_t, int(win.wid[nu]), n_s))
+            lo[nu] = win.lo[nu]
+    for nu, b in enumerate(m.baths):
+        W = sE[nu].shape[1]
+        lnV.append(b.lnV[lo[nu]: lo[nu] + W])
+        p = m.canonical_pi(nu)
+        pi.append(p[lo[nu]: lo[nu] + W] if p is not None else None)
+    q = [np.arange(win.qlo[nu], win.qlo[nu] + win.qwid[nu]) for nu in range(N)]
+    heat = [acc.heat[:, win.qoff[nu]: win.qoff[nu] + win.qwid[nu]] for nu in range(N)]
+    qq = acc.mom[:, K.M_QQ:K.M_QQ + N * N].reshape(n_t, N, N)
+    eps = plan.clock.levels[plan.clock.seg_of].astype(float)
+    w = work = None
+    if plan.driven:
+        w = np.arange(-plan.woff, plan.woff + 1)
+        work = acc.work
+    return Marginals(N=Nt, times=plan.times, ps=acc.sys2.sum(axis=1), sE=sE, lo=lo, lnV=lnV, pi=pi, q=q, heat=heat,
+                     sys2=acc.sys2, qsum=acc.qsum, qq=qq, eps=eps,
+                     beta=np.array([m.beta_ref(nu) for nu in range(N)]), names=tuple(m.bath_names), w=w, work=work)
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def _chi(K, N):
+    """Second-order variance of a plug-in entropy with K occupied cells: (K - 1) / (2 N^2)."""
+    return np.maximum(K - 1, 0) / (2.0 * N * N)
+
+
+def _linear(p, f):
+    var, mean = _var(p, f)
+    return Estimate(mean, var)
+
+
+def _hist_mean(values, counts, N):
+    h = counts / N
+    m = h @ values
+    return Estimate(m, np.maximum(h @ (values * values) - m * m, 0.0))
+
+
+def _bath_estimates(M, nu):
+    """E, S_B, D, I(s; E) of bath nu from its (E, s) marginal."""
+    N = M.N
+    c = M.sE[nu].astype(float)  # (n_t, W, n_s)
+    cE = c.sum(axis=2)
+    pE = cE / N
+    p = c / N
+    lv = np.where(np.isfinite(M.lnV[nu]), M.lnV[nu], 0.0)
+    E = M.lo[nu] + np.arange(c.shape[1], dtype=float)
+    out = {"E": _linear(pE, E[None, :])}
+    lnpE = _log(pE)
+    jE, mE = entropy_bias(cE)
+    KE = _occupied(cE)
+    var, _ = _var(pE, -lnpE + lv)
+    out["S_B"] = Estimate(bath_observational_entropy(pE, M.lnV[nu]) + jE, var, _chi(KE, N), jE - mE)
+    if M.pi[nu] is not None:
         with np.errstate(divide="ignore"):
-            lpis = sum(np.log(space.pi[nu])[E[:, nu]] for nu in range(n_b))
-        se["D"], _ = _var(p, sum(lnpE) - lpis)
-        q2["D"] = sum(chi(k) for k in KE)
+            lpi = np.log(M.pi[nu])
+        var, _ = _var(pE, lnpE - lpi)
+        out["D"] = Estimate(relative_entropy(pE, M.pi[nu]) - jE, var, _chi(KE, N), -(jE - mE))
     else:
-        se["D"] = np.full(len(times), np.nan)
-    se["E_S"], _ = _var(p, state_energies(space, levels))
-    if work is not None:
-        wv = np.arange(-woff, woff + 1, dtype=float)
-        hw = work / N
-        cols["W"] = hw @ wv
-        se["W"] = np.maximum(hw @ (wv * wv) - cols["W"] ** 2, 0.0)
-    else:  # undriven: no work, exactly (the same columns as the exact solution's table)
-        cols["W"] = np.zeros(len(times))
-        se["W"] = np.zeros(len(times))
-    se["lnV"], _ = _var(p, space.lnV)
-    df = assemble(times, cols, space)
-    # differences over time: Sigma, Sigma_tilde, Q (influence phi_t(x_t) - phi_0(x_0))
-    df["Sigma"] = df["S_obs"] - df["S_obs"].iloc[0]
-    sysb["Sigma"] = sysb["S_obs"] - sysb["S_obs"][0]
-    se["Sigma"] = _diff_var(p, a, -cross[:, :, 0], -g0[:, 0], counts[0] / N, N)
-    q2["Sigma"] = chi(Kx) + chi(Kx[0])
-    h = -lnps + (E @ np.nan_to_num(space.beta))
-    st = df["S_sh"] - df["S_sh"].iloc[0]
-    for nu, name in enumerate(space.bath_names):
-        d = np.arange(-emax[nu], emax[nu] + 1)
-        hist = heat[:, hoff[nu] - emax[nu]: hoff[nu] + emax[nu] + 1] / N
-        mean = hist @ d
-        df[f"Q_{name}"] = -mean
-        se[f"Q_{name}"] = np.maximum(hist @ (d * d) - mean**2, 0.0)
-        st = st + space.beta[nu] * (df[f"E_{name}"] - df[f"E_{name}"].iloc[0])
-    df["Sigma_tilde"] = st
-    sysb["Sigma_tilde"] = sysb["S_sh"] - sysb["S_sh"][0]
-    if np.all(np.isfinite(space.beta)):
-        se["Sigma_tilde"] = _diff_var(p, h, cross[:, :, 1], g0[:, 1], counts[0] / N, N)
-        q2["Sigma_tilde"] = chi(Ks) + chi(Ks[0])
-    else:
-        se["Sigma_tilde"] = np.full(len(times), np.nan)
-    for c in list(df.columns):
-        v = se.get(c)
-        if v is None:
-            df[f"{c}_se"] = np.nan
-        else:
-            var = np.asarray(v, dtype=float) / max(N - 1, 1) + q2.get(c, 0.0) + np.asarray(sysb.get(c, 0.0)) ** 2
-            df[f"{c}_se"] = np.sqrt(var) if N > 1 else np.nan  # one trajectory has no spread to measure
-    df.loc[df.index[0], ["Sigma", "Sigma_se"]] = 0.0
-    if np.isfinite(df["Sigma_tilde"].iloc[0]):  # without a reference beta Sigma_tilde stays NaN throughout
-        df.loc[df.index[0], ["Sigma_tilde", "Sigma_tilde_se"]] = 0.0
-    for name in space.bath_names:
-        df.loc[df.index[0], [f"Q_{name}", f"Q_{name}_se"]] = 0.0
-    df.attrs["bias_correction"] = BIAS_CORRECTION
-    df.attrs["se_method"] = SE_METHOD
-    return df
+        out["D"] = _missing(len(M.times))
+    # pairwise mutual information I(s; E_nu) = H(s) + H(E) - H(s, E)
+    cs = M.ps.astype(float)
+    js, ms = entropy_bias(cs)
+    flat = c.reshape(c.shape[0], -1)
+    jx, mx = entropy_bias(flat)
+    pflat = flat / N
+    lnp = _log(pflat)
+    lps = _log(cs / N)
+    infl = lnp - (lps[:, None, :] + lnpE[:, :, None]).reshape(flat.shape)
+    var, _ = _var(pflat, infl)
+    Ks = _occupied(cs)
+    Kx = _occupied(flat)
+    value = shannon(cs / N) + shannon(pE) - shannon(pflat) + js + jE - jx
+    out["I"] = Estimate(value, var, _chi(np.maximum(Kx - Ks - KE + 1, 2), N), (js - ms) + (jE - mE) - (jx - mx))
+    return out
+
+
+def _sigma_tilde(M, S_sh):
+    """Sigma_tilde = Delta S_sh - sum beta Q and its time-correlated variance from sys2, qsum and QQ."""
+    N = M.N
+    n_t = len(M.times)
+    if not np.all(np.isfinite(M.beta)):
+        return _missing(n_t)
+    ps = M.ps / N
+    A = -_log(ps)  # (n_t, n_s) influence of S_sh(t): -ln p_s(t)
+    B = _log(ps[0])  # influence of -S_sh(0): ln p_s(0)
+    P = M.sys2 / N  # (n_t, n_s0, n_st)
+    AB = A[:, None, :] + B[None, :, None]
+    AB = np.where(P > 0, AB, 0.0)
+    Qm = np.stack([M.heat[nu] / N @ M.q[nu] for nu in range(len(M.names))], axis=1)  # (n_t, N)
+    bQ = Qm @ M.beta
+    e_phi = np.sum(P * AB, axis=(1, 2)) - bQ
+    cross = np.einsum("tnab,tab,n->t", M.qsum / N, AB, M.beta)
+    e_phi2 = np.sum(P * AB * AB, axis=(1, 2)) - 2.0 * cross + np.einsum("tnm,n,m->t", M.qq / N, M.beta, M.beta)
+    var = np.maximum(e_phi2 - e_phi**2, 0.0)
+    value = (S_sh.value - S_sh.value[0]) - bQ
+    Ks = _occupied(M.ps)
+    return Estimate(value, var, _chi(Ks, N) + _chi(Ks[0], N), np.asarray(S_sh.sysb) - np.asarray(S_sh.sysb)[0])
 
 
 def _diff_var(p, f_t, cross, f0, p0hat, N):
@@ -200,3 +252,182 @@ def _diff_var(p, f_t, cross, f0, p0hat, N):
     e_cross = np.sum(f_t * cross, axis=-1) / N  # E[f_t(x_t) f_0(x_0)]
     cov = e_cross - m_t * m_0
     return np.maximum(var_t + var_0 - 2.0 * cov, 0.0)
+
+
+def _joint_estimates(counts, N, lnV_x, cross, g0, s_idx, E_idx, M, out):
+    """S_obs, Sigma, I, lnV (and D) from the full joint counts of the cells ``(s_idx, E_idx)``.
+
+    ``cross`` (n_t, n) sums of ``g0(x_0) = ln p0(x_0) - ln V(x_0)`` over trajectories in each cell;
+    ``E_idx`` (n, N) window indices of each cell's bath energies.
+    """
+    p = counts / N
+    bx, mx = entropy_bias(counts)
+    Kx = _occupied(counts)
+    a = -(_log(p) - lnV_x)
+    from .thermo import observational_entropy
+
+    S = observational_entropy(p, lnV_x) + bx
+    var, _ = _var(p, a)
+    out["S_obs"] = Estimate(S, var, _chi(Kx, N), bx - mx)
+    sig_var = _diff_var(p, a, -cross, -g0, counts[0] / N, N)
+    out["Sigma"] = Estimate(S - S[0], sig_var, _chi(Kx, N) + _chi(Kx[0], N), (bx - mx) - (bx - mx)[0])
+    # total correlation I = H(s) + sum H(E_nu) - H(x)
+    ps = M.ps / N
+    lnps = _log(ps)[:, s_idx]
+    js, ms = entropy_bias(M.ps)
+    infl = _log(p) - lnps
+    val = shannon(ps) - shannon(p) + js - bx
+    sysb = (js - ms) - (bx - mx)
+    KE_sum = 0
+    for nu in range(len(M.names)):
+        cE = M.sE[nu].sum(axis=2)
+        pE = cE / N
+        jE, mE = entropy_bias(cE)
+        infl = infl - _log(pE)[:, E_idx[:, nu]]
+        val = val + shannon(pE) + jE
+        sysb = sysb + (jE - mE)
+        KE_sum = KE_sum + _occupied(cE)
+    var, _ = _var(p, infl)
+    Ks = _occupied(M.ps)
+    out["I"] = Estimate(val, var, _chi(np.maximum(Kx - Ks - KE_sum + len(M.names), 2), N), sysb)
+    out["lnV"] = _linear(p, lnV_x)
+    if all(pi is not None for pi in M.pi):
+        f = np.zeros_like(p)
+        for nu in range(len(M.names)):
+            cE = M.sE[nu].sum(axis=2)
+            with np.errstate(divide="ignore"):
+                f = f + (_log(cE / N) - np.log(M.pi[nu]))[:, E_idx[:, nu]]
+        var, _ = _var(p, f)
+        parts = [out[f"D_{b}"] for b in M.names]
+        out["D"] = Estimate(sum(e.value for e in parts), var, sum(np.asarray(e.chi2) for e in parts),
+                            sum(np.asarray(e.sysb) for e in parts))
+
+
+def _conservative(value, parts, N, kind="estimate"):
+    """An estimate whose SE is the sum of its parts' SEs (the influences of several baths cannot be
+    combined without their joint distribution; the sum bounds the true SE from above)."""
+    se = sum(e.se(N) for e in parts)
+    return Estimate(value, np.full(np.shape(value), np.nan), kind=kind, se_fixed=se)
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def thermo_estimates(plan, acc) -> pd.DataFrame:
+    """The thermodynamic table of a run with a ``<col>_se`` column each (see the module docstring)."""
+    M = marginals(plan, acc)
+    N = M.N
+    n_t = len(M.times)
+    est = {}
+    cs = M.ps.astype(float)
+    js, ms = entropy_bias(cs)
+    ps = cs / N
+    var, _ = _var(ps, -_log(ps))
+    est["S_sh"] = Estimate(shannon(ps) + js, var, _chi(_occupied(cs), N), js - ms)
+    est["E_S"] = _linear(ps, M.eps)
+    if M.work is not None:
+        est["W"] = _hist_mean(M.w.astype(float), M.work, N)
+    else:  # undriven: no work, exactly
+        est["W"] = Estimate(np.zeros(n_t), np.zeros(n_t))
+    for nu, b in enumerate(M.names):
+        be = _bath_estimates(M, nu)
+        est[f"E_{b}"] = be["E"]
+        est[f"S_B_{b}"] = be["S_B"]
+        est[f"D_{b}"] = be["D"]
+        est[f"I_{b}"] = be["I"]
+        est[f"Q_{b}"] = _hist_mean(M.q[nu].astype(float), M.heat[nu], N)
+    est["Sigma_tilde"] = _sigma_tilde(M, est["S_sh"])
+    joint = acc.counts is not None or (acc.cross1 is not None and plan.n_baths == 1)
+    bounds = {}
+    if acc.counts is not None:
+        net = plan.network
+        _joint_estimates(acc.counts.astype(float), N, net.lnV, acc.cross / plan.g_scale, plan.g0,
+                         net.states[:, 0], net.states[:, 1:], M, est)
+    elif acc.cross1 is not None:  # one bath: the (E, s) marginal is the joint
+        win = acc.windows
+        W = int(win.wid[0])
+        n_s = plan.n_levels
+        cell_E = np.repeat(np.arange(W), n_s)
+        cell_s = np.tile(np.arange(n_s), W)
+        lv = M.lnV[0][cell_E]
+        lnV_x = np.where(np.isfinite(lv), lv, 0.0)
+        tab = plan.tables
+        g0 = (tab.g_s[cell_s] + tab.g_E[M.lo[0] + cell_E]) / plan.g_scale if tab.init_rows.shape[0] == 0 else \
+            _joint_g0(plan, cell_s, M.lo[0] + cell_E)
+        _joint_estimates(M.sE[0].reshape(n_t, -1).astype(float), N, lnV_x, acc.cross1 / plan.g_scale, g0,
+                         cell_s, cell_E[:, None], M, est)
+    else:  # several baths, marginals only: bounds and conservative errors
+        Is = [est[f"I_{b}"] for b in M.names]
+        Imax = np.max(np.stack([e.value for e in Is]), axis=0)
+        arg = np.argmax(np.stack([e.value for e in Is]), axis=0)
+        Ise = np.choose(arg, [e.se(N) for e in Is])
+        upper = est["S_sh"].value + sum(est[f"S_B_{b}"].value for b in M.names) - Imax
+        parts = [est["S_sh"]] + [est[f"S_B_{b}"] for b in M.names]
+        se_up = sum(e.se(N) for e in parts) + Ise
+        est["S_obs_upper"] = Estimate(upper, np.full(n_t, np.nan), kind="bound", se_fixed=se_up)
+        est["I_lower"] = Estimate(Imax, np.full(n_t, np.nan), kind="bound", se_fixed=Ise)
+        if plan.model.bath_states is not None:  # product start: I_cor(0) = 0, so S_obs(0) = S_obs_upper(0)
+            est["Sigma_upper"] = Estimate(upper - upper[0], np.full(n_t, np.nan), kind="bound",
+                                          se_fixed=se_up + se_up[0])
+        else:
+            est["Sigma_upper"] = _missing(n_t)
+        for c in ("S_obs", "Sigma", "I"):
+            est[c] = _missing(n_t)
+        lin = []
+        for nu, b in enumerate(M.names):
+            c = M.sE[nu].sum(axis=2)
+            lv = np.where(np.isfinite(M.lnV[nu]), M.lnV[nu], 0.0)
+            lin.append(_linear(c / N, lv[None, :]))
+        est["lnV"] = _conservative(sum(e.value for e in lin), lin, N)
+        if all(pi is not None for pi in M.pi):
+            Ds = [est[f"D_{b}"] for b in M.names]
+            est["D"] = _conservative(sum(e.value for e in Ds), Ds, N)
+        bounds = {"S_obs_upper": "upper bound on S_obs: S_sh + sum_b S_B_b - max_b I_b",
+                  "Sigma_upper": "upper bound on Sigma = S_obs(t) - S_obs(0) (product start: I(0) = 0)",
+                  "I_lower": "lower bound on the total correlation I: max_b I_b"}
+    if "D" not in est:
+        est["D"] = _missing(n_t)
+    df = _assemble(M, est, N)
+    missing = [c for c, e in est.items() if e.kind == "missing"]
+    df.attrs["joint"] = bool(joint)
+    df.attrs["path"] = plan.path
+    df.attrs["bounds"] = bounds
+    df.attrs["missing"] = missing
+    df.attrs["exact_columns"] = [c for c in df.columns if not c.endswith("_se") and c not in missing
+                                 and c not in bounds]
+    df.attrs["conservative_se"] = [c for c, e in est.items() if e.se_fixed is not None]
+    df.attrs["bias_correction"] = BIAS_CORRECTION
+    df.attrs["se_method"] = SE_METHOD
+    return df
+
+
+def _joint_g0(plan, cell_s, cell_E):
+    """ln p0 - ln V of window cells for a joint initial table (one bath)."""
+    tab = plan.tables
+    g = np.zeros(len(cell_s))
+    rows = tab.init_rows
+    lookup = {(int(r[0]), int(r[1])): tab.g_rows[i] / plan.g_scale for i, r in enumerate(rows)}
+    for i, (s, E) in enumerate(zip(cell_s, cell_E, strict=True)):
+        g[i] = lookup.get((int(s), int(E)), 0.0)
+    return g
+
+
+def _assemble(M, est, N) -> pd.DataFrame:
+    """Order the columns like the exact table, add the first-law residual and the ``_se`` columns."""
+    names = M.names
+    e0 = est["E_S"].value
+    dE = e0 - e0[0]
+    first = dE - sum(est[f"Q_{b}"].value for b in names) - est["W"].value
+    est["first_law"] = Estimate(first, np.zeros_like(first))
+    order = ["S_obs", "Sigma", "Sigma_tilde", "S_sh", "I", "D", "E_S", "W", "first_law"]
+    for b in names:
+        order += [f"E_{b}", f"Q_{b}", f"S_B_{b}", f"D_{b}", f"I_{b}"]
+    order += ["lnV"] + [c for c in ("S_obs_upper", "Sigma_upper", "I_lower") if c in est]
+    cols = {c: np.asarray(est[c].value, dtype=float) for c in order}
+    cols.update({f"{c}_se": est[c].se(N) for c in order})
+    df = pd.DataFrame(cols, index=pd.Index(np.asarray(M.times, dtype=float), name="t"))
+    # zero by definition at t = 0
+    for c in ["Sigma", "Sigma_tilde", "Sigma_upper"] + [f"Q_{b}" for b in names]:
+        if c in df and np.isfinite(df[c].iloc[0]):
+            df.loc[df.index[0], [c, f"{c}_se"]] = 0.0
+    return df

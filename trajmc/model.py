@@ -412,7 +412,12 @@ def _parse_bath(d, key, n_s, base):
     emax = v.as_int(d["emax"], f"{key}.emax", lo=0, hi=MAX_ENERGY)
     if isinstance(dos, Table) and emax > dos.max_energy:
         raise ModelError(f"{key}.emax", f"is {emax} but the lnV table only covers E = 0..{dos.max_energy}")
-    lnV = dos.lnv(np.arange(emax + 1)).astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        lnV = dos.lnv(np.arange(emax + 1)).astype(np.float64)
+    bad = np.flatnonzero(np.isnan(lnV) | (lnV == np.inf))
+    if len(bad):
+        raise ModelError(f"{key}.dos", f"ln V overflows at E = {bad[0]} ({lnV[bad[0]]}); lower emax or the "
+                                       "parameters of the density of states")
     if not np.any(np.isfinite(lnV)):
         raise ModelError(f"{key}.emax", f"the grid 0..{emax} holds no bath microstates")
     kernel = _parse_kernel(d["kernel"], f"{key}.kernel", dos)
@@ -605,7 +610,9 @@ def _parse_times(d, key):
     return t
 
 
-SIM_DEFAULTS = {"trajectories": 100_000, "seed": None, "chunk_size": 4096}
+SIM_DEFAULTS = {"trajectories": 100_000, "seed": None, "chunk_size": 4096, "engine": None, "records": None,
+                "trajectory_entropy": None, "max_jumps": None}
+ENGINES = ("auto", "enumerated", "implicit")
 
 
 def _parse_simulation(d, key):
@@ -616,7 +623,14 @@ def _parse_simulation(d, key):
     if "seed" in d:
         out["seed"] = v.as_int(d["seed"], f"{key}.seed", lo=0)
     if "chunk_size" in d:
-        out["chunk_size"] = v.as_int(d["chunk_size"], f"{key}.chunk_size", lo=1)
+        out["chunk_size"] = v.as_int(d["chunk_size"], f"{key}.chunk_size", lo=1, hi=2**31 - 1)
+    if "engine" in d:
+        out["engine"] = v.as_str(d["engine"], f"{key}.engine", ENGINES)
+    for k in ("records", "trajectory_entropy"):
+        if k in d:
+            out[k] = v.as_bool(d[k], f"{key}.{k}")
+    if "max_jumps" in d:
+        out["max_jumps"] = v.as_float(d["max_jumps"], f"{key}.max_jumps", positive=True)
     return out
 
 

@@ -13,13 +13,15 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from .errors import UnsupportedError
+from .errors import ModelError, UnsupportedError
 from .model import Model
 
-__all__ = ["Network", "build_network", "log_rates"]
+__all__ = ["Network", "build_network", "log_rates", "RateTables", "rate_tables", "check_log_rates"]
 
 #: largest joint state space (levels x grid points) we agree to index with a bitmap
 MAX_SPACE = 400_000_000
+#: ln of the largest finite double: a rate above it overflows
+LOG_RATE_MAX = float(np.log(np.finfo(float).max))
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,6 +151,23 @@ def log_rates(model, nu, s, s2, E, E2):
     return np.where(one, out, -np.inf)
 
 
+def check_log_rates(lr, nu, model, where=None):
+    """The finite-rate guard: NaN or overflowing log rates are a configuration error (named key).
+
+    Rates that underflow to exactly 0 are not an error; the caller drops those jumps (a kept edge of
+    rate 0 would give a zero exit rate with out-edges, i.e. a Gillespie step that never advances).
+    """
+    bad = np.isnan(lr) | (lr > LOG_RATE_MAX)
+    if np.any(bad):
+        i = int(np.flatnonzero(bad)[0])
+        b = model.baths[nu]
+        at = f" at {where(i)}" if where is not None else ""
+        raise ModelError(f"baths[{nu}].kernel",
+                         f"the rate of a jump through bath {b.name!r}{at} is exp({lr[i]:.6g}), beyond double "
+                         f"precision (gamma = {b.kernel.gamma:g}); lower kernel.gamma, or check the dos and "
+                         f"the spectral function")
+
+
 def _edges(model, energies, codes):
     """All out-edges of the states ``codes``: (src position, target code, bath, dE, log rate)."""
     st = _decode(codes, model)
@@ -168,7 +187,10 @@ def _edges(model, energies, codes):
             fin = np.isfinite(b.lnV[E2i])
             idx, E2i = idx[fin], E2i[fin]
             lr = log_rates(model, nu, s[idx], np.full(len(idx), s2), E[idx], E2i)
-            live = np.isfinite(lr)
+            check_log_rates(lr, nu, model, lambda i, idx=idx, E2i=E2i, s2=s2:
+                            f"(s={s[idx][i]}, E={E[idx][i]}) -> (s={s2}, E={E2i[i]})")
+            with np.errstate(under="ignore"):
+                live = np.exp(lr) > 0  # -inf (no jump) and underflow to 0 both drop the edge
             idx, E2i, lr = idx[live], E2i[live], lr[live]
             tgt = st[idx].copy()
             tgt[:, 0] = s2
@@ -178,6 +200,47 @@ def _edges(model, energies, codes):
         z = np.zeros(0, dtype=np.int64)
         return z, z, z, z, np.zeros(0)
     return tuple(np.concatenate(a) for a in zip(*out))
+
+
+def _check_exit(exit_rate, where, bath=None, src=None):
+    """Exit rates are sums of finite rates, but a sum can still overflow."""
+    bad = ~np.isfinite(exit_rate)
+    if np.any(bad):
+        i = int(np.flatnonzero(bad)[0])
+        nu = int(bath[np.flatnonzero(src == i)[0]]) if bath is not None else 0
+        raise ModelError(f"baths[{nu}].kernel", f"the total jump rate out of {where(i)} overflows double precision; "
+                                                "lower kernel.gamma or the grid (emax)")
+
+
+def bath_rates(model, nu, energies, s):
+    """Rates ``k((s, E) -> (s', E + eps_s - eps_s'))`` through bath ``nu`` at every grid energy ``E``.
+
+    Returns (n_levels, emax+1) float64: row ``s'`` holds the rates to level ``s'``; 0 where the jump is
+    absent (no coupling, the target off the grid or without microstates, a source without microstates,
+    or a rate that underflows).  Uses :func:`log_rates`, so the values equal the enumerated network's
+    edge rates bit for bit.  A rate that overflows is a :class:`ModelError` naming the bath's kernel.
+    """
+    b = model.baths[nu]
+    G = b.emax + 1
+    E = np.arange(G)
+    c = model.coupling_weight(nu)
+    out = np.zeros((model.n_levels, G))
+    src_ok = np.isfinite(b.lnV)
+    for s2 in range(model.n_levels):
+        if s2 == s or c[s, s2] == 0:
+            continue
+        E2 = E + int(energies[s]) - int(energies[s2])
+        ok = src_ok & (E2 >= 0) & (E2 < G)
+        ok[ok] = np.isfinite(b.lnV[E2[ok]])
+        idx = np.flatnonzero(ok)
+        if not len(idx):
+            continue
+        lr = log_rates(model, nu, np.full(len(idx), s), np.full(len(idx), s2), idx, E2[idx])
+        check_log_rates(lr, nu, model, lambda i, idx=idx, E2=E2, s2=s2:
+                        f"(s={s}, E={idx[i]}) -> (s={s2}, E={E2[idx[i]]})")
+        with np.errstate(under="ignore"):
+            out[s2, idx] = np.exp(lr)
+    return out
 
 
 def initial_support(model):
@@ -254,6 +317,7 @@ def build_network(model: Model, energies=None, codes=None) -> Network:
     np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
     rate = np.exp(lr)
     exit_rate = np.bincount(src, weights=rate, minlength=n).astype(float)  # int64 when there are no edges
+    _check_exit(exit_rate, lambda i: f"state {tuple(int(v) for v in states[i])}", bath, src)
     lnV = np.zeros(n)
     for nu, b in enumerate(model.baths):
         lnV += b.lnV[states[:, 1 + nu]]

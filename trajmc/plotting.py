@@ -1,4 +1,4 @@
-"""Figures (matplotlib, Agg).  Nothing in trajmc imports this module except the CLI and run writer."""
+"""Figures (matplotlib, Agg).  Only the command line imports this module; nothing below it does."""
 from __future__ import annotations
 
 import matplotlib
@@ -8,11 +8,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _text(s) -> str:
+    """Text from the model (names) for matplotlib: ``$`` would start mathtext, so escape it."""
+    return str(s).replace("$", r"\$")
+
+
 def _save(fig, path):
     """Render to memory, then write atomically: a figure on disk is never half written."""
     import io
 
-    from .runio import atomic_write
+    from .rundir import atomic_write
 
     buf = io.BytesIO()
     fig.savefig(buf, dpi=110, format="png")
@@ -38,16 +43,16 @@ def _mc_vs_exact(ax, t, curves, xlabel="t", ylabel="", title=""):
 
 def summary_figure(ens, path, exact=None):
     """p_s(t) and the entropy productions of a Monte Carlo run (error bars: 1.96 SE); exact curves if given."""
-    ps, pse = ens.p_system()
+    ps, pse = ens.p_system(), ens.p_system_se()
     th = ens.thermo()
     pex = exact.p_system() if exact is not None else None
     ex = exact.thermo() if exact is not None else None
     fig, ax = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     _mc_vs_exact(ax[0], ens.times, [(f"s={s}", ps[:, s], pse[:, s], None if pex is None else pex[:, s])
                                     for s in range(ps.shape[1])],
-                 ylabel="p_s(t)", title=f"{ens.model.name}: system populations")
+                 ylabel="p_s(t)", title=f"{_text(ens.model.name)}: system populations")
     _mc_vs_exact(ax[1], ens.times, [(c, th[c], th[f"{c}_se"], None if ex is None else ex[c])
-                                    for c in ("Sigma", "Sigma_tilde")],
+                                    for c in ("Sigma", "Sigma_tilde", "Sigma_upper") if c in th],
                  ylabel="entropy production", title=f"{ens.trajectories} trajectories")
     return _save(fig, path)
 
@@ -59,19 +64,25 @@ def validation_figures(ens, sol, outdir):
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     t = ens.times
-    th, ex = ens.thermo(), sol.thermo()
-    ps, pse = ens.p_system()
-    pex = sol.p_system()
+    th = ens.thermo()
+    ex = sol.thermo() if sol is not None else None
+    ps, pse = ens.p_system(), ens.p_system_se()
+    pex = sol.p_system() if sol is not None else None
+
+    def x(c):
+        return None if ex is None or c not in ex else ex[c]
+
     fig, ax = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
-    _mc_vs_exact(ax[0, 0], t, [(f"s={s}", ps[:, s], pse[:, s], pex[:, s]) for s in range(ps.shape[1])],
-                 ylabel="p_s(t)", title="system populations (lines: exact)")
-    _mc_vs_exact(ax[0, 1], t, [("S_obs", th["S_obs"], th["S_obs_se"], ex["S_obs"])],
+    _mc_vs_exact(ax[0, 0], t, [(f"s={s}", ps[:, s], pse[:, s], None if pex is None else pex[:, s])
+                               for s in range(ps.shape[1])], ylabel="p_s(t)", title="system populations (lines: exact)")
+    sc = "S_obs" if th.attrs.get("joint") else "S_obs_upper"
+    _mc_vs_exact(ax[0, 1], t, [(sc, th[sc], th[f"{sc}_se"], x("S_obs"))],
                  ylabel="S_obs", title="observational entropy (line: exact)")
-    _mc_vs_exact(ax[1, 0], t, [(c, th[c], th[f"{c}_se"], ex[c]) for c in ("Sigma", "Sigma_tilde")],
-                 ylabel="entropy production", title="Sigma vs Sigma_tilde (lines: exact)")
-    _mc_vs_exact(ax[1, 1], t, [(f"Q_{b}", th[f"Q_{b}"], th[f"Q_{b}_se"], ex[f"Q_{b}"]) for b in ens.model.bath_names],
+    _mc_vs_exact(ax[1, 0], t, [(c, th[c], th[f"{c}_se"], x(c)) for c in ("Sigma", "Sigma_tilde", "Sigma_upper")
+                               if c in th], ylabel="entropy production", title="Sigma vs Sigma_tilde (lines: exact)")
+    _mc_vs_exact(ax[1, 1], t, [(f"Q_{b}", th[f"Q_{b}"], th[f"Q_{b}_se"], x(f"Q_{b}")) for b in ens.model.bath_names],
                  ylabel="heat into the system", title="mean heat per bath (lines: exact)")
-    fig.suptitle(f"{ens.model.name}: {ens.trajectories} trajectories vs exact solver")
+    fig.suptitle(f"{_text(ens.model.name)}: {ens.trajectories} trajectories vs exact solver")
     path = outdir / "validation.png"
     return _save(fig, path)
 
@@ -106,16 +117,16 @@ def analysis_figures(ens, res, outdir):
             if "P_exact" in g:
                 ax.plot(g["Q"], g["P_exact"], "-", color=line[0].get_color(), lw=1)
         ax.set_yscale("log")
-        ax.set(xlabel=f"heat Q from bath {b}", ylabel="P(Q)", title=f"heat distribution, bath {b} (lines: exact)")
+        ax.set(xlabel=f"heat Q from bath {_text(b)}", ylabel="P(Q)", title=f"heat distribution, bath {_text(b)} (lines: exact)")
         ax.legend(fontsize=8)
     paths.append(outdir / "heat_distribution.png")
     _save(fig, paths[-1])
     if "entropy_production" in res:
         ep = res["entropy_production"]
         fig, ax = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-        ds = res["delta_s_final"]
-        ds = ds[np.isfinite(ds)]
-        ax[0].hist(ds, bins=60, density=True, color="C0", alpha=0.7)
+        h = res["delta_s_histogram"]
+        ax[0].stairs(h["density"], np.append(h["ds_lo"].to_numpy(), h["ds_hi"].iloc[-1]), fill=True, color="C0",
+                     alpha=0.7)
         ax[0].axvline(ep["Sigma_exact"].iloc[-1], color="k", lw=1, label="exact Delta S_obs")
         ax[0].axvline(ep["mean_ds"].iloc[-1], color="C1", ls="--", label="MC mean")
         ax[0].set(xlabel="Delta s_obs", ylabel="density", title=f"trajectory entropy production, t={ep['t'].iloc[-1]:g}")
@@ -150,13 +161,10 @@ def analysis_figures(ens, res, outdir):
         paths.append(_slope_one(c["beta_W_minus_dF"], c["log_ratio_mc"], c["log_ratio_se"],
                                 "forward MC / exact reversed", "beta (W - Delta F)", "ln P_F(W) / P_R(-W)",
                                 "Crooks: slope 1", "Crooks relation", outdir / "crooks.png"))
-    rec = ens.records
-    if rec is not None:
-        fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
-        n = rec["jumps"][:, -1]
-        vals, cnt = np.unique(n, return_counts=True)
-        ax.bar(vals, cnt / cnt.sum(), width=0.9)
-        ax.set(xlabel="number of jumps", ylabel="probability", title=f"activity up to t={ens.times[-1]:g}")
-        paths.append(outdir / "activity.png")
-        _save(fig, paths[-1])
+    act = res["activity"]
+    fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
+    _mc_vs_exact(ax, act["t"], [("mean jumps", act["mean_mc"], act["mean_se"], act.get("mean_exact"))],
+                 ylabel="number of jumps", title=f"activity (line: exact)")
+    paths.append(outdir / "activity.png")
+    _save(fig, paths[-1])
     return paths

@@ -1,8 +1,8 @@
-"""Pure-Python reference Gillespie: the compiled kernel's algorithm, draw for draw.
+"""Pure-Python reference Gillespie: the compiled kernels' algorithms, draw for draw.
 
-It consumes the same xoshiro256++ stream in the same order as
-:func:`trajmc._kernel.run_chunk`, so its trajectories must equal the kernel's
-bit for bit (a test checks this).  Slow by design: it is a specification.
+It consumes the same xoshiro256++ stream in the same order as :func:`trajmc._kernel.enumerated_chunk`
+and :func:`trajmc._kernel.implicit_chunk`, from the same tables, so its trajectories must equal the
+kernels' bit for bit (a test checks this).  Slow by design: it is a specification.
 """
 from __future__ import annotations
 
@@ -59,60 +59,156 @@ class ReferenceRNG:
                 return x
 
 
-def reference_chunk(arrays, state, n_traj):
-    """Simulate ``n_traj`` trajectories like the kernel (``arrays`` from ``engine.Plan.arrays``).
+def _search(cum, lo, hi, u):
+    hi -= 1
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if u < cum[mid]:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def reference_chunk(plan, state, n_traj):
+    """Simulate ``n_traj`` trajectories like the plan's kernel, from generator ``state``.
 
     Returns
     -------
-    list of dict, one per trajectory: ``x`` (state at each sample time), ``jumps`` and ``work``
-    (at each sample time), ``path_t``, ``path_x`` (every jump), ``total_jumps``.
+    list of dict, one per trajectory: ``x`` (state index, enumerated; level, implicit) and ``E`` (bath
+    energies, implicit) at each sample time, ``jumps`` and ``work`` at each sample time, ``path_t``,
+    ``path_x`` (and ``path_E``) at every jump, ``total_jumps``.
     """
     rng = ReferenceRNG(state)
-    cum0, support = arrays["cum0"].tolist(), arrays["support"].tolist()
-    indptr, target, cum = arrays["indptr"].tolist(), arrays["target"].tolist(), arrays["cum"].tolist()
-    inv_exit, times = arrays["inv_exit"].tolist(), arrays["times"][:-1].tolist()
-    seg_t, dlev, s_of = arrays["seg_t"].tolist(), arrays["dlev"].tolist(), arrays["s_of"].tolist()
-    n_t = len(times)
+    ck = plan.clock
+    times = ck.times[:-1].tolist()
+    seg_t, lev = ck.seg_t.tolist(), ck.levels.tolist()
+    step = _enumerated_step if plan.path == "enumerated" else _implicit_step
+    tab = _as_lists(plan.tables)
     out = []
     for _ in range(n_traj):
-        u = rng.next_double()
-        lo, hi = 0, len(cum0) - 1
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if u < cum0[mid]:
-                hi = mid
-            else:
-                lo = mid + 1
-        x = support[lo]
+        st = _initial(plan.path, tab, rng)
         t, k, nj, seg, w = 0.0, 0, 0, 0, 0
-        xs, js, ws, pt, px = [], [], [], [0.0], [x]
+        xs, es, js, ws = [], [], [], []
+        pt, px, pe = [0.0], [st[0]], [list(st[1])]
         while True:
-            a, b = indptr[seg][x], indptr[seg][x + 1]
-            tn = math.inf if a == b else t + rng.next_exponential() * inv_exit[seg][x]
+            rate = _exit(plan.path, tab, seg, st)
+            tn = math.inf if rate == 0 else t + _wait(plan.path, rng, rate)
             switch = tn >= seg_t[seg]  # protocol switch first: the waiting time is drawn afresh after it
             if switch:
                 tn = seg_t[seg]
-            while k < n_t and times[k] < tn:
-                xs.append(x)
+            while k < len(times) and times[k] < tn:
+                xs.append(st[0])
+                es.append(list(st[1]))
                 js.append(nj)
                 ws.append(w)
                 k += 1
-            if k == n_t:
+            if k == len(times):
                 break
             t = tn
             if switch:
                 seg += 1
-                w += dlev[seg][s_of[x]]
+                s = st[0] if plan.path == "implicit" else tab["s_of"][st[0]]
+                w += lev[seg][s] - lev[seg - 1][s]
                 continue
-            j = a
-            if b - a > 1:
-                u = rng.next_double()
-                while j < b - 1 and u >= cum[j]:
-                    j += 1
-            x = target[j]
+            st = step(tab, lev, seg, st, rng)
             nj += 1
             pt.append(t)
-            px.append(x)
-        out.append({"x": np.array(xs), "jumps": np.array(js), "work": np.array(ws), "path_t": np.array(pt),
-                    "path_x": np.array(px), "total_jumps": nj})
+            px.append(st[0])
+            pe.append(list(st[1]))
+        d = {"x": np.array(xs), "jumps": np.array(js), "work": np.array(ws), "path_t": np.array(pt),
+             "path_x": np.array(px), "total_jumps": nj}
+        if plan.path == "implicit":
+            d["E"] = np.array(es)
+            d["path_E"] = np.array(pe)
+        out.append(d)
     return out
+
+
+def _as_lists(tab):
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in tab._asdict().items()}
+
+
+def _initial(path, tab, rng):
+    if path == "enumerated":
+        x = tab["support"][_search(tab["cum0"], 0, len(tab["cum0"]), rng.next_double())]
+        return x, []
+    N = len(tab["G"])
+    if tab["init_rows"]:
+        row = tab["init_rows"][_search(tab["init_cum"], 0, len(tab["init_cum"]), rng.next_double())]
+        return row[0], list(row[1:])
+    s = _search(tab["cum_s"], 0, len(tab["cum_s"]), rng.next_double())
+    E = []
+    for nu in range(N):
+        lo = tab["eoff"][nu]
+        E.append(_search(tab["cum_E"], lo, lo + tab["G"][nu], rng.next_double()) - lo)
+    return s, E
+
+
+def _exit(path, tab, seg, st):
+    """Enumerated: the inverse exit rate (0: none); implicit: the per-bath exit rates (total 0: none)."""
+    if path == "enumerated":
+        x = st[0]
+        a, b = tab["indptr"][seg][x], tab["indptr"][seg][x + 1]
+        return 0 if a == b else tab["inv_exit"][seg][x]
+    s, E = st
+    rr = [tab["exit"][tab["toff"][seg][nu] + s * tab["G"][nu] + E[nu]] for nu in range(len(E))]
+    tot = 0.0
+    for r in rr:
+        tot += r
+    return 0 if tot == 0 else (tot, rr)
+
+
+def _wait(path, rng, rate):
+    e = rng.next_exponential()
+    return e * rate if path == "enumerated" else e / rate[0]
+
+
+def _enumerated_step(tab, lev, seg, st, rng):
+    x = st[0]
+    a, b = tab["indptr"][seg][x], tab["indptr"][seg][x + 1]
+    d = b - a
+    if d > 1:
+        v = rng.next_double() * d
+        col = int(v)
+        j = a + col
+        x = tab["target"][j] if v - col < tab["aprob"][j] else tab["aalt"][j]
+    else:
+        x = tab["target"][a]
+    return x, []
+
+
+def _implicit_step(tab, lev, seg, st, rng):
+    s, E = st[0], list(st[1])
+    N = len(E)
+    K = len(tab["tgl"][0][0])
+    rr = [tab["exit"][tab["toff"][seg][nu] + s * tab["G"][nu] + E[nu]] for nu in range(N)]
+    tot = 0.0
+    for r in rr:
+        tot += r
+    if N == 1 and K == 1:
+        nu, v = 0, 0.0
+    elif N == 1:
+        nu, v = 0, rng.next_double()
+    else:
+        xq = rng.next_double() * tot
+        nu, c = N - 1, 0.0
+        for m in range(N - 1):
+            if xq < c + rr[m]:
+                nu = m
+                break
+            c += rr[m]
+        if rr[nu] > 0.0:
+            v = (xq - c) / rr[nu]
+        else:
+            while rr[nu] == 0.0:
+                nu -= 1
+            v = 0.9999999999999999
+    row = tab["toff"][seg][nu] + s * tab["G"][nu] + E[nu]
+    vk = v * K
+    col = min(int(vk), K - 1)
+    if vk - col >= tab["aprob"][row * K + col]:
+        col = tab["aidx"][row * K + col]
+    s2 = tab["tgl"][nu][s][col]
+    E[nu] += lev[seg][s] - lev[seg][s2]
+    return s2, E

@@ -12,7 +12,8 @@ import pandas as pd
 from scipy.special import xlogy
 
 __all__ = ["Space", "space_of", "marginal_system", "marginal_bath", "observational_entropy", "shannon",
-           "bath_observational_entropy", "total_correlation", "relative_entropy", "thermo_table"]
+           "bath_observational_entropy", "total_correlation", "relative_entropy", "pairwise_information",
+           "thermo_table"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,6 +96,19 @@ def total_correlation(p, space: Space, ps=None, pEs=None):
     return out if np.ndim(p) == 2 else out[0]
 
 
+def pairwise_information(p, space: Space, nu: int, ps=None, pE=None):
+    """``I(s; E_nu)``: mutual information of the system level and one bath's energy (n_t,)."""
+    p2 = np.atleast_2d(p)
+    ps = marginal_system(p2, space) if ps is None else np.atleast_2d(ps)
+    pE = marginal_bath(p2, space, nu) if pE is None else np.atleast_2d(pE)
+    G = pE.shape[1]
+    code = space.s * G + space.E[:, nu]
+    joint = np.zeros((p2.shape[0], space.n_levels * G))
+    for t in range(p2.shape[0]):
+        joint[t] = np.bincount(code, weights=p2[t], minlength=space.n_levels * G)
+    return shannon(ps) + shannon(pE) - shannon(joint)
+
+
 def thermo_table(times, p, space: Space, levels=None, work=None) -> pd.DataFrame:
     """All PHYSICS.md §4 quantities of ``p`` (n_t, n) at ``times``, as a DataFrame indexed by ``t``.
 
@@ -131,6 +145,7 @@ def functionals(p, space: Space, levels=None) -> dict:
         out[f"S_B_{name}"] = bath_observational_entropy(pE, space.bath_lnV[nu])
         pi = space.pi[nu]
         out[f"D_{name}"] = relative_entropy(pE, pi) if pi is not None else np.full(p.shape[0], np.nan)
+        out[f"I_{name}"] = pairwise_information(p, space, nu, ps, pE)
         D = D + out[f"D_{name}"]
     out["D"] = D
     return out
@@ -150,7 +165,7 @@ def assemble(times, cols: dict, space: Space) -> pd.DataFrame:
         c["first_law"] = (c["E_S"] - c["E_S"][0]) - sum(c[f"Q_{n}"] for n in space.bath_names) - c["W"]
     order = ["S_obs", "Sigma", "Sigma_tilde", "S_sh", "I", "D", "E_S"] + (["W", "first_law"] if "W" in c else [])
     for name in space.bath_names:
-        order += [f"E_{name}", f"Q_{name}", f"S_B_{name}", f"D_{name}"]
+        order += [f"E_{name}", f"Q_{name}", f"S_B_{name}", f"D_{name}", f"I_{name}"]
     order += ["lnV"]
     extra = [k for k in c if k not in order]
     df = pd.DataFrame({k: c[k] for k in order + extra}, index=pd.Index(np.asarray(times, dtype=float), name="t"))

@@ -1,0 +1,416 @@
+"""Run directories: resolved model, provenance, accumulators, estimates.
+
+Layout::
+
+    RUN/model.toml            resolved model; its [simulation] holds the seed entropy, trajectories, chunk size,
+                              the path taken and whether records and Delta s_obs streaming were on
+    RUN/provenance.json       schema, versions, git commit, seed, chunking, path, memory estimate, timings,
+                              status, and the SHA-256 of every other file
+    RUN/accumulators.npz      raw streaming sums from which load_run rebuilds the Ensemble
+    RUN/entropy_reference.npz the exact -ln(p_t/V) the run streamed Delta s_obs against (if it did)
+    RUN/records.npz           per-trajectory records (optional)
+    RUN/estimates.csv/.parquet, RUN/p_system.csv
+
+Every file is written to a temporary name and renamed, so a reader never sees half a file;
+``provenance.json`` says ``complete`` only after the rest is written.  Figures are drawn by the
+command line (``trajmc.plotting``), never here.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import engine
+from ._version import __version__
+from .ensemble import Ensemble
+from .errors import RunError, TrajmcError
+from .model import load_model
+from .simulation import execute, make_stats, plan_run
+from .tables import windows_from
+
+__all__ = ["RunWriter", "save_run", "load_run", "resume_run", "provenance", "default_run_dir", "atomic_write",
+           "atomic_text"]
+
+SCHEMA = 4
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+#: files whose SHA-256 provenance.json records once the run is complete
+CHECKED_FILES = ("model.toml", "estimates.csv", "estimates.parquet", "p_system.csv")
+
+
+def atomic_write(path: Path, write):
+    """``write(fileobj)`` into a temporary file next to ``path``, then rename it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_text(path, text):
+    atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def _sha(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_commit():
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _acc_arrays(acc) -> dict:
+    """Everything of the accumulators that is saved (records aside), as plain arrays."""
+    d = {k: v for k, v in acc.arrays().items() if not k.startswith("rec_")}
+    w = acc.windows
+    d.update(win_lo=w.lo, win_wid=w.wid, win_qlo=w.qlo, win_qwid=w.qwid, chunks_done=np.array(acc.chunks_done),
+             wall_s=np.array(acc.wall_s))
+    return d
+
+
+def accumulator_checksum(acc) -> str:
+    """SHA-256 over the raw accumulators, windows and paths: any later change to the stored data is detected."""
+    h = hashlib.sha256()
+    for k, a in sorted(_acc_arrays(acc).items()):
+        if k == "wall_s":
+            continue
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _records_of(plan, acc):
+    """The finished trajectories' records (a prefix) and their checksum; (None, "") without records."""
+    if acc.rec_x is None:
+        return None, ""
+    done = min(acc.chunks_done * plan.chunk_size, plan.trajectories)
+    rec = {k: getattr(acc, f"rec_{k}")[:done] for k in ("x", "n", "w", "E") if getattr(acc, f"rec_{k}") is not None}
+    h = hashlib.sha256()
+    for k in sorted(rec):
+        h.update(np.ascontiguousarray(rec[k]).tobytes())
+    return rec, h.hexdigest()
+
+
+def provenance(plan, acc, stats=None, status="running", files=None) -> dict:
+    import numba
+    import scipy
+
+    d = {"schema_version": SCHEMA, "status": status,
+         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+         "software": {"trajmc": __version__, "python": platform.python_version(), "numpy": np.__version__,
+                      "numba": numba.__version__, "scipy": scipy.__version__, "pandas": pd.__version__,
+                      "platform": platform.platform()},
+         "git_commit": git_commit(), "command": sys.argv,
+         "model": {"name": plan.model.name, "digest": plan.model.digest, "states": plan.n_states},
+         "engine": plan.info(),
+         "seed": {"entropy": str(plan.entropy), "chunk_seeding": "SeedSequence(entropy, spawn_key=(chunk,))",
+                  "generator": "xoshiro256++ per chunk, ziggurat exponentials"},
+         "chunking": {"trajectories": plan.trajectories, "chunk_size": plan.chunk_size, "chunks": plan.n_chunks,
+                      "chunks_done": acc.chunks_done},
+         "records": plan.record, "paths": plan.paths,
+         "checksums": {"accumulators_sha256": accumulator_checksum(acc)}}
+    if files:
+        d["checksums"]["files_sha256"] = files
+    if stats is not None:
+        d["timings"] = {"wall_s": stats["wall_s"], "compile_s": stats["compile_s"], "threads": stats["threads"],
+                        "ns_per_jump_thread": stats["ns_per_jump"]}
+        d["jumps"] = stats["jumps"]
+        d["first_law"] = {"violations": int(acc.viol[0]), "samples": int(acc.viol[1])}
+        d["estimator"] = {"bias_correction": stats["bias_correction"], "se_method": stats["se_method"]}
+        d["backend"] = {k: stats[k] for k in ("backend", "scheduler", "workers", "worker_compile_s") if k in stats}
+    return d
+
+
+def _resolved_model_toml(plan):
+    import tomli_w
+
+    d = plan.model.to_dict()
+    d["simulation"] = {"trajectories": plan.trajectories, "seed": plan.entropy, "chunk_size": plan.chunk_size,
+                       "engine": plan.path, "records": plan.record, "trajectory_entropy": plan.trajectory_entropy}
+    if plan.model.simulation.get("max_jumps") is not None:
+        d["simulation"]["max_jumps"] = plan.model.simulation["max_jumps"]
+    return tomli_w.dumps(d)
+
+
+def _save_accumulators(run_dir, plan, acc):
+    """Records first, then the accumulators with both checksums inside: one rename commits a checkpoint
+    (records written ahead of an older accumulators file are only read up to its ``chunks_done``)."""
+    rec, rec_sum = _records_of(plan, acc)
+    if rec is not None:
+        atomic_write(run_dir / "records.npz", lambda fh: np.savez_compressed(fh, **rec))
+    arrays = _acc_arrays(acc)
+    if plan.network is not None:
+        arrays["states"] = plan.network.states
+    arrays.update(checksum=np.array(accumulator_checksum(acc)), records_checksum=np.array(rec_sum))
+    atomic_write(run_dir / "accumulators.npz", lambda fh: np.savez(fh, **arrays))
+
+
+def _save_reference(run_dir, plan):
+    if plan.trajectory_entropy:
+        tab = plan.tables
+        atomic_write(run_dir / "entropy_reference.npz", lambda fh: np.savez(fh, lnq=tab.lnq, dsbin=tab.dsbin))
+
+
+class RunWriter:
+    """Owns a run directory while a simulation fills it."""
+
+    def __init__(self, run_dir, plan, acc):
+        self.dir = Path(run_dir)
+        self.plan = plan
+        self.acc = acc
+
+    @classmethod
+    def create(cls, run_dir, plan):
+        run_dir = Path(run_dir)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise RunError(f"{run_dir}: run directory exists and is not empty (choose another --out, or --resume it)")
+        acc = engine.new_accumulators(plan)  # allocate first: a request too large writes nothing
+        run_dir.mkdir(parents=True, exist_ok=True)
+        w = cls(run_dir, plan, acc)
+        atomic_text(run_dir / "model.toml", _resolved_model_toml(plan))
+        _save_reference(run_dir, plan)
+        w.checkpoint(w.acc)
+        return w
+
+    @classmethod
+    def resume(cls, run_dir):
+        run_dir = Path(run_dir)
+        plan, acc, prov = _read(run_dir, allow_partial=True)
+        return cls(run_dir, plan, acc), prov
+
+    def checkpoint(self, acc):
+        _save_accumulators(self.dir, self.plan, acc)
+        atomic_text(self.dir / "provenance.json", json.dumps(provenance(self.plan, acc), indent=2))
+
+    def run(self, threads, progress=False, backend="threads", scheduler=None, workers=None) -> Ensemble:
+        ens = execute(self.plan, self.acc, threads, progress, checkpoint=self.checkpoint, backend=backend,
+                      scheduler=scheduler, workers=workers)
+        with engine.StopFlag():  # the run is finished: a late Ctrl-C must not leave half a directory
+            self.checkpoint(ens.acc)
+            save_run(ens, self.dir)
+        ens.stats["run_dir"] = str(self.dir)
+        return ens
+
+
+def save_run(ens: Ensemble, run_dir):
+    """Write a finished ensemble's run directory (model, estimates, accumulators, provenance)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plan, acc = ens.plan, ens.acc
+    if not (run_dir / "model.toml").exists():
+        atomic_text(run_dir / "model.toml", _resolved_model_toml(plan))
+        _save_reference(run_dir, plan)
+    _save_accumulators(run_dir, plan, acc)
+    th = ens.thermo()
+    atomic_text(run_dir / "estimates.csv", th.to_csv())
+    atomic_write(run_dir / "estimates.parquet", lambda fh: th.to_parquet(fh))
+    ps, pse = ens.p_system(), ens.p_system_se()
+    cols = {}
+    for s in range(ps.shape[1]):
+        cols[f"p_{s}"] = ps[:, s]
+        cols[f"p_{s}_se"] = pse[:, s]
+    atomic_text(run_dir / "p_system.csv", pd.DataFrame(cols, index=pd.Index(ens.times, name="t")).to_csv())
+    files = {f: _sha(run_dir / f) for f in CHECKED_FILES}
+    if plan.trajectory_entropy:
+        files["entropy_reference.npz"] = _sha(run_dir / "entropy_reference.npz")
+    prov = provenance(plan, acc, ens.stats, status="complete", files=files)
+    atomic_text(run_dir / "provenance.json", json.dumps(prov, indent=2))
+    return run_dir
+
+
+def _json(path):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _field(d, path, types, run_dir):
+    cur = d
+    for k in path:
+        if not isinstance(cur, dict) or k not in cur:
+            raise RunError(f"{run_dir}/provenance.json: missing {'.'.join(path)}")
+        cur = cur[k]
+    if isinstance(cur, bool) or not isinstance(cur, types):
+        raise RunError(f"{run_dir}/provenance.json: {'.'.join(path)} has the wrong type ({type(cur).__name__})")
+    return cur
+
+
+def _read(run_dir, allow_partial=False):
+    run_dir = Path(run_dir)
+    for name in ("model.toml", "provenance.json", "accumulators.npz"):
+        if not (run_dir / name).is_file():
+            raise RunError(f"{run_dir}: not a trajmc run directory (missing {name})")
+    prov = _json(run_dir / "provenance.json")
+    if not isinstance(prov, dict):
+        raise RunError(f"{run_dir}/provenance.json: not a provenance record (a JSON object)")
+    if prov.get("schema_version") != SCHEMA:
+        raise RunError(f"{run_dir}: run directory schema {prov.get('schema_version')!r} (this trajmc reads {SCHEMA})")
+    try:
+        model = load_model(run_dir / "model.toml")
+    except TrajmcError as exc:
+        raise RunError(f"{run_dir}/model.toml: {exc}") from None
+    sim = model.simulation
+    if str(sim["seed"]) != _field(prov, ("seed", "entropy"), str, run_dir) \
+            or _field(prov, ("chunking", "trajectories"), int, run_dir) != sim["trajectories"] \
+            or _field(prov, ("chunking", "chunk_size"), int, run_dir) != sim["chunk_size"]:
+        raise RunError(f"{run_dir}: provenance.json (seed, trajectories, chunk size) disagrees with model.toml")
+    if _field(prov, ("model", "digest"), str, run_dir) != model.digest:
+        raise RunError(f"{run_dir}: model.toml was changed after the run (its physics digest differs from provenance.json)")
+    paths = prov.get("paths", 0)
+    if isinstance(paths, bool) or not isinstance(paths, int):
+        raise RunError(f"{run_dir}/provenance.json: paths has the wrong type")
+    entropy = bool(sim.get("trajectory_entropy"))
+    plan = plan_run(model, records=bool(sim.get("records")), paths=paths, engine_=sim.get("engine") or "auto",
+                    threads=1, trajectory_entropy=False)
+    if entropy:
+        try:
+            with np.load(run_dir / "entropy_reference.npz") as z:
+                lnq, dsbin = z["lnq"], z["dsbin"]
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:
+            raise RunError(f"{run_dir}/entropy_reference.npz: missing or unreadable ({exc})") from None
+        if plan.network is None or lnq.shape != (plan.n_states, plan.n_t) or dsbin.shape != (2,):
+            raise RunError(f"{run_dir}/entropy_reference.npz: does not match model.toml")
+        plan.tables = plan.tables._replace(lnq=np.ascontiguousarray(lnq, dtype=np.float64),
+                                           dsbin=np.ascontiguousarray(dsbin, dtype=np.float64))
+        plan.trajectory_entropy = True
+    try:
+        with np.load(run_dir / "accumulators.npz", allow_pickle=False) as z:
+            arr = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:
+        raise RunError(f"{run_dir}/accumulators.npz: unreadable ({exc})") from None
+    for k in ("win_lo", "win_wid", "win_qlo", "win_qwid", "chunks_done", "wall_s", "checksum", "records_checksum"):
+        if k not in arr:
+            raise RunError(f"{run_dir}/accumulators.npz: lacks {k}")
+    try:
+        win = windows_from(arr["win_lo"], arr["win_wid"], arr["win_qlo"], arr["win_qwid"], plan.n_levels)
+        done = int(arr["chunks_done"])
+        wall = float(arr["wall_s"])
+        if any(a.shape != (plan.n_baths,) for a in win) or np.any(win.wid < 0) or np.any(win.qwid < 1):
+            raise ValueError("windows of the wrong shape")
+    except (TypeError, ValueError) as exc:
+        raise RunError(f"{run_dir}/accumulators.npz: malformed bookkeeping ({exc})") from None
+    plan.windows = win  # the windows the run grew to
+    acc = engine.new_accumulators(plan)
+    acc.chunks_done, acc.wall_s = done, wall
+    for k, want in acc.arrays().items():
+        if k.startswith("rec_"):
+            continue
+        if k not in arr:
+            raise RunError(f"{run_dir}/accumulators.npz: lacks {k}")
+        got = arr[k]
+        if got.dtype != want.dtype or got.shape != want.shape:
+            raise RunError(f"{run_dir}/accumulators.npz: {k} has the wrong shape or type for model.toml")
+        setattr(acc, k, got)
+    if plan.network is not None and ("states" not in arr or not np.array_equal(arr["states"], plan.network.states)):
+        raise RunError(f"{run_dir}: the stored states do not belong to model.toml (was the model edited?)")
+    if not 0 <= done <= plan.n_chunks:
+        raise RunError(f"{run_dir}/accumulators.npz: chunks_done = {done} is not in 0..{plan.n_chunks}")
+    n_done = min(done * plan.chunk_size, plan.trajectories)
+    for k in ("sys2", "counts"):
+        a = getattr(acc, k)
+        if a is not None and (np.any(a.reshape(plan.n_t, -1).sum(axis=1) != n_done) or np.any(a < 0)):
+            raise RunError(f"{run_dir}: occupation counts do not add up to the {n_done} trajectories run (tampered?)")
+    have = accumulator_checksum(acc)
+    if str(arr["checksum"]) != have:
+        raise RunError(f"{run_dir}: accumulators.npz does not match its own checksum (altered data?)")
+    if prov.get("status") == "complete":
+        if prov.get("checksums", {}).get("accumulators_sha256") != have:
+            raise RunError(f"{run_dir}: accumulators.npz does not match the checksum in provenance.json (altered data?)")
+        for f, h in (prov.get("checksums", {}).get("files_sha256") or {}).items():
+            if f not in CHECKED_FILES + ("entropy_reference.npz",):
+                continue
+            if not (run_dir / f).is_file() or _sha(run_dir / f) != h:
+                raise RunError(f"{run_dir}/{f}: missing or changed after the run (its SHA-256 differs from "
+                               "provenance.json)")
+    if done < plan.n_chunks and not allow_partial:
+        raise RunError(f"{run_dir}: incomplete run ({done} of {plan.n_chunks} chunks); "
+                       f"finish it with `python -m trajmc simulate --resume {run_dir}`")
+    if plan.record:
+        try:
+            with np.load(run_dir / "records.npz", allow_pickle=False) as z:
+                rec = {k: z[k] for k in z.files}
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:
+            raise RunError(f"{run_dir}/records.npz: missing or unreadable ({exc})") from None
+        for k in ("x", "n", "w", "E"):
+            dst = getattr(acc, f"rec_{k}")
+            if dst is None:
+                continue
+            if k not in rec or len(rec[k]) < n_done or rec[k].shape[1:] != dst.shape[1:]:
+                raise RunError(f"{run_dir}/records.npz: holds fewer than the {n_done} finished trajectories")
+            dst[:n_done] = rec[k][:n_done]
+        if _records_of(plan, acc)[1] != str(arr["records_checksum"]):
+            raise RunError(f"{run_dir}/records.npz: does not match the checksum in accumulators.npz (altered?)")
+    return plan, acc, prov
+
+
+def load_run(run_dir) -> Ensemble:
+    """Rebuild the :class:`Ensemble` of a finished run directory, identical to the one that wrote it."""
+    plan, acc, prov = _read(run_dir)
+    t = prov.get("timings", {}) if isinstance(prov.get("timings"), dict) else {}
+    threads = t.get("threads", 1) if isinstance(t.get("threads", 1), int) else 1
+    compile_s = t.get("compile_s", float("nan"))
+    stats = make_stats(plan, acc, threads, compile_s if isinstance(compile_s, (int, float)) else float("nan"), 0.0)
+    stats["run_dir"] = str(run_dir)
+    if isinstance(prov.get("backend"), dict):
+        stats.update(prov["backend"])
+    return Ensemble(plan, acc, stats)
+
+
+def resume_run(run_dir, threads, progress=False, backend="threads", scheduler=None, workers=None) -> Ensemble:
+    """Finish an interrupted run in place; the result is bit-identical to an uninterrupted run
+    (on any backend: chunks are seeded by index and summed exactly)."""
+    w, prov = RunWriter.resume(run_dir)
+    if prov.get("status") == "complete" and w.acc.chunks_done == w.plan.n_chunks:
+        raise RunError(f"{run_dir}: run is already complete")
+    if backend != "dask":
+        return w.run(threads, progress)
+    from .cluster import DaskSession
+
+    session = DaskSession(scheduler, workers)  # connect before the run directory is touched
+    try:
+        return w.run(threads, progress, backend=backend, scheduler=session)
+    finally:
+        session.close()
+
+
+def default_run_dir(name, root="runs"):
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{name.lstrip('.')}-{stamp}"
+    d, i = base, 1
+    while d.exists():
+        d = Path(f"{base}-{i}")
+        i += 1
+    return d

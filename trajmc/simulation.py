@@ -1,0 +1,160 @@
+"""Public Monte Carlo API: :func:`simulate` (plan, run on threads or Dask, write a run directory)."""
+from __future__ import annotations
+
+import sys
+import time
+
+from . import engine as eng
+from .ensemble import Ensemble
+from .errors import ModelError
+from .estimate import BIAS_CORRECTION, SE_METHOD
+from .solver import propagate_segments
+
+__all__ = ["simulate", "plan_run", "execute", "make_stats", "check_backend", "backend_kwargs"]
+
+
+def exact_p(segments, times):
+    """The exact ``p_x(t)`` on the plan's network (the reference of the streamed ``Delta s_obs``)."""
+    p, _, _ = propagate_segments(segments, segments[0][1].p0, times)
+    return p
+
+
+def plan_run(model, trajectories=None, seed=None, times=None, chunk_size=None, records=None, paths=0, engine_=None,
+             threads=None, memory_budget=None, max_jumps=None, trajectory_entropy=None) -> eng.Plan:
+    """:func:`trajmc.eng.make_plan` with the exact solver as the entropy reference."""
+    return eng.make_plan(model, trajectories, seed, times, chunk_size, records, paths, engine=engine_,
+                            memory_budget=memory_budget, max_jumps=max_jumps,
+                            threads=eng.resolve_threads(threads), trajectory_entropy=trajectory_entropy,
+                            exact=exact_p)
+
+
+def simulate(model, trajectories=None, seed=None, threads=None, times=None, chunk_size=None, records=None,
+             paths=0, out=None, progress=None, quiet=True, backend="threads", scheduler=None, workers=None,
+             engine=None, memory_budget=None, max_jumps=None, trajectory_entropy=None) -> Ensemble:
+    """Sample trajectories of the Pauli MME by exact Gillespie simulation.
+
+    Parameters
+    ----------
+    model : Model, dict or path
+    trajectories : int, optional   (default: the model's ``simulation.trajectories``)
+    seed : None | int | SeedSequence   (default: the model's ``simulation.seed``; None draws fresh entropy,
+        which is recorded in ``stats['seed_entropy']``)
+    threads : int, optional   numba threads (default: all cores); never changes the result
+    times : array_like, optional   sample times overriding the model's
+    chunk_size : int, optional   trajectories per chunk (default: the model's, 4096)
+    records : bool, optional   keep each trajectory's state, jumps and work at every sample time
+        (default: the model's ``simulation.records``, else off: every statistic is streamed)
+    paths : int   keep the full jump paths of the first ``paths`` trajectories
+    out : path, optional   run directory: written as the run goes, so an interrupted run can be resumed
+    progress : bool, optional   tqdm bar (default: when not quiet and stderr is a terminal)
+    backend : "threads" | "dask"   where chunks run; the result is bit-identical either way
+    scheduler : str, optional   address of a running Dask scheduler (dask backend); None starts a
+        LocalCluster of ``workers`` processes (default 2) and closes it afterwards
+    workers : int, optional   LocalCluster size, or workers to wait for on an existing scheduler
+    engine : "auto" | "enumerated" | "implicit", optional   how the state is held (default: the model's
+        ``simulation.engine``, else auto: enumerated when the reachable network and its joint accumulators
+        fit, implicit per-bath rate tables otherwise); the choice and its reason are in ``stats``
+    memory_budget : int or str, optional   refuse runs estimated to need more (e.g. ``"4GiB"``; default
+        ``TRAJMC_MEMORY_BUDGET`` or half the RAM)
+    max_jumps : float, optional   refuse runs expected to make more jumps (default 1e13)
+    trajectory_entropy : bool, optional   stream each trajectory's ``Delta s_obs`` against the exact
+        ``p_x(t)`` (default: when the path is enumerated and the exact solution is small)
+
+    Returns
+    -------
+    Ensemble
+    """
+    plan = plan_run(model, trajectories, seed, times, chunk_size, records, paths, engine, threads, memory_budget,
+                    max_jumps, trajectory_entropy)
+    threads = eng.resolve_threads(threads)
+    backend = check_backend(backend, scheduler, workers)
+    session = None
+    if backend == "dask":  # connect (or start the cluster) before anything is written
+        from .cluster import DaskSession
+
+        session = DaskSession(scheduler, workers)
+    try:
+        if out is not None:
+            from .rundir import RunWriter
+
+            writer = RunWriter.create(out, plan)
+            return writer.run(threads, progress=_progress_flag(progress, quiet), backend=backend,
+                              scheduler=session)
+        acc = eng.new_accumulators(plan)
+        return execute(plan, acc, threads, _progress_flag(progress, quiet), backend=backend, scheduler=session)
+    finally:
+        if session is not None:
+            session.close()
+
+
+def backend_kwargs(scheduler=None, workers=None) -> dict:
+    """The keyword arguments that select the Dask backend when a scheduler or a worker count is given."""
+    if scheduler is None and workers is None:
+        return {}
+    return {"backend": "dask", "scheduler": scheduler, "workers": workers}
+
+
+def check_backend(backend, scheduler=None, workers=None):
+    if backend not in ("threads", "dask"):
+        raise ModelError("backend", f"must be 'threads' or 'dask', got {backend!r}")
+    if backend == "threads" and (scheduler is not None or workers is not None):
+        raise ModelError("backend", "scheduler/workers need backend='dask'")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ModelError("workers", f"must be a positive integer, got {workers!r}")
+    if scheduler is not None and not isinstance(scheduler, str):
+        raise ModelError("scheduler", f"must be an address string, got {scheduler!r}")
+    return backend
+
+
+def _progress_flag(progress, quiet):
+    if progress is None:
+        return (not quiet) and sys.stderr.isatty()
+    return bool(progress)
+
+
+def execute(plan, acc, threads, show_progress=False, checkpoint=None, backend="threads", scheduler=None,
+            workers=None) -> Ensemble:
+    """Run the remaining chunks of ``plan`` into ``acc`` and wrap the result."""
+    compile_s = eng.compile_kernel()
+    bar = None
+    cb = None
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=plan.n_chunks, initial=acc.chunks_done, unit="chunk", desc=plan.model.name, file=sys.stderr)
+
+        def cb(k):
+            bar.update(k - bar.n)
+    t0 = time.perf_counter()
+    info = {"backend": "threads"}
+    try:
+        if backend == "dask":
+            from .cluster import DaskSession, run_plan_dask
+
+            own = not isinstance(scheduler, DaskSession)  # a session passed in stays open for its owner
+            session = DaskSession(scheduler, workers) if own else scheduler
+            try:
+                info = run_plan_dask(plan, acc, session, progress=cb, checkpoint=checkpoint)
+            finally:
+                if own:
+                    session.close()
+            threads = info["workers"]
+        else:
+            eng.run_plan(plan, acc, threads, progress=cb, checkpoint=checkpoint)
+    finally:
+        if bar is not None:
+            bar.close()
+    stats = make_stats(plan, acc, threads, compile_s, time.perf_counter() - t0)
+    stats.update(info)
+    return Ensemble(plan, acc, stats)
+
+
+def make_stats(plan, acc, threads, compile_s, run_s):
+    jumps = int(acc.jumps.sum())
+    return {"trajectories": plan.trajectories, "jumps": jumps, "wall_s": float(acc.wall_s),
+            "compile_s": float(compile_s), "threads": int(threads), "chunks": plan.n_chunks,
+            "chunk_size": plan.chunk_size, "seed_entropy": plan.entropy, "path": plan.path,
+            "path_reason": plan.reason, "states": plan.n_states,
+            "ns_per_jump": 1e9 * acc.wall_s * threads / max(jumps, 1), "records": plan.record,
+            "trajectory_entropy": plan.trajectory_entropy, "memory_estimate": plan.memory.get("total"),
+            "bias_correction": BIAS_CORRECTION, "se_method": SE_METHOD, "last_session_s": float(run_s)}
