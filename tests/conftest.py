@@ -16,10 +16,14 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import copy  # noqa: E402
 
+import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import trajmc  # noqa: E402
+
+#: threads for tests that run on "several" threads: 2 where numba has them, else 1 (NUMBA_NUM_THREADS=1 in CI)
+THREADS = min(2, numba.config.NUMBA_NUM_THREADS)
 
 OFF3 = [[0, 1, 1], [1, 0, 1], [1, 1, 0]]
 LADDER3 = [[0, 1, 0], [1, 0, 1], [0, 1, 0]]

@@ -1,17 +1,16 @@
 """The Monte Carlo engine: reference Gillespie bit for bit, random numbers, determinism, interruption.
 
-* ``reference_chunk`` (pure Python, the specification) must reproduce the compiled
-  kernel exactly: per-trajectory records, full jump paths, jump counts, and every
-  streaming accumulator rebuilt from the reference trajectories.
-* The generator: xoshiro256++ against the published reference vector, the
-  ziggurat exponential and the uniform against their laws (KS and G-tests with a
-  stated false-alarm rate).
-* Determinism (STYLE.md "Seeds"): same seed -> bit-identical results for any
-  thread count and any chunk schedule (stops, restarts, interruptions).
+* ``reference_chunk`` (pure Python, the specification) must reproduce both compiled kernels (enumerated
+  network and implicit per-bath tables) exactly: per-trajectory records, full jump paths, jump counts, and
+  every streaming accumulator rebuilt from the reference trajectories.
+* The generator: xoshiro256++ against the published reference vector, the ziggurat exponential and the
+  uniform against their laws (KS and G-tests with a stated false-alarm rate).
+* Determinism (same seed -> bit-identical results for any thread count and any chunk schedule: stops,
+  restarts, interruptions inside a chunk), on both paths.
 """
 from __future__ import annotations
 
-import signal
+import threading
 
 import numba as nb
 import numpy as np
@@ -20,37 +19,41 @@ import pytest
 from scipy import stats as sst
 
 import trajmc
+from trajmc import _kernel as K
 from trajmc import _rng, engine
 from trajmc._rng import next_double, next_exponential
 from trajmc.ensemble import Ensemble
 from trajmc.reference import ReferenceRNG, reference_chunk
 from trajmc.stats import g_test
 
-from conftest import get_model_dict, signal_from_another_thread
+from conftest import THREADS, get_model_dict
 
 # Per-test false-alarm rate of every statistical assertion in this file.
 ALPHA = 1e-6
+PATHS = ["enumerated", "implicit"]
 
-ACC_FIELDS = ["counts", "cross", "heat", "jumps", "rec_x", "rec_n", "path_t", "path_x", "path_len"]
+
+def _plan(model, trajectories, seed, chunk_size, path="enumerated", records=True, paths=0, times=None):
+    return engine.make_plan(model, trajectories=trajectories, seed=seed, times=times, chunk_size=chunk_size,
+                            records=records, paths=paths, engine=path)
 
 
-def _run(model, trajectories, seed, chunk_size, threads=1, records=True, paths=0, times=None, stop_after=None):
-    plan = engine.make_plan(model, trajectories=trajectories, seed=seed, times=times, chunk_size=chunk_size,
-                            records=records, paths=paths)
+def _run(model, trajectories, seed, chunk_size, threads=1, path="enumerated", records=True, paths=0, times=None,
+         stop_after=None):
+    plan = _plan(model, trajectories, seed, chunk_size, path, records, paths, times)
     acc = engine.new_accumulators(plan)
     engine.run_plan(plan, acc, threads, stop_after=stop_after)
     return plan, acc
 
 
-def assert_acc_equal(a, b, fields=ACC_FIELDS):
-    for f in fields:
-        x, y = getattr(a, f), getattr(b, f)
-        if x is None or y is None:
-            assert x is None and y is None, f
-            continue
-        assert x.dtype == y.dtype, f
-        assert np.array_equal(x, y), f"accumulator {f} differs"
+def assert_acc_equal(a, b):
+    fa, fb = a.arrays(), b.arrays()
+    assert set(fa) == set(fb)
+    for f in fa:
+        assert fa[f].dtype == fb[f].dtype, f
+        assert np.array_equal(fa[f], fb[f]), f"accumulator {f} differs"
     assert a.chunks_done == b.chunks_done
+    assert all(np.array_equal(x, y) for x, y in zip(a.windows, b.windows, strict=True))
 
 
 # --------------------------------------------------------------------------- reference Gillespie
@@ -59,80 +62,103 @@ def assert_acc_equal(a, b, fields=ACC_FIELDS):
 REF_MODELS = ["qubit_osc_sqrt", "three_exp_golden", "qubit_spins_linear", "two_baths", "two_baths_mixed"]
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", REF_MODELS)
-def test_reference_chunk_reproduces_kernel_bit_for_bit(name):
-    """Records, paths, jump counts of chunks 0, 1 and the last (partial) chunk, on 2 threads."""
-    N, cs, K = 230, 64, 12  # 4 chunks, the last one partial (38 trajectories)
-    plan, acc = _run(get_model_dict(name), N, 20240531, cs, threads=2, paths=K)
-    assert plan.n_chunks == 4 and plan.paths == K
+def test_reference_chunk_reproduces_kernel_bit_for_bit(name, path):
+    """Records, paths, jump counts of every chunk (the last one partial), on several threads."""
+    N, cs, P = 230, 64, 12  # 4 chunks, the last one partial (38 trajectories)
+    plan, acc = _run(get_model_dict(name), N, 20240531, cs, threads=THREADS, path=path, paths=P)
+    assert plan.n_chunks == 4 and plan.paths == P and plan.path == path
     for c in range(plan.n_chunks):
         size = int(plan.chunk_sizes(c, c + 1)[0])
-        ref = reference_chunk(plan.arrays, _rng.chunk_state(plan.entropy, c), size)
+        ref = reference_chunk(plan, _rng.chunk_state(plan.entropy, c), size)
         lo = c * cs
-        rx = np.array([r["x"] for r in ref])
-        rn = np.array([r["jumps"] for r in ref])
-        np.testing.assert_array_equal(acc.rec_x[lo:lo + size], rx)
-        np.testing.assert_array_equal(acc.rec_n[lo:lo + size], rn)
+        np.testing.assert_array_equal(acc.rec_x[lo:lo + size], np.array([r["x"] for r in ref]))
+        np.testing.assert_array_equal(acc.rec_n[lo:lo + size], np.array([r["jumps"] for r in ref]))
+        if path == "implicit":
+            np.testing.assert_array_equal(acc.rec_E[lo:lo + size], np.array([r["E"] for r in ref]))
         assert acc.jumps[c] == sum(r["total_jumps"] for r in ref)
-        if c == 0:  # paths are kept for the first K trajectories of the run
-            for i in range(K):
+        if c == 0:  # paths are kept for the first P trajectories of the run
+            for i in range(P):
                 L = acc.path_len[i]
                 assert L == len(ref[i]["path_t"]) <= engine.PATH_CAPACITY
                 # exact float equality: same draws, same arithmetic
                 assert np.array_equal(acc.path_t[i, :L], ref[i]["path_t"])
                 assert np.array_equal(acc.path_x[i, :L], ref[i]["path_x"])
-                assert ref[i]["path_x"][0] == rx[i, 0]
-    # the whole run really moves (otherwise the comparison is vacuous)
-    assert acc.jumps.sum() > N
+                if path == "implicit":
+                    assert np.array_equal(acc.path_E[i, :L], ref[i]["path_E"])
+    assert acc.jumps.sum() > N  # the whole run really moves (otherwise the comparison is vacuous)
 
 
-@pytest.mark.parametrize("name", ["three_spins_eth", "two_baths"])
-def test_reference_paths_of_a_later_chunk(name, monkeypatch):
-    """The kernel keeps paths for chunk 0 only; to compare full paths on another chunk's stream, chunk
-    slot 0 is fed the generator state of chunk 5 (the seeding hook is the only thing replaced)."""
-    real = _rng.chunk_state
-    monkeypatch.setattr(engine._rng, "chunk_state", lambda e, i: real(e, 5 if i == 0 else i))
-    plan, acc = _run(get_model_dict(name), 40, 77, 40, paths=40)
-    monkeypatch.undo()
-    ref = reference_chunk(plan.arrays, real(plan.entropy, 5), 40)
-    for i in range(40):
-        L = acc.path_len[i]
-        assert L == len(ref[i]["path_t"])
-        assert np.array_equal(acc.path_t[i, :L], ref[i]["path_t"])
-        assert np.array_equal(acc.path_x[i, :L], ref[i]["path_x"])
-        np.testing.assert_array_equal(acc.rec_x[i], ref[i]["x"])
-    assert acc.path_len.sum() > 80
+@pytest.mark.parametrize("path", PATHS)
+def test_reference_on_a_driven_model(path):
+    md = trajmc.get_example("driven-qubit")
+    md["baths"][0]["emax"] = 200
+    plan, acc = _run(md, 100, 5, 50, threads=THREADS, path=path, paths=5)
+    for c in range(plan.n_chunks):
+        ref = reference_chunk(plan, _rng.chunk_state(plan.entropy, c), 50)
+        np.testing.assert_array_equal(acc.rec_x[c * 50:(c + 1) * 50], np.array([r["x"] for r in ref]))
+        np.testing.assert_array_equal(acc.rec_w[c * 50:(c + 1) * 50], np.array([r["work"] for r in ref]))
+    assert np.any(acc.rec_w != 0)
 
 
-def _accumulators_from_reference(plan):
-    """Rebuild counts, cross, heat and jumps from reference trajectories of every chunk."""
-    a = plan.arrays
-    n_t, n = len(plan.times), plan.network.n_states
-    counts = np.zeros((n_t, n), np.int64)
-    cross = np.zeros((n_t, n, 2), np.int64)
-    heat = np.zeros((n_t, a["H"]), np.int64)
-    jumps = np.zeros(plan.n_chunks, np.int64)
+def _rebuild_from_reference(plan):
+    """Every streamed accumulator, rebuilt from reference trajectories in kernel order."""
+    n_t, n_s, N = plan.n_t, plan.n_levels, plan.n_baths
+    win = plan.windows
+    out = engine.new_accumulators(plan)
+    st = plan.network.states if plan.network is not None else None
+    lev = plan.clock.levels
     for c in range(plan.n_chunks):
         size = int(plan.chunk_sizes(c, c + 1)[0])
-        for r in reference_chunk(a, _rng.chunk_state(plan.entropy, c), size):
-            x0 = r["path_x"][0]
-            for k, x in enumerate(r["x"]):
-                counts[k, x] += 1
-                cross[k, x] += a["g0"][x0]
-                for nu in range(a["E"].shape[1]):
-                    heat[k, a["hoff"][nu] + a["E"][x, nu] - a["E"][x0, nu]] += 1
-            jumps[c] += r["total_jumps"]
-    return counts, cross, heat, jumps
+        mom = np.zeros_like(out.mom)
+        for r in reference_chunk(plan, _rng.chunk_state(plan.entropy, c), size):
+            if plan.path == "enumerated":
+                x = r["x"]
+                s = st[x, 0]
+                E = st[x, 1:]
+            else:
+                s, E = r["x"], r["E"]
+            q = E[0] - E  # (n_t, N) heat into the system
+            for k in range(n_t):
+                out.sys2[k, s[0], s[k]] += 1
+                for nu in range(N):
+                    out.heat[k, win.qoff[nu] + q[k, nu] - win.qlo[nu]] += 1
+                    out.qsum[k, nu, s[0], s[k]] += q[k, nu]
+                    if plan.path == "implicit":
+                        out.marg[k, win.moff[nu] + (E[k, nu] - win.lo[nu]) * n_s + s[k]] += 1
+                if plan.path == "enumerated":
+                    out.counts[k, x[k]] += 1
+                    out.cross[k, x[k]] += plan.tables.g0[x[0]]
+                n = float(r["jumps"][k])
+                for p in range(4):
+                    mom[k, K.M_ACT + p] += n ** (p + 1)
+                for nu in range(N):
+                    for mu in range(N):
+                        mom[k, K.M_QQ + nu * N + mu] += float(q[k, nu]) * float(q[k, mu])
+                bal = lev[plan.clock.seg_of[k], s[k]] - lev[0, s[0]] - q[k].sum() - r["work"][k]
+                out.viol[0] += bal != 0
+            out.viol[1] += n_t
+            out.jumps[c] += r["total_jumps"]
+        out.mom += mom
+    return out
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", ["three_spins_eth", "two_baths"])
-def test_accumulators_equal_reference_sums(name):
-    plan, acc = _run(get_model_dict(name), 300, 7, 100, threads=2, records=False)
-    counts, cross, heat, jumps = _accumulators_from_reference(plan)
-    np.testing.assert_array_equal(acc.counts, counts)
-    np.testing.assert_array_equal(acc.cross, cross)
-    np.testing.assert_array_equal(acc.heat, heat)
-    np.testing.assert_array_equal(acc.jumps, jumps)
+def test_accumulators_equal_reference_sums(name, path):
+    plan, acc = _run(get_model_dict(name), 300, 7, 100, threads=THREADS, path=path, records=False)
+    ref = _rebuild_from_reference(plan)
+    for f in ("sys2", "heat", "qsum", "viol", "counts", "cross", "marg", "jumps"):
+        a, b = getattr(acc, f), getattr(ref, f)
+        if a is None:
+            assert b is None
+            continue
+        np.testing.assert_array_equal(a, b, err_msg=f)
+    # float sums: per chunk in trajectory order, then chunk by chunk: the same rounding
+    np.testing.assert_array_equal(acc.mom[:, :K.M_DS], ref.mom[:, :K.M_DS])
+    np.testing.assert_array_equal(acc.mom[:, K.M_QQ:], ref.mom[:, K.M_QQ:])
+    assert acc.viol[0] == 0 and acc.viol[1] == 300 * plan.n_t
 
 
 def test_long_paths_truncated_at_capacity_match_reference():
@@ -141,7 +167,7 @@ def test_long_paths_truncated_at_capacity_match_reference():
     md["baths"][0]["kernel"]["gamma"] = 30.0
     plan, acc = _run(md, 3, 11, 3, paths=3, times=[0.0, 100.0])
     cap = engine.PATH_CAPACITY
-    ref = reference_chunk(plan.arrays, _rng.chunk_state(plan.entropy, 0), 3)
+    ref = reference_chunk(plan, _rng.chunk_state(plan.entropy, 0), 3)
     for i in range(3):
         assert len(ref[i]["path_t"]) > cap  # the test needs truncation
         assert acc.path_len[i] == cap
@@ -150,28 +176,46 @@ def test_long_paths_truncated_at_capacity_match_reference():
         assert acc.rec_n[i, -1] == ref[i]["total_jumps"]
 
 
-def test_records_rebuild_every_accumulator():
-    """counts, cross, heat and jump totals are functions of the per-trajectory records."""
-    plan, acc = _run(get_model_dict("two_baths_mixed"), 5000, 3, 512, threads=2)
-    a = plan.arrays
-    x0 = acc.rec_x[:, 0]
-    assert plan.times[0] == 0.0
-    assert np.all(acc.rec_n[:, 0] == 0)
-    assert np.all(np.diff(acc.rec_n, axis=1) >= 0)
-    # jumps are counted up to the last sample time only (the kernel stops there)
-    assert acc.rec_n[:, -1].sum() == acc.jumps.sum()
-    for k in range(len(plan.times)):
-        xk = acc.rec_x[:, k]
-        n = plan.network.n_states
-        np.testing.assert_array_equal(acc.counts[k], np.bincount(xk, minlength=n))
-        for j in range(2):
-            np.testing.assert_array_equal(acc.cross[k, :, j],
-                                          np.bincount(xk, weights=a["g0"][x0, j], minlength=n).astype(np.int64))
-        for nu in range(a["E"].shape[1]):
-            d = a["E"][xk, nu] - a["E"][x0, nu]
-            em, off = a["emax"][nu], a["hoff"][nu]
-            np.testing.assert_array_equal(acc.heat[k, off - em:off + em + 1],
-                                          np.bincount(d + em, minlength=2 * em + 1))
+@pytest.mark.parametrize("path", PATHS)
+def test_records_rebuild_the_marginals(path):
+    """Level counts, heat histograms and jump totals are functions of the per-trajectory records."""
+    plan, acc = _run(get_model_dict("two_baths_mixed"), 5000, 3, 512, threads=THREADS, path=path)
+    if path == "enumerated":
+        s = plan.network.states[acc.rec_x, 0]
+        E = plan.network.states[acc.rec_x][:, :, 1:]
+    else:
+        s, E = acc.rec_x, acc.rec_E
+    assert np.all(acc.rec_n[:, 0] == 0) and np.all(np.diff(acc.rec_n, axis=1) >= 0)
+    assert acc.rec_n[:, -1].sum() == acc.jumps.sum()  # jumps are counted up to the last sample time only
+    w = acc.windows
+    for k in range(plan.n_t):
+        np.testing.assert_array_equal(acc.sys2[k].sum(axis=0), np.bincount(s[:, k], minlength=plan.n_levels))
+        for nu in range(plan.n_baths):
+            q = E[:, 0, nu] - E[:, k, nu]
+            np.testing.assert_array_equal(acc.heat[k, w.qoff[nu]: w.qoff[nu] + w.qwid[nu]],
+                                          np.bincount(q - w.qlo[nu], minlength=w.qwid[nu]))
+
+
+def test_implicit_windows_grow_without_changing_the_result(monkeypatch):
+    """Tiny initial windows force several regrowths (and reruns of chunks): the totals equal a run whose
+    windows never had to grow, entry for entry on the common energies."""
+    md = get_model_dict("two_baths")
+    p0, a0 = _run(md, 3000, 21, 256, threads=THREADS, path="implicit", records=False)
+    real = engine.initial_windows
+
+    def tiny(model, path, jumps, n_s):
+        w = real(model, path, jumps, n_s)
+        from trajmc.tables import windows_from
+
+        return windows_from(w.lo + w.wid // 2, np.ones_like(w.wid), np.zeros_like(w.qlo), np.ones_like(w.qwid), n_s)
+
+    monkeypatch.setattr(engine, "initial_windows", tiny)
+    p1, a1 = _run(md, 3000, 21, 256, threads=THREADS, path="implicit", records=False)
+    assert np.all(a1.windows.wid > 1)  # it grew
+    big = engine._merge_windows(a0.windows, a1.windows, p0.n_levels)
+    engine.grow_accumulators(p0, a0, big)
+    engine.grow_accumulators(p1, a1, big)
+    assert_acc_equal(a0, a1)
 
 
 # --------------------------------------------------------------------------- random numbers
@@ -293,16 +337,17 @@ def test_chunks_streams_uncorrelated():
 
 
 DET_MODEL = "two_baths"
-DET_N, DET_CS = 20_000, 256  # 79 chunks: several waves of 16 x threads chunks
+DET_N, DET_CS = 20_000, 256  # 79 chunks: several waves
 
 
 def _ens(plan, acc):
     return Ensemble(plan, acc, {})
 
 
-def test_same_seed_bit_identical_for_1_and_2_threads():
-    p1, a1 = _run(get_model_dict(DET_MODEL), DET_N, 42, DET_CS, threads=1, paths=7)
-    p2, a2 = _run(get_model_dict(DET_MODEL), DET_N, 42, DET_CS, threads=2, paths=7)
+@pytest.mark.parametrize("path", PATHS)
+def test_same_seed_bit_identical_for_any_thread_count(path):
+    p1, a1 = _run(get_model_dict(DET_MODEL), DET_N, 42, DET_CS, threads=1, path=path, paths=7)
+    p2, a2 = _run(get_model_dict(DET_MODEL), DET_N, 42, DET_CS, threads=THREADS, path=path, paths=7)
     assert p1.n_chunks == 79
     assert_acc_equal(a1, a2)
     pd.testing.assert_frame_equal(_ens(p1, a1).thermo(), _ens(p2, a2).thermo(), check_exact=True)
@@ -311,95 +356,108 @@ def test_same_seed_bit_identical_for_1_and_2_threads():
 def test_simulate_threads_do_not_change_result():
     md = get_model_dict("qubit_osc_sqrt")
     e1 = trajmc.simulate(md, trajectories=30_000, seed=5, threads=1, chunk_size=1000, paths=3)
-    e2 = trajmc.simulate(md, trajectories=30_000, seed=5, threads=2, chunk_size=1000, paths=3)
+    e2 = trajmc.simulate(md, trajectories=30_000, seed=5, threads=THREADS, chunk_size=1000, paths=3)
     assert_acc_equal(e1.acc, e2.acc)
     assert e1.stats["jumps"] == e2.stats["jumps"]
-    assert e1.stats["threads"] == 1 and e2.stats["threads"] == 2
+    assert e1.stats["threads"] == 1 and e2.stats["threads"] == THREADS
     pd.testing.assert_frame_equal(e1.thermo(), e2.thermo(), check_exact=True)
     np.testing.assert_array_equal(e1.p, e2.p)
-    np.testing.assert_array_equal(e1.p_system()[0], e2.p_system()[0])
-    for (t1, x1), (t2, x2) in zip(e1.paths, e2.paths):
+    np.testing.assert_array_equal(e1.p_system(), e2.p_system())
+    pd.testing.assert_frame_equal(e1.trajectory_entropy(), e2.trajectory_entropy(), check_exact=True)
+    for (t1, x1), (t2, x2) in zip(e1.paths, e2.paths, strict=True):
         assert np.array_equal(t1, t2) and np.array_equal(x1, x2)
 
 
-def test_chunk_schedule_does_not_change_result():
+@pytest.mark.parametrize("path", PATHS)
+def test_chunk_schedule_does_not_change_result(path):
     """stop_after / continue, with thread counts changing between sessions."""
     md = get_model_dict(DET_MODEL)
-    p0, a0 = _run(md, DET_N, 42, DET_CS, threads=2, paths=7)
-    plan = engine.make_plan(md, trajectories=DET_N, seed=42, chunk_size=DET_CS, records=True, paths=7)
+    p0, a0 = _run(md, DET_N, 42, DET_CS, threads=THREADS, path=path, paths=7)
+    plan = _plan(md, DET_N, 42, DET_CS, path, True, 7)
     acc = engine.new_accumulators(plan)
-    for stop, threads in [(1, 2), (5, 1), (40, 2), (41, 1), (None, 2)]:
+    for stop, threads in [(1, THREADS), (5, 1), (40, THREADS), (41, 1), (None, THREADS)]:
         engine.run_plan(plan, acc, threads, stop_after=stop)
         if stop is not None:
             assert acc.chunks_done == stop
-            # partial accumulators are consistent with the chunks done
-            assert np.all(acc.counts.sum(axis=1) == stop * DET_CS)
+            assert np.all(acc.sys2.reshape(plan.n_t, -1).sum(axis=1) == stop * DET_CS)
     assert_acc_equal(a0, acc)
     pd.testing.assert_frame_equal(_ens(p0, a0).thermo(), _ens(plan, acc).thermo(), check_exact=True)
 
 
-def test_interrupted_run_continues_bit_identically():
-    """A KeyboardInterrupt between waves: checkpoint called with consistent accumulators,
-    Interrupted raised, and continuing gives the uninterrupted result."""
+class _StopAfterWaves(engine.StopFlag):
+    """A stop request that arrives while wave number ``n`` runs (deterministic stand-in for Ctrl-C)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+        self.waves = 0
+
+
+def _interrupt_in_wave(monkeypatch, n):
+    """Make the n-th wave see its stop flag set while it runs: the kernel itself must stop."""
+    real = engine._in_thread
+
+    def in_thread(fn, args, threads, stop, ctl):
+        stop.waves += 1
+        if stop.waves == n:
+            stop.set = True
+            ctl[0] = 1  # what the signal handler does while the kernel runs
+        return real(fn, args, threads, stop, ctl)
+
+    monkeypatch.setattr(engine, "_in_thread", in_thread)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_interrupted_inside_a_wave_continues_bit_identically(path, monkeypatch):
+    """A stop request while a wave runs: the kernel stops its chunks, the unfolded work is discarded, the
+    checkpoint holds exactly chunks_done chunks, and continuing gives the uninterrupted result."""
     md = get_model_dict(DET_MODEL)
-    p0, a0 = _run(md, DET_N, 9, DET_CS, threads=2)
-    plan = engine.make_plan(md, trajectories=DET_N, seed=9, chunk_size=DET_CS, records=True)
+    p0, a0 = _run(md, DET_N, 9, DET_CS, threads=THREADS, path=path)
+    plan = _plan(md, DET_N, 9, DET_CS, path)
     acc = engine.new_accumulators(plan)
     saved = []
-
-    def progress(k):  # the first wave has one chunk per thread (waves then adapt to ~0.5 s)
-        raise KeyboardInterrupt
-
-    def checkpoint(a):
-        saved.append((a.chunks_done, a.counts.copy(), a.jumps.copy()))
-
-    with pytest.raises(trajmc.Interrupted, match="interrupted after 2 of 79 chunks"):
-        engine.run_plan(plan, acc, 2, progress=progress, checkpoint=checkpoint, checkpoint_every=1e9)
-    done, counts, jumps = saved[-1]
-    assert done == acc.chunks_done == 2
-    assert np.all(counts.sum(axis=1) == 2 * DET_CS)
-    assert np.all(jumps[:2] > 0) and np.all(jumps[2:] == 0)
+    _interrupt_in_wave(monkeypatch, 2)  # the first wave runs one chunk per thread, so a second one exists
+    with pytest.raises(trajmc.Interrupted, match="interrupted after"):
+        engine.run_plan(plan, acc, THREADS, checkpoint=lambda a: saved.append((a.chunks_done, a.sys2.copy())),
+                        stop=_StopAfterWaves(2))
+    monkeypatch.undo()
+    done, sys2 = saved[-1]
+    assert done == acc.chunks_done and 0 < done < plan.n_chunks
+    assert np.all(sys2.reshape(plan.n_t, -1).sum(axis=1) == done * DET_CS)
+    assert np.all(acc.jumps[done:] == 0)
     engine.run_plan(plan, acc, 1)
     assert_acc_equal(a0, acc)
 
 
+def test_kernel_stops_inside_a_long_trajectory():
+    """The kernel polls the stop flag every 65536 jumps: a trajectory that would take hours stops when the
+    flag is set from another thread (here once the kernel has demonstrably started that trajectory)."""
+    md = get_model_dict("qubit_osc_sqrt")
+    md["baths"][0]["kernel"]["gamma"] = 1e6  # ~1e12 jumps to t = 1: hours
+    plan = engine.make_plan(md, trajectories=1, seed=3, chunk_size=1, paths=1, times=[0.0, 1.0], max_jumps=1e15)
+    acc = engine.new_accumulators(plan)
+    out = engine._new_out(plan, acc, 1, 1)
+    ctl = np.zeros(1, np.int64)
+    res = {}
+    th = threading.Thread(target=lambda: res.update(j=K.enumerated_chunk(
+        _rng.chunk_state(plan.entropy, 0), 1, 0, 0, 0, True, plan.clock, plan.tables, acc.windows, out, ctl)))
+    th.start()
+    while out.path_len[0] < 1000 and th.is_alive():  # inside the trajectory, jumping
+        th.join(0.01)
+    ctl[0] = 1
+    th.join(120)
+    assert not th.is_alive(), "the kernel ignored the stop flag"
+    # stopped inside its one trajectory (an aborted chunk reports the jumps of finished trajectories only)
+    assert out.status[0] == K.ABORTED and out.path_len[0] >= 1000 and res["j"] == 0
 
 
-# Regression test: BUG engine.run_plan: SIGINT/SIGTERM are masked in the main thread only, so a Ctrl-C during a wa
-# ve is delivered to a numba worker thread and the KeyboardInterrupt is raised right after _call_
-# wave returns, inside the 'deferred' block: the wave is in the thread buffers and gets flushed, 
-# but chunks_done/jumps are not advanced, so the checkpoint holds the counts of chunks_done + W c
-# hunks and resume fails ('counts do not add up')
-@pytest.mark.regression
-def test_signal_during_a_wave_keeps_accumulators_consistent(monkeypatch):
-    """Reproduces deterministically what a real Ctrl-C does ~3 times in 4 (test_runio's Ctrl-C test)."""
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in `python -m trajmc`
-    try:
-        md = get_model_dict(DET_MODEL)
-        p0, a0 = _run(md, DET_N, 9, DET_CS, threads=2)
-        plan = engine.make_plan(md, trajectories=DET_N, seed=9, chunk_size=DET_CS, records=True)
-        acc = engine.new_accumulators(plan)
-        real = engine._call_wave
-        calls = []
-
-        def wave_with_ctrl_c(*args):
-            real(*args)
-            calls.append(1)
-            if len(calls) == 1:  # the first wave (one chunk per thread) leaves chunks to interrupt
-                signal_from_another_thread()  # Ctrl-C arriving while the wave runs
-
-        monkeypatch.setattr(engine, "_call_wave", wave_with_ctrl_c)
-        saved = []
-        with pytest.raises((trajmc.Interrupted, KeyboardInterrupt)):
-            engine.run_plan(plan, acc, 2, checkpoint=lambda a: saved.append((a.chunks_done, a.counts.copy())))
-        done, counts = saved[-1]
-        assert done == acc.chunks_done
-        assert np.all(counts.sum(axis=1) == min(done * DET_CS, DET_N)), (done, counts.sum(axis=1)[0] / DET_CS)
-        monkeypatch.setattr(engine, "_call_wave", real)
-        engine.run_plan(plan, acc, 2)
-        assert_acc_equal(a0, acc)
-    finally:
-        signal.signal(signal.SIGINT, old)
+def test_stop_flag_set_before_a_chunk_aborts_at_once():
+    plan = engine.make_plan(get_model_dict("two_baths"), trajectories=100, seed=1, chunk_size=100)
+    acc = engine.new_accumulators(plan)
+    out = engine._new_out(plan, acc, 1, 1)
+    j = K.enumerated_chunk(_rng.chunk_state(1, 0), 100, 0, 0, 0, False, plan.clock, plan.tables, acc.windows, out,
+                           np.ones(1, np.int64))
+    assert j == 0 and out.status[0] == K.ABORTED and out.sys2.sum() == 0
 
 
 def test_different_seeds_differ():
@@ -407,7 +465,6 @@ def test_different_seeds_differ():
     e1 = trajmc.simulate(md, trajectories=5000, seed=1, threads=1)
     e2 = trajmc.simulate(md, trajectories=5000, seed=2, threads=1)
     assert not np.array_equal(e1.counts, e2.counts)
-    assert not np.array_equal(e1.records["x"], e2.records["x"])
     assert not e1.thermo().equals(e2.thermo())
 
 
@@ -416,13 +473,13 @@ def test_chunk_size_is_part_of_the_seeding():
     md = get_model_dict("qubit_osc_sqrt")
     e1 = trajmc.simulate(md, trajectories=5000, seed=1, threads=1, chunk_size=1000)
     e2 = trajmc.simulate(md, trajectories=5000, seed=1, threads=1, chunk_size=500)
-    assert not np.array_equal(e1.records["x"], e2.records["x"])
+    assert not np.array_equal(e1.counts, e2.counts)
 
 
 def test_fresh_entropy_is_recorded_and_replays():
     md = get_model_dict("qubit_osc_sqrt")
-    e1 = trajmc.simulate(md, trajectories=5000, seed=None, threads=2, chunk_size=700)
-    e2 = trajmc.simulate(md, trajectories=5000, seed=None, threads=2, chunk_size=700)
+    e1 = trajmc.simulate(md, trajectories=5000, seed=None, threads=THREADS, chunk_size=700)
+    e2 = trajmc.simulate(md, trajectories=5000, seed=None, threads=THREADS, chunk_size=700)
     ent = e1.stats["seed_entropy"]
     assert isinstance(ent, int) and ent >= 2**64  # SeedSequence entropy: 128 bits from the OS
     assert ent != e2.stats["seed_entropy"]
@@ -450,7 +507,8 @@ def test_bad_seeds_rejected(seed):
 
 @pytest.mark.parametrize("kw, key", [({"trajectories": 0}, "trajectories"), ({"trajectories": 2.0}, "trajectories"),
                                      ({"chunk_size": 0}, "chunk_size"), ({"paths": -1}, "paths"),
-                                     ({"paths": 1001}, "paths")])
+                                     ({"paths": 1001}, "paths"), ({"engine": "fast"}, "engine"),
+                                     ({"chunk_size": 2**31}, "chunk_size")])
 def test_bad_plan_parameters_rejected(kw, key):
     with pytest.raises(trajmc.ModelError, match=key):
         engine.make_plan(get_model_dict("qubit_osc_sqrt"), **{"trajectories": 10, **kw})
@@ -464,12 +522,13 @@ def test_bad_threads_rejected(threads):
 
 def test_plan_chunking_and_stats():
     md = get_model_dict("qubit_osc_sqrt")
-    ens = trajmc.simulate(md, trajectories=10_001, seed=3, threads=2, chunk_size=1000, records=False)
+    ens = trajmc.simulate(md, trajectories=10_001, seed=3, threads=THREADS, chunk_size=1000)
     st = ens.stats
     assert st["chunks"] == 11 and st["chunk_size"] == 1000 and st["trajectories"] == 10_001
     assert st["jumps"] == int(ens.acc.jumps.sum()) > 0
     assert np.all(ens.acc.jumps > 0) and len(ens.acc.jumps) == 11
-    assert ens.records is None
+    assert ens.records is None and st["records"] is False  # records are off by default: all is streamed
+    assert st["path"] == "enumerated" and st["memory_estimate"] > 0
     for k in ("wall_s", "compile_s"):
         assert st[k] >= 0
     assert np.all(ens.counts.sum(axis=1) == 10_001)
@@ -483,11 +542,19 @@ def test_paths_are_limited_to_trajectories_and_chunk():
     assert plan.paths == 3
 
 
-def test_heat_distribution_matches_mean_heat():
-    ens = trajmc.simulate(get_model_dict("two_baths"), trajectories=20_000, seed=8, threads=2)
+@pytest.mark.parametrize("path", PATHS)
+def test_heat_distribution_is_the_streamed_histogram(path):
+    """heat_distribution reads the streamed histogram; it sums to 1 and its mean is the table's Q."""
+    ens = trajmc.simulate(get_model_dict("two_baths"), trajectories=20_000, seed=8, threads=THREADS, engine=path)
     th = ens.thermo()
-    for b in ens.model.bath_names:
+    w = ens.acc.windows
+    for nu, b in enumerate(ens.model.bath_names):
         for k in (1, len(ens.times) - 1):
             hd = ens.heat_distribution(b, k)
+            raw = ens.acc.heat[k, w.qoff[nu]: w.qoff[nu] + w.qwid[nu]]
+            assert hd.to_numpy().tolist() == (raw[raw > 0] / ens.trajectories).tolist()
             assert np.isclose(hd.sum(), 1.0, rtol=0, atol=1e-12)
-            assert np.isclose((hd.index.to_numpy() * hd.to_numpy()).sum(), th[f"Q_{b}"].iloc[k], rtol=0, atol=1e-12)
+            mean = float(raw @ np.arange(w.qlo[nu], w.qlo[nu] + w.qwid[nu])) / ens.trajectories
+            assert np.isclose(mean, th[f"Q_{b}"].iloc[k], rtol=0, atol=1e-12)
+    with pytest.raises(trajmc.ModelError, match="this model's baths: A, C"):
+        ens.heat_distribution("nope")
