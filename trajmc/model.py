@@ -420,12 +420,12 @@ def _parse_bath(d, key, n_s, base):
                                        "parameters of the density of states")
     if not np.any(np.isfinite(lnV)):
         raise ModelError(f"{key}.emax", f"the grid 0..{emax} holds no bath microstates")
-    kernel = _parse_kernel(d["kernel"], f"{key}.kernel", dos)
+    kernel = _parse_kernel(d["kernel"], f"{key}.kernel", dos, emax)
     coupling = _parse_coupling(d["coupling"], f"{key}.coupling", n_s) if "coupling" in d else None
     return Bath(name=name, dos=dos, emax=emax, kernel=kernel, coupling=coupling, lnV=lnV)
 
 
-def _parse_kernel(d, key, dos):
+def _parse_kernel(d, key, dos, emax):
     d = v.check_table(d, key, {"model", "gamma", "spectral", "E_ref"}, required=("model",))
     model = v.as_str(d["model"], f"{key}.model", KERNELS)
     gamma = v.as_float(d.get("gamma", 1.0), f"{key}.gamma", positive=True)
@@ -449,6 +449,8 @@ def _parse_kernel(d, key, dos):
         if model != "golden":
             raise ModelError(f"{key}.E_ref", f"only applies to the 'golden' kernel, not {model!r}")
         E_ref = v.as_float(d["E_ref"], f"{key}.E_ref", nonneg=True)
+        if E_ref > emax:  # V_ref sets the unit of time; far off the grid ln V is not even computable
+            raise ModelError(f"{key}.E_ref", f"must lie on the bath's grid 0..{emax}, got {E_ref:g}")
     if model == "linear" and not isinstance(dos, (Oscillators, Spins)):
         raise ModelError(f"{key}.model", f"'linear' needs an oscillators or spins bath, not {dos.model!r}")
     return Kernel(model=model, gamma=gamma, spectral=Spectral(shape, width, cutoff), E_ref=E_ref)
