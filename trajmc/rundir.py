@@ -45,8 +45,11 @@ __all__ = ["RunWriter", "save_run", "load_run", "resume_run", "provenance", "def
 SCHEMA = 4
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-#: files whose SHA-256 provenance.json records once the run is complete
-CHECKED_FILES = ("model.toml", "estimates.csv", "estimates.parquet", "p_system.csv")
+#: files whose SHA-256 a complete run's provenance.json records (with records.npz and _fixed_files; every
+#: checkpoint records _fixed_files, so an interrupted run cannot be resumed under another model)
+CHECKED_FILES = ("model.toml", "estimates.csv", "estimates.parquet", "p_system.csv", "accumulators.npz")
+STATUSES = ("running", "complete")
+BACKEND_KEYS = ("backend", "scheduler", "workers", "worker_compile_s")
 
 
 def atomic_write(path: Path, write):
@@ -149,7 +152,7 @@ def provenance(plan, acc, stats=None, status="running", files=None) -> dict:
         d["jumps"] = stats["jumps"]
         d["first_law"] = {"violations": int(acc.viol[0]), "samples": int(acc.viol[1])}
         d["estimator"] = {"bias_correction": stats["bias_correction"], "se_method": stats["se_method"]}
-        d["backend"] = {k: stats[k] for k in ("backend", "scheduler", "workers", "worker_compile_s") if k in stats}
+        d["backend"] = {k: stats[k] for k in BACKEND_KEYS if k in stats}
     return d
 
 
@@ -183,6 +186,17 @@ def _save_reference(run_dir, plan):
         atomic_write(run_dir / "entropy_reference.npz", lambda fh: np.savez(fh, lnq=tab.lnq, dsbin=tab.dsbin))
 
 
+def _fixed_files(plan) -> tuple:
+    """The files written once, before the first chunk: every checkpoint records their SHA-256."""
+    return ("model.toml",) + (("entropy_reference.npz",) if plan.trajectory_entropy else ())
+
+
+def _expected_files(plan, status) -> set:
+    if status != "complete":
+        return set(_fixed_files(plan))
+    return set(_fixed_files(plan) + CHECKED_FILES + (("records.npz",) if plan.record else ()))
+
+
 class RunWriter:
     """Owns a run directory while a simulation fills it."""
 
@@ -190,6 +204,7 @@ class RunWriter:
         self.dir = Path(run_dir)
         self.plan = plan
         self.acc = acc
+        self._files = None
 
     @classmethod
     def create(cls, run_dir, plan):
@@ -211,8 +226,10 @@ class RunWriter:
         return cls(run_dir, plan, acc), prov
 
     def checkpoint(self, acc):
+        if self._files is None:  # written before the first checkpoint and never again: hash them once
+            self._files = {f: _sha(self.dir / f) for f in _fixed_files(self.plan)}
         _save_accumulators(self.dir, self.plan, acc)
-        atomic_text(self.dir / "provenance.json", json.dumps(provenance(self.plan, acc), indent=2))
+        atomic_text(self.dir / "provenance.json", json.dumps(provenance(self.plan, acc, files=self._files), indent=2))
 
     def run(self, threads, progress=False, backend="threads", scheduler=None, workers=None) -> Ensemble:
         ens = execute(self.plan, self.acc, threads, progress, checkpoint=self.checkpoint, backend=backend,
@@ -242,9 +259,7 @@ def save_run(ens: Ensemble, run_dir):
         cols[f"p_{s}"] = ps[:, s]
         cols[f"p_{s}_se"] = pse[:, s]
     atomic_text(run_dir / "p_system.csv", pd.DataFrame(cols, index=pd.Index(ens.times, name="t")).to_csv())
-    files = {f: _sha(run_dir / f) for f in CHECKED_FILES}
-    if plan.trajectory_entropy:
-        files["entropy_reference.npz"] = _sha(run_dir / "entropy_reference.npz")
+    files = {f: _sha(run_dir / f) for f in sorted(_expected_files(plan, "complete"))}
     prov = provenance(plan, acc, ens.stats, status="complete", files=files)
     atomic_text(run_dir / "provenance.json", json.dumps(prov, indent=2))
     return run_dir
@@ -257,13 +272,13 @@ def _json(path):
         raise RunError(f"{path}: not valid JSON ({exc})") from None
 
 
-def _field(d, path, types, run_dir):
+def _field(d, path, types, run_dir, bool_ok=False):
     cur = d
     for k in path:
         if not isinstance(cur, dict) or k not in cur:
             raise RunError(f"{run_dir}/provenance.json: missing {'.'.join(path)}")
         cur = cur[k]
-    if isinstance(cur, bool) or not isinstance(cur, types):
+    if (isinstance(cur, bool) and not bool_ok) or not isinstance(cur, types):
         raise RunError(f"{run_dir}/provenance.json: {'.'.join(path)} has the wrong type ({type(cur).__name__})")
     return cur
 
@@ -277,7 +292,15 @@ def _read(run_dir, allow_partial=False):
     if not isinstance(prov, dict):
         raise RunError(f"{run_dir}/provenance.json: not a provenance record (a JSON object)")
     if prov.get("schema_version") != SCHEMA:
-        raise RunError(f"{run_dir}: run directory schema {prov.get('schema_version')!r} (this trajmc reads {SCHEMA})")
+        raise RunError(f"{run_dir}/provenance.json: run directory schema {prov.get('schema_version')!r} (this trajmc "
+                       f"reads {SCHEMA})")
+    status = prov.get("status")
+    if status not in STATUSES:
+        raise RunError(f"{run_dir}/provenance.json: status {status!r} is not one of {', '.join(STATUSES)}")
+    acc_sum = _field(prov, ("checksums", "accumulators_sha256"), str, run_dir)
+    files = _field(prov, ("checksums", "files_sha256"), dict, run_dir)
+    if not all(isinstance(h, str) for h in files.values()):
+        raise RunError(f"{run_dir}/provenance.json: checksums.files_sha256 holds a value that is not a string")
     try:
         model = load_model(run_dir / "model.toml")
     except TrajmcError as exc:
@@ -289,6 +312,8 @@ def _read(run_dir, allow_partial=False):
         raise RunError(f"{run_dir}: provenance.json (seed, trajectories, chunk size) disagrees with model.toml")
     if _field(prov, ("model", "digest"), str, run_dir) != model.digest:
         raise RunError(f"{run_dir}: model.toml was changed after the run (its physics digest differs from provenance.json)")
+    if _field(prov, ("model", "name"), str, run_dir) != model.name:
+        raise RunError(f"{run_dir}: model.toml was changed after the run (its name differs from provenance.json)")
     paths = prov.get("paths", 0)
     if isinstance(paths, bool) or not isinstance(paths, int):
         raise RunError(f"{run_dir}/provenance.json: paths has the wrong type")
@@ -306,6 +331,22 @@ def _read(run_dir, allow_partial=False):
         plan.tables = plan.tables._replace(lnq=np.ascontiguousarray(lnq, dtype=np.float64),
                                            dsbin=np.ascontiguousarray(dsbin, dtype=np.float64))
         plan.trajectory_entropy = True
+    got = {"engine.path": _field(prov, ("engine", "path"), str, run_dir),
+           "engine.trajectory_entropy": _field(prov, ("engine", "trajectory_entropy"), bool, run_dir, bool_ok=True),
+           "records": _field(prov, ("records",), bool, run_dir, bool_ok=True),
+           "chunking.chunks": _field(prov, ("chunking", "chunks"), int, run_dir)}
+    want = {"engine.path": plan.path, "engine.trajectory_entropy": plan.trajectory_entropy, "records": plan.record,
+            "chunking.chunks": plan.n_chunks}
+    for k in got:
+        if got[k] != want[k]:
+            raise RunError(f"{run_dir}: provenance.json {k} = {got[k]!r} disagrees with model.toml ({want[k]!r})")
+    if set(files) != _expected_files(plan, status):
+        raise RunError(f"{run_dir}/provenance.json: checksums.files_sha256 lists {sorted(files)}, not the files a "
+                       f"{status} run has ({', '.join(sorted(_expected_files(plan, status)))})")
+    for f in sorted(_expected_files(plan, status) - {"accumulators.npz", "records.npz"}):
+        if not (run_dir / f).is_file() or _sha(run_dir / f) != files[f]:
+            raise RunError(f"{run_dir}/{f}: missing or changed after the run (its SHA-256 differs from "
+                           "provenance.json)")
     try:
         with np.load(run_dir / "accumulators.npz", allow_pickle=False) as z:
             arr = {k: z[k] for k in z.files}
@@ -346,16 +387,20 @@ def _read(run_dir, allow_partial=False):
     have = accumulator_checksum(acc)
     if str(arr["checksum"]) != have:
         raise RunError(f"{run_dir}: accumulators.npz does not match its own checksum (altered data?)")
-    if prov.get("status") == "complete":
-        if prov.get("checksums", {}).get("accumulators_sha256") != have:
+    if status == "complete":
+        if acc_sum != have:
             raise RunError(f"{run_dir}: accumulators.npz does not match the checksum in provenance.json (altered data?)")
-        for f, h in (prov.get("checksums", {}).get("files_sha256") or {}).items():
-            if f not in CHECKED_FILES + ("entropy_reference.npz",):
-                continue
-            if not (run_dir / f).is_file() or _sha(run_dir / f) != h:
+        if _field(prov, ("chunking", "chunks_done"), int, run_dir) != done or done != plan.n_chunks \
+                or _field(prov, ("jumps",), int, run_dir) != int(acc.jumps.sum()) \
+                or _field(prov, ("first_law", "violations"), int, run_dir) != int(acc.viol[0]) \
+                or _field(prov, ("first_law", "samples"), int, run_dir) != int(acc.viol[1]):
+            raise RunError(f"{run_dir}: provenance.json (chunks done, jumps, first-law counts) disagrees with "
+                           "accumulators.npz")
+        for f in ("accumulators.npz",) + (("records.npz",) if plan.record else ()):
+            if not (run_dir / f).is_file() or _sha(run_dir / f) != files[f]:
                 raise RunError(f"{run_dir}/{f}: missing or changed after the run (its SHA-256 differs from "
                                "provenance.json)")
-    if done < plan.n_chunks and not allow_partial:
+    if status != "complete" and not allow_partial:
         raise RunError(f"{run_dir}: incomplete run ({done} of {plan.n_chunks} chunks); "
                        f"finish it with `python -m trajmc simulate --resume {run_dir}`")
     if plan.record:
@@ -384,8 +429,8 @@ def load_run(run_dir) -> Ensemble:
     compile_s = t.get("compile_s", float("nan"))
     stats = make_stats(plan, acc, threads, compile_s if isinstance(compile_s, (int, float)) else float("nan"), 0.0)
     stats["run_dir"] = str(run_dir)
-    if isinstance(prov.get("backend"), dict):
-        stats.update(prov["backend"])
+    if isinstance(prov.get("backend"), dict):  # descriptive only: never lets provenance.json overwrite a count
+        stats.update({k: v for k, v in prov["backend"].items() if k in BACKEND_KEYS})
     return Ensemble(plan, acc, stats)
 
 
