@@ -16,6 +16,7 @@ import numba as nb
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import THREADS, get_model_dict
 from scipy import stats as sst
 
 import trajmc
@@ -25,8 +26,6 @@ from trajmc._rng import next_double, next_exponential
 from trajmc.ensemble import Ensemble
 from trajmc.reference import ReferenceRNG, reference_chunk
 from trajmc.stats import g_test
-
-from conftest import THREADS, get_model_dict
 
 # Per-test false-alarm rate of every statistical assertion in this file.
 ALPHA = 1e-6

@@ -16,6 +16,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from conftest import THREADS, get_model_dict
 from scipy import stats as sst
 
 import trajmc
@@ -23,8 +24,6 @@ from trajmc import engine
 from trajmc.ensemble import Ensemble
 from trajmc.estimate import entropy_bias
 from trajmc.stats import g_test, holm
-
-from conftest import THREADS, get_model_dict
 
 ALPHA = 1e-6
 Z_MAX = 5.0  # P(|N(0,1)| > 5) = 5.7e-7

@@ -29,9 +29,18 @@ from . import _rng
 from .errors import ModelError, TrajmcError
 from .model import load_model
 from .network import segment_energies
-from .resources import check_memory, format_bytes, memory_budget as resolve_budget
-from .tables import (DS_BINS, choose_path, enumerated_tables, grown_windows, implicit_tables, initial_exit_rates,
-                     initial_windows, make_clock)
+from .resources import check_memory, format_bytes
+from .resources import memory_budget as resolve_budget
+from .tables import (
+    DS_BINS,
+    choose_path,
+    enumerated_tables,
+    grown_windows,
+    implicit_tables,
+    initial_exit_rates,
+    initial_windows,
+    make_clock,
+)
 
 __all__ = ["Plan", "Accumulators", "make_plan", "new_accumulators", "run_plan", "Interrupted", "resolve_seed",
            "resolve_threads", "compile_kernel", "simulate_chunk", "add_chunk"]
@@ -308,7 +317,8 @@ def _guard_work(expected, top_exit, T_end, max_jumps, threads):
     """Refuse (or warn about) runs that would take forever, before any work."""
     if top_exit > 0 and T_end * top_exit > 2.0**50:
         raise ModelError("times.stop", f"exit rates up to {top_exit:.3g} make time steps below the resolution of "
-                                       f"double precision at t = {T_end:g}; lower the rates (kernel.gamma) or times.stop")
+                                       f"double precision at t = {T_end:g}; lower the rates (kernel.gamma) or "
+                                       "times.stop")
     hours = expected * 1e-8 / 3600 / max(threads, 1)  # ~10 ns per jump and thread
     if expected > max_jumps:
         raise ModelError("simulation.max_jumps", f"the run would make ~{expected:.3g} jumps (~{hours:.3g} h on "

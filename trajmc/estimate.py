@@ -189,7 +189,6 @@ def _bath_estimates(M, nu):
     c = M.sE[nu].astype(float)  # (n_t, W, n_s)
     cE = c.sum(axis=2)
     pE = cE / N
-    p = c / N
     lv = np.where(np.isfinite(M.lnV[nu]), M.lnV[nu], 0.0)
     E = M.lo[nu] + np.arange(c.shape[1], dtype=float)
     out = {"E": _linear(pE, E[None, :])}
@@ -374,7 +373,7 @@ def thermo_estimates(plan, acc) -> pd.DataFrame:
         for c in ("S_obs", "Sigma", "I"):
             est[c] = _missing(n_t)
         lin = []
-        for nu, b in enumerate(M.names):
+        for nu in range(len(M.names)):
             c = M.sE[nu].sum(axis=2)
             lv = np.where(np.isfinite(M.lnV[nu]), M.lnV[nu], 0.0)
             lin.append(_linear(c / N, lv[None, :]))

@@ -216,7 +216,7 @@ class Model:
             object.__setattr__(self, "_hash", hashlib.sha256(repr(d).encode()).hexdigest())
         return self._hash
 
-    def with_times(self, times) -> "Model":
+    def with_times(self, times) -> Model:
         t = _parse_times({"values": list(np.asarray(times, dtype=float).ravel())}, "times")
         m = copy.copy(self)
         object.__setattr__(m, "times", t)
@@ -307,7 +307,7 @@ def _parse_model(d, base, src_name) -> Model:
     sim = _parse_simulation(d.get("simulation", {}), "simulation")
     protocol = _parse_protocol(d.get("protocol", []), "protocol", n_s, times)
     if joint is None:
-        for i, (b, st) in enumerate(zip(baths, bath_states)):
+        for i, (b, st) in enumerate(zip(baths, bath_states, strict=True)):
             if not np.any(np.isfinite(b.lnV) & (st.p > 0)):
                 raise ModelError(f"initial.baths[{i}]", "puts no weight on a grid energy with microstates")
     return Model(name=name, energies=energies, coupling=coupling, baths=tuple(baths), p_system=p_sys,
@@ -331,7 +331,8 @@ def _parse_coupling(raw, key, n_s):
         scale = max(np.abs(M).max(), 1.0)
         if np.abs(M - M.conj().T).max() > 1e-12 * scale:
             i, j = np.unravel_index(np.argmax(np.abs(M - M.conj().T)), M.shape)
-            raise ModelError(k, f"must be Hermitian: S[{i}][{j}] = {M[i, j]} but conj(S[{j}][{i}]) = {np.conj(M[j, i])}")
+            raise ModelError(k, f"must be Hermitian: S[{i}][{j}] = {M[i, j]} but conj(S[{j}][{i}]) = "
+                                f"{np.conj(M[j, i])}")
         out.append(M)
     S = np.array(out)
     off = S.copy()
@@ -349,7 +350,8 @@ def _parse_dos(d, key, base):
                "exponential": {"model", "beta", "quantum"}, "table": {"model", "lnV", "file"}}[model]
     for k in d:
         if k not in allowed:
-            raise ModelError(f"{key}.{k}", f"is not a key of the {model!r} model (allowed: {', '.join(sorted(allowed))})")
+            raise ModelError(f"{key}.{k}", f"is not a key of the {model!r} model "
+                                           f"(allowed: {', '.join(sorted(allowed))})")
     w = v.as_int(d.get("quantum", 1), f"{key}.quantum", lo=1, hi=MAX_ENERGY)
     if model in ("oscillators", "spins"):
         if "n" not in d:
@@ -509,7 +511,8 @@ def _parse_bath_state(d, key, bath):
         if frac > TRUNCATION_TOL:
             hint = f"; emax = {suggest} would do" if suggest is not None else ""
             raise ModelError(f"{bath_key(key)}.emax",
-                             f"the grid 0..{bath.emax} cuts off {frac:.3g} of the canonical bath state at beta = {beta:g} "
+                             f"the grid 0..{bath.emax} cuts off {frac:.3g} of the canonical bath state at "
+                             f"beta = {beta:g} "
                              f"(more than {TRUNCATION_TOL:g}){hint}")
         x = bath.lnV - beta * grid
         p = np.exp(x - logsumexp(x))
@@ -550,7 +553,8 @@ def canonical_truncation(dos, beta, emax, key):
         hi = top
     else:
         if isinstance(dos, Exponential) and not beta > dos.beta:
-            raise ModelError(key, f"a canonical state of an exponential(beta={dos.beta:g}) bath needs beta > {dos.beta:g}, "
+            raise ModelError(key, f"a canonical state of an exponential(beta={dos.beta:g}) bath needs "
+                                  f"beta > {dos.beta:g}, "
                                   f"got {beta:g} (not normalisable)")
         if beta <= 0:
             raise ModelError(key, f"must be > 0 for an unbounded bath, got {beta:g}")
@@ -579,7 +583,8 @@ def _parse_joint(d, key, n_s, baths):
     d = v.check_table(d, key, {"states", "p"}, required=("states", "p"))
     rows = v.as_list(d["states"], f"{key}.states")
     N = len(baths)
-    states = np.array([v.as_int_array(r, f"{key}.states[{i}]", length=1 + N) for i, r in enumerate(rows)], dtype=np.int64)
+    states = np.array([v.as_int_array(r, f"{key}.states[{i}]", length=1 + N) for i, r in enumerate(rows)],
+                      dtype=np.int64)
     p = v.as_distribution(d["p"], f"{key}.p", len(rows))
     for i, row in enumerate(states):
         if not 0 <= row[0] < n_s:
@@ -587,7 +592,8 @@ def _parse_joint(d, key, n_s, baths):
         for nu, b in enumerate(baths):
             E = row[1 + nu]
             if not 0 <= E <= b.emax or not np.isfinite(b.lnV[E]):
-                raise ModelError(f"{key}.states[{i}][{1 + nu}]", f"E = {E} is off the grid of bath {b.name!r} or has no microstates")
+                raise ModelError(f"{key}.states[{i}][{1 + nu}]",
+                                 f"E = {E} is off the grid of bath {b.name!r} or has no microstates")
     if len({tuple(r) for r in states.tolist()}) != len(states):
         raise ModelError(f"{key}.states", "lists a state twice")
     return states, p

@@ -16,7 +16,7 @@ from scipy.sparse.csgraph import connected_components
 from .errors import ModelError, UnsupportedError
 from .model import Model
 
-__all__ = ["Network", "build_network", "log_rates", "RateTables", "rate_tables", "check_log_rates"]
+__all__ = ["Network", "build_network", "log_rates", "bath_rates", "check_log_rates"]
 
 #: largest joint state space (levels x grid points) we agree to index with a bitmap
 MAX_SPACE = 400_000_000
@@ -187,7 +187,7 @@ def _edges(model, energies, codes):
             fin = np.isfinite(b.lnV[E2i])
             idx, E2i = idx[fin], E2i[fin]
             lr = log_rates(model, nu, s[idx], np.full(len(idx), s2), E[idx], E2i)
-            check_log_rates(lr, nu, model, lambda i, idx=idx, E2i=E2i, s2=s2:
+            check_log_rates(lr, nu, model, lambda i, idx=idx, E2i=E2i, s2=s2, E=E:
                             f"(s={s[idx][i]}, E={E[idx][i]}) -> (s={s2}, E={E2i[i]})")
             with np.errstate(under="ignore"):
                 live = np.exp(lr) > 0  # -inf (no jump) and underflow to 0 both drop the edge
@@ -199,7 +199,7 @@ def _edges(model, energies, codes):
     if not out:
         z = np.zeros(0, dtype=np.int64)
         return z, z, z, z, np.zeros(0)
-    return tuple(np.concatenate(a) for a in zip(*out))
+    return tuple(np.concatenate(a) for a in zip(*out, strict=True))
 
 
 def _check_exit(exit_rate, where, bath=None, src=None):
@@ -251,7 +251,7 @@ def initial_support(model):
         return states[keep], p[keep]
     axes = [np.flatnonzero(model.p_system > 0)]
     probs = [model.p_system[axes[0]]]
-    for b, st in zip(model.baths, model.bath_states):
+    for b, st in zip(model.baths, model.bath_states, strict=True):
         e = np.flatnonzero((st.p > 0) & np.isfinite(b.lnV))
         axes.append(e)
         probs.append(st.p[e])
@@ -274,7 +274,8 @@ def reachable_codes(model, energy_sets):
     """Codes of the states reachable from the initial support under any of ``energy_sets``."""
     space = int(np.prod(_radix(model).astype(float)))
     if space > MAX_SPACE:
-        raise UnsupportedError(f"the joint grid has {space:.3g} points (> {MAX_SPACE:.0e}); reduce emax or the number of baths")
+        raise UnsupportedError(f"the joint grid has {space:.3g} points (> {MAX_SPACE:.0e}); reduce emax or the number "
+                               "of baths")
     s0, _ = initial_support(model)
     seen = np.zeros(space, dtype=bool)
     frontier = np.unique(_encode(s0, model))
