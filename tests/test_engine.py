@@ -200,15 +200,7 @@ def test_implicit_windows_grow_without_changing_the_result(monkeypatch):
     windows never had to grow, entry for entry on the common energies."""
     md = get_model_dict("two_baths")
     p0, a0 = _run(md, 3000, 21, 256, threads=THREADS, path="implicit", records=False)
-    real = engine.initial_windows
-
-    def tiny(model, path, jumps, n_s):
-        w = real(model, path, jumps, n_s)
-        from trajmc.tables import windows_from
-
-        return windows_from(w.lo + w.wid // 2, np.ones_like(w.wid), np.zeros_like(w.qlo), np.ones_like(w.qwid), n_s)
-
-    monkeypatch.setattr(engine, "initial_windows", tiny)
+    _tiny_windows(monkeypatch)
     p1, a1 = _run(md, 3000, 21, 256, threads=THREADS, path="implicit", records=False)
     assert np.all(a1.windows.wid > 1)  # it grew
     big = engine._merge_windows(a0.windows, a1.windows, p0.n_levels)
@@ -557,3 +549,33 @@ def test_heat_distribution_is_the_streamed_histogram(path):
             assert np.isclose(mean, th[f"Q_{b}"].iloc[k], rtol=0, atol=1e-12)
     with pytest.raises(trajmc.ModelError, match="this model's baths: A, C"):
         ens.heat_distribution("nope")
+
+
+def _tiny_windows(monkeypatch):
+    """Initial windows of one energy: every run has to grow them, several times."""
+    real = engine.initial_windows
+
+    def tiny(model, path, jumps, n_s):
+        from trajmc.tables import windows_from
+
+        w = real(model, path, jumps, n_s)
+        return windows_from(w.lo + w.wid // 2, np.ones_like(w.wid), np.zeros_like(w.qlo), np.ones_like(w.qwid), n_s)
+
+    monkeypatch.setattr(engine, "initial_windows", tiny)
+
+
+def test_grown_windows_do_not_depend_on_the_schedule(monkeypatch):
+    """Windows grow when a wave overflows, and which wave that is depends on the thread count and the
+    machine's speed; the run ends on canonical windows (the initial ones widened to the samples), so the
+    stored arrays are identical whatever the schedule."""
+    _tiny_windows(monkeypatch)
+    md = get_model_dict("two_baths")
+    p1, a1 = _run(md, 6000, 23, 128, threads=1, path="implicit", records=False)
+    p2, a2 = _run(md, 6000, 23, 128, threads=THREADS, path="implicit", records=False)
+    plan = _plan(md, 6000, 23, 128, "implicit", False)
+    a3 = engine.new_accumulators(plan)
+    for stop in (1, 2, 7, None):  # growth at other points of the run
+        engine.run_plan(plan, a3, 1, stop_after=stop)
+    assert np.all(a1.windows.wid > 1)
+    assert_acc_equal(a1, a2)
+    assert_acc_equal(a1, a3)

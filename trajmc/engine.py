@@ -485,36 +485,70 @@ def _discard(out):
     _reset_ext(out.ext)
 
 
-def _rewindow(arr, axis, old, new, unit, lo_old, lo_new, off_old, off_new, wid_old):
-    """Copy each bath's window segment of ``arr`` (along ``axis``) into the layout of the new windows."""
+def _rewindow(arr, axis, unit, lo_old, wid_old, off_old, lo_new, wid_new, off_new):
+    """Re-lay each bath's window segment of ``arr`` (along ``axis``; ``unit`` entries per energy) from the old
+    windows onto the new ones, copying where they overlap (the rest of a larger window is zero)."""
     shape = list(arr.shape)
-    shape[axis] = int((new * unit).sum()) if unit else 0
+    shape[axis] = int((np.asarray(wid_new) * unit).sum())
     out = np.zeros(shape, arr.dtype)
     a = np.moveaxis(arr, axis, 0)
     b = np.moveaxis(out, axis, 0)
-    for nu in range(len(old)):
-        src = a[off_old[nu]: off_old[nu] + wid_old[nu] * unit]
-        start = off_new[nu] + (lo_old[nu] - lo_new[nu]) * unit
-        b[start: start + len(src)] = src
+    for nu in range(len(lo_old)):
+        lo = max(lo_old[nu], lo_new[nu])
+        hi = min(lo_old[nu] + wid_old[nu], lo_new[nu] + wid_new[nu])
+        if hi <= lo:
+            continue
+        src = off_old[nu] + (lo - lo_old[nu]) * unit
+        dst = off_new[nu] + (lo - lo_new[nu]) * unit
+        b[dst: dst + (hi - lo) * unit] = a[src: src + (hi - lo) * unit]
     return out
 
 
 def grow_accumulators(plan, acc, win):
-    """Re-lay the windowed totals of ``acc`` on the (larger) windows ``win``."""
+    """Re-lay the windowed totals of ``acc`` on the windows ``win`` (which must hold every nonzero entry)."""
     old = acc.windows
     n_s = plan.n_levels
-    acc.heat = _rewindow(acc.heat, 1, old.qwid, win.qwid, 1, old.qlo, win.qlo, old.qoff, win.qoff, old.qwid)
+    acc.heat = _rewindow(acc.heat, 1, 1, old.qlo, old.qwid, old.qoff, win.qlo, win.qwid, win.qoff)
     if acc.ft is not None:
-        ft = np.zeros(acc.ft.shape[:3] + (int(win.qwid[0]),), np.int64)
-        d = int(old.qlo[0] - win.qlo[0])
-        ft[..., d:d + acc.ft.shape[3]] = acc.ft
-        acc.ft = ft
+        acc.ft = _rewindow(acc.ft, 3, 1, old.qlo[:1], old.qwid[:1], [0], win.qlo[:1], win.qwid[:1], [0])
     for name in ("marg", "cross1"):
         arr = getattr(acc, name)
-        if arr is None:
-            continue
-        setattr(acc, name, _rewindow(arr, 1, old.wid, win.wid, n_s, old.lo, win.lo, old.moff, win.moff, old.wid))
+        if arr is not None:
+            setattr(acc, name, _rewindow(arr, 1, n_s, old.lo, old.wid, old.moff, win.lo, win.wid, win.moff))
     acc.windows = win
+
+
+def canonical_windows(plan, acc):
+    """The windows a run ends on: the plan's initial windows widened just enough to hold every sample.
+
+    They depend on the samples only, never on when (in which wave, on which worker) a window had to grow,
+    so the stored accumulators are the same arrays for any scheduling.
+    """
+    from .tables import windows_from
+
+    w0, w = plan.windows, acc.windows
+    n_s = plan.n_levels
+    lo, hi = w0.lo.copy(), w0.lo + w0.wid
+    qlo, qhi = w0.qlo.copy(), w0.qlo + w0.qwid
+    for nu in range(plan.n_baths):
+        if acc.marg is not None:
+            seg = acc.marg[:, w.moff[nu]: w.moff[nu] + w.wid[nu] * n_s].reshape(plan.n_t, -1, n_s)
+            used = np.flatnonzero(seg.any(axis=(0, 2)))
+            if len(used):
+                lo[nu] = min(lo[nu], w.lo[nu] + used[0])
+                hi[nu] = max(hi[nu], w.lo[nu] + used[-1] + 1)
+        used = np.flatnonzero(acc.heat[:, w.qoff[nu]: w.qoff[nu] + w.qwid[nu]].any(axis=0))
+        if len(used):
+            qlo[nu] = min(qlo[nu], w.qlo[nu] + used[0])
+            qhi[nu] = max(qhi[nu], w.qlo[nu] + used[-1] + 1)
+    return windows_from(lo, hi - lo, qlo, qhi - qlo, n_s)
+
+
+def canonicalize(plan, acc):
+    """Re-lay ``acc`` on :func:`canonical_windows` (a no-op when it already is)."""
+    win = canonical_windows(plan, acc)
+    if not _same_windows(win, acc.windows):
+        grow_accumulators(plan, acc, win)
 
 
 def _merge_windows(a, b, n_s):
@@ -678,6 +712,7 @@ def run_plan(plan: Plan, acc: Accumulators, threads: int, progress=None, checkpo
                     checkpoint(acc)
                     last_ck = time.perf_counter()
             fold()
+            canonicalize(plan, acc)
     except KeyboardInterrupt:
         discard()
         acc.wall_s = wall0 + time.perf_counter() - t_start
@@ -778,6 +813,8 @@ def add_chunk(plan, acc, res):
         for k in ("path_t", "path_x", "path_E", "path_len"):
             getattr(acc, k)[...] = res[k]
     acc.chunks_done = c + 1
+    if acc.chunks_done == plan.n_chunks:
+        canonicalize(plan, acc)
 
 
 def describe_memory(m) -> str:

@@ -363,8 +363,12 @@ def _read(run_dir, allow_partial=False):
             raise ValueError("windows of the wrong shape")
     except (TypeError, ValueError) as exc:
         raise RunError(f"{run_dir}/accumulators.npz: malformed bookkeeping ({exc})") from None
-    plan.windows = win  # the windows the run grew to
+    w0 = plan.windows  # windows only grow from the plan's: stored ones must contain them
+    if np.any(win.lo > w0.lo) or np.any(win.lo + win.wid < w0.lo + w0.wid) or np.any(win.qlo > w0.qlo) \
+            or np.any(win.qlo + win.qwid < w0.qlo + w0.qwid):
+        raise RunError(f"{run_dir}/accumulators.npz: its energy windows do not contain the model's (altered?)")
     acc = engine.new_accumulators(plan)
+    engine.grow_accumulators(plan, acc, win)  # the windows the run grew to
     acc.chunks_done, acc.wall_s = done, wall
     for k, want in acc.arrays().items():
         if k.startswith("rec_"):
