@@ -144,15 +144,16 @@ def analysis_figures(ens, res, outdir):
     if "work_distribution" in res:
         wd = res["work_distribution"]
         fig, ax = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-        ax[0].bar(wd["W"], wd["P_exact"], width=0.8, color="0.8", label="exact")
+        if "P_exact" in wd:  # (absent without an exact solution)
+            ax[0].bar(wd["W"], wd["P_exact"], width=0.8, color="0.8", label="exact")
         ax[0].errorbar(wd["W"], wd["P_mc"], yerr=1.96 * wd["P_mc_se"], fmt="o", ms=4, label="MC")
         ax[0].set(xlabel="work W", ylabel="P(W)", title=f"work distribution, t={ens.times[-1]:g}")
         ax[0].legend(fontsize=8)
         if "jarzynski" in res:
             j = res["jarzynski"]
-            if res.get("gibbs_start"):
+            if res.get("gibbs_start") and "Z_ratio" in j:
                 ax[1].axhline(j["Z_ratio"].iloc[0], color="C3", ls="--", lw=1, label="Z_final / Z_0")
-            _mc_vs_exact(ax[1], j["t"], [("<exp(-beta W)>", j["exp_mbW_mc"], j["exp_mbW_se"], j["exp_mbW_exact"])],
+            _mc_vs_exact(ax[1], j["t"], [("<exp(-beta W)>", j["exp_mbW_mc"], j["exp_mbW_se"], j.get("exp_mbW_exact"))],
                          ylabel="<exp(-beta W)>", title="Jarzynski equality (line: exact)")
         paths.append(outdir / "work.png")
         _save(fig, paths[-1])
