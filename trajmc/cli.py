@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -210,13 +211,13 @@ def cmd_simulate(args):
         if given:
             raise TrajmcError(f"--resume takes only --threads, --scheduler, --workers and --quiet (not "
                               f"{given[0]}): the run's own settings are used")
+        args.run_dir = run_dir = Path(args.resume)
         ens = resume_run(args.resume, threads, progress=(not args.quiet) and sys.stderr.isatty(),
                          **_backend_args(args))
-        run_dir = Path(args.resume)
     else:
         model = load_model(_model_source(args))
         paths = 5 if args.paths is None else args.paths
-        run_dir = Path(args.out) if args.out else default_run_dir(model.name)
+        args.run_dir = run_dir = Path(args.out) if args.out else default_run_dir(model.name)
         ens = _simulate_into(model, args, paths, run_dir, threads)
     from .plotting import summary_figure
 
@@ -251,7 +252,7 @@ def cmd_validate(args):
         from .examples import get_example
 
         model = load_model(get_example(args.example) if args.example else target)
-        run_dir = Path(args.out) if args.out else default_run_dir(model.name)
+        args.run_dir = run_dir = Path(args.out) if args.out else default_run_dir(model.name)
         _simulate_into(model, args, 0, run_dir, resolve_threads(args.threads))
     ok, results, ens, sol = validate_run(run_dir, args.alpha)
     from .plotting import validation_figures
@@ -285,6 +286,12 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings as one line (no source location or code line: they are meant for the user)."""
+    text = str(message).splitlines()[0] if str(message) else category.__name__
+    print(text if text.startswith("trajmc:") else f"trajmc: warning: {text}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     from .engine import Interrupted
 
@@ -296,14 +303,15 @@ def main(argv=None) -> int:
     except ValueError:  # not the main thread
         old = None
     try:
-        return args.func(args)
-    except Interrupted as exc:
-        where = getattr(args, "out", None) or getattr(args, "resume", None)
-        hint = f"; resume with: python -m trajmc simulate --resume {where}" if where else ""
-        print(f"trajmc: {exc}{hint}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        print("trajmc: interrupted", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        # the run directory (given or default) if it was created: it can be resumed from its last checkpoint
+        where = getattr(args, "run_dir", None)
+        hint = (f"; resume with: python -m trajmc simulate --resume {where}"
+                if where is not None and (Path(where) / "provenance.json").is_file() else "")
+        print(f"trajmc: {exc if isinstance(exc, Interrupted) else 'interrupted'}{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except TrajmcError as exc:
         print(f"trajmc: error: {exc}", file=sys.stderr)
