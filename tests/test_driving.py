@@ -8,23 +8,26 @@
   the first law ``Delta E_S + sum Delta E_bath = W``; ``S_obs`` never decreases (V does not depend on
   the levels, so the H-theorem survives driving).
 * A switch at a sample time: state before the switch, energies and work after it.
-* Monte Carlo: seeded statistical agreement (G-tests, z-scores), the first law on every trajectory
-  exactly, the pure-Python reference bit for bit, thread independence.
-* ``validate`` checks pass on a driven run and fail against a wrong exact solution; bad protocols are
-  refused with the entry named; the ``driven-qubit`` example.
+* Monte Carlo on both paths (enumerated network, implicit rate tables): seeded statistical agreement
+  (G-tests, z-scores) of the streamed work histogram, Jarzynski and the thermodynamic table with the exact
+  values, the first law on every trajectory exactly (streamed violation count and records), the
+  pure-Python reference bit for bit, independence of threads and chunk schedule.
+* ``validate`` checks pass on a driven run of either path and fail against a wrong exact solution or
+  tampered accumulators; bad protocols are refused with the entry named; the ``driven-qubit`` example.
 
 * Regression: the exact solver dropped parallel edges (degenerate levels with two or more baths) by
   assigning instead of adding them into its dense blocks; fixed with np.add.at.
 
 False alarms: every statistical assertion has a stated false-alarm rate (ALPHA = 1e-6 per G-test;
 |z| < 5 is 5.7e-7 two-sided per z-score; ``run_checks`` uses its Holm family at alpha = 1e-3).
-The seeds are fixed, so a green run stays green; 8 further seeds per model were checked to pass.
+The seeds are fixed, so a green run stays green.
 """
 from __future__ import annotations
 
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.linalg
 from scipy.special import gammaln, logsumexp
@@ -32,10 +35,13 @@ from scipy.special import gammaln, logsumexp
 import trajmc
 from trajmc import _rng, engine
 from trajmc import fluctuations as fl
+from trajmc.ensemble import Ensemble
 from trajmc.network import levels_at
 from trajmc.reference import reference_chunk
 from trajmc.stats import g_test
-from trajmc.validate import run_checks
+from trajmc.validate import run_checks, validate_run
+
+from conftest import THREADS
 
 # Per-assertion false-alarm rate of the G-tests in this file.
 ALPHA = 1e-6
@@ -43,6 +49,7 @@ ALPHA = 1e-6
 ZMAX = 5.0
 
 OFF3 = [[0, 1, 1], [1, 0, 1], [1, 1, 0]]
+PATHS = ("enumerated", "implicit")
 
 
 def _osc(name, n, emax, kernel, w=1):
@@ -374,16 +381,32 @@ def test_driven_into_degenerate_levels_two_baths_vs_dense():
     np.testing.assert_allclose(sol.p, P, rtol=0, atol=1e-12)
 
 
-def test_monte_carlo_agrees_with_dense_for_degenerate_levels():
-    """The kernel handles parallel edges correctly: its p_x(t) matches the dense propagation
-    (G-test, ALPHA per time), so the discrepancy above is the solver's."""
+@pytest.mark.parametrize("path", PATHS)
+def test_monte_carlo_agrees_with_dense_for_degenerate_levels(path):
+    """The kernels handle parallel edges (one jump through either bath) correctly: p_x(t) (enumerated) or the
+    system and bath marginals (implicit) match the dense propagation (G-test, ALPHA per time and
+    distribution), so the discrepancy above was the solver's."""
     md = degenerate_driven()
     sol = trajmc.solve(md)
     P, _, _ = dense_propagation(sol, md, BETA["two_baths"])
-    ens = trajmc.simulate(md, trajectories=MC_N, seed=99, threads=2, chunk_size=4096, records=False)
+    P = np.maximum(P, 0.0)
+    ens = trajmc.simulate(md, trajectories=MC_N, seed=99, threads=THREADS, chunk_size=4096, engine=path)
+    st = sol.network.states
+    N = ens.trajectories
     for k in range(len(ens.times)):
-        r = g_test(ens.counts[k], np.maximum(P[k], 0.0))
+        if path == "enumerated":
+            r = g_test(ens.counts[k], P[k])
+            assert r.impossible == 0 and r.pvalue > ALPHA, (ens.times[k], r)
+        r = g_test(ens.acc.sys2[k].sum(axis=0), np.bincount(st[:, 0], weights=P[k], minlength=3))
         assert r.impossible == 0 and r.pvalue > ALPHA, (ens.times[k], r)
+        for nu in range(2):
+            pE = ens.bath_distribution(nu, k)
+            exact = np.bincount(st[:, 1 + nu], weights=P[k])
+            assert set(pE.index) <= set(np.flatnonzero(exact > 0))
+            obs = np.zeros(len(exact))
+            obs[pE.index.values] = np.rint(pE.values * N)
+            r = g_test(obs, exact)
+            assert r.impossible == 0 and r.pvalue > ALPHA, (ens.times[k], nu, r)
 
 
 def test_switch_after_the_last_sample_time():
@@ -396,12 +419,13 @@ def test_switch_after_the_last_sample_time():
     np.testing.assert_array_equal(sol.levels(), np.tile(md["system"]["energies"], (len(sol.times), 1)))
     np.testing.assert_allclose(fl.tilted_work_average(sol.segments, sol.times, BETA["qubit_osc"]), 1.0,
                                rtol=0, atol=1e-13)
-    plan = engine.make_plan(md, trajectories=500, seed=1, chunk_size=250, records=True)
-    assert plan.driven
-    acc = engine.new_accumulators(plan)
-    engine.run_plan(plan, acc, 1)
-    assert np.all(acc.rec_w == 0)
-    assert np.all(acc.work[:, plan.arrays["woff"]] == 500)
+    for path in PATHS:
+        plan = engine.make_plan(md, trajectories=500, seed=1, chunk_size=250, records=True, engine=path)
+        assert plan.driven
+        acc = engine.new_accumulators(plan)
+        engine.run_plan(plan, acc, 1)
+        assert np.all(acc.rec_w == 0)
+        assert np.all(acc.work[:, plan.woff] == 500) and acc.work.sum() == 500 * len(plan.times)
 
 
 # --------------------------------------------------------------------------- 3. switch at a sample time
@@ -441,18 +465,20 @@ def test_switch_at_sample_time_state_before_energies_after():
     assert P[k, w == 0][0] == pytest.approx(float(sol.network.p0[s == 0].sum()), abs=1e-12)
     assert P[k, w == 2][0] == pytest.approx(float(sol.network.p0[s == 1].sum()), abs=1e-12)
 
-    # the Monte Carlo agrees: the recorded state at t_sw equals the one just before, the work does not
-    plan = engine.make_plan(md, trajectories=2000, seed=3, times=times, chunk_size=500, records=True)
-    acc = engine.new_accumulators(plan)
-    engine.run_plan(plan, acc, 1)
-    rx, rw = acc.rec_x, acc.rec_w
-    # a trajectory that did not jump in (t_sw - 1e-9, t_sw] (essentially all) keeps its state at t_sw
-    same = np.mean(rx[:, k] == rx[:, k - 1])
-    assert same > 0.999
-    assert np.all(rw[:, k - 1] == 0)
-    np.testing.assert_array_equal(rw[:, k], (e1 - e0)[plan.network.states[rx[:, k], 0]])
-    np.testing.assert_array_equal(rw[:, k + 1], rw[:, k])
-    np.testing.assert_array_equal(levels_at(plan.segments, times)[k], e1)
+    # the Monte Carlo agrees (both paths): the recorded state at t_sw equals the one just before, the work not
+    for path in PATHS:
+        plan = engine.make_plan(md, trajectories=2000, seed=3, times=times, chunk_size=500, records=True, engine=path)
+        acc = engine.new_accumulators(plan)
+        engine.run_plan(plan, acc, 1)
+        rx, rw = acc.rec_x, acc.rec_w
+        # a trajectory that did not jump in (t_sw - 1e-9, t_sw] (essentially all) keeps its state at t_sw
+        assert np.mean(rx[:, k] == rx[:, k - 1]) > 0.999
+        assert np.all(rw[:, k - 1] == 0)
+        level = plan.network.states[rx[:, k], 0] if path == "enumerated" else rx[:, k]
+        np.testing.assert_array_equal(rw[:, k], (e1 - e0)[level])
+        np.testing.assert_array_equal(rw[:, k + 1], rw[:, k])
+        np.testing.assert_array_equal(plan.clock.levels[plan.clock.seg_of[k]], e1)
+    np.testing.assert_array_equal(levels_at(sol.segments, times)[k], e1)
 
 
 def test_switch_at_the_last_sample_time():
@@ -465,12 +491,13 @@ def test_switch_at_the_last_sample_time():
     W = sol.work()
     assert W[-1] - W[-2] == pytest.approx(float(sol.p[-1] @ d), abs=1e-13)
     np.testing.assert_array_equal(sol.levels()[-1], [1, 0])
-    plan = engine.make_plan(md, trajectories=1000, seed=8, chunk_size=500, records=True)
-    acc = engine.new_accumulators(plan)
-    engine.run_plan(plan, acc, 2)
-    st = plan.network.states
-    np.testing.assert_array_equal(acc.rec_w[:, -1] - acc.rec_w[:, -2], np.array([1, -3])[st[acc.rec_x[:, -1], 0]])
-    np.testing.assert_array_equal(acc.rec_w[:, -2], np.array([0, 2])[st[acc.rec_x[:, 2], 0]])
+    for path in PATHS:
+        plan = engine.make_plan(md, trajectories=1000, seed=8, chunk_size=500, records=True, engine=path)
+        acc = engine.new_accumulators(plan)
+        engine.run_plan(plan, acc, THREADS)
+        lev = plan.network.states[acc.rec_x, 0] if path == "enumerated" else acc.rec_x
+        np.testing.assert_array_equal(acc.rec_w[:, -1] - acc.rec_w[:, -2], np.array([1, -3])[lev[:, -1]])
+        np.testing.assert_array_equal(acc.rec_w[:, -2], np.array([0, 2])[lev[:, 2]])
 
 
 # --------------------------------------------------------------------------- 4. Monte Carlo vs exact
@@ -479,26 +506,25 @@ def test_switch_at_the_last_sample_time():
 MC_N = 40_000
 
 
-@pytest.fixture(scope="module")
-def mc_qubit():
-    md = driven("qubit_osc")
-    ens = trajmc.simulate(md, trajectories=MC_N, seed=20240601, threads=2, chunk_size=4096, records=True)
-    return ens, solved("qubit_osc")
+_MC = {}
 
 
-@pytest.fixture(scope="module")
-def mc_two_baths():
-    md = driven("two_baths")
-    ens = trajmc.simulate(md, trajectories=MC_N, seed=77, threads=2, chunk_size=4096, records=True)
-    return ens, solved("two_baths")
+def mc_run(name, path):
+    """(Ensemble, Solution) of a seeded driven run with records (cached; read-only)."""
+    if (name, path) not in _MC:
+        seed = {"qubit_osc": 20240601, "two_baths": 77}[name]
+        ens = trajmc.simulate(driven(name), trajectories=MC_N, seed=seed, threads=THREADS, chunk_size=4096,
+                              records=True, engine=path)
+        assert ens.plan.path == path
+        _MC[(name, path)] = (ens, solved(name))
+    return _MC[(name, path)]
 
 
 def _mc_vs_exact(ens, sol, beta):
     assert ens.plan.driven
     # work distribution at every sample time: G-test (ALPHA per time)
     w, P = fl.work_distribution(sol.segments, sol.times)
-    a = ens.plan.arrays
-    grid = np.arange(-a["woff"], a["woff"] + 1)
+    grid = np.arange(-ens.plan.woff, ens.plan.woff + 1)
     for k in range(len(ens.times)):
         obs = np.zeros(len(w))
         h = ens.acc.work[k]
@@ -509,9 +535,9 @@ def _mc_vs_exact(ens, sol, beta):
         r = g_test(obs, P[k])
         assert r.impossible == 0
         assert r.pvalue > ALPHA, f"t = {ens.times[k]}: G = {r.statistic}, df = {r.df}"
-    # the histogram of ens.work_distribution() matches the accumulator
+    # the histogram of ens.work_distribution() is the accumulator's
     wd = ens.work_distribution(-1)
-    assert wd.sum() == pytest.approx(1.0, abs=1e-12)
+    assert wd.sum() == pytest.approx(1.0, abs=1e-12) and len(wd) >= 3
     # <exp(-beta W)> at every sample time: z-score against the exact value (= Z ratio)
     N = ens.trajectories
     hw = ens.acc.work / N
@@ -534,7 +560,7 @@ def _mc_vs_exact(ens, sol, beta):
         assert np.all(np.abs(z) < ZMAX), (c, z)
         np.testing.assert_allclose(est[~pos], x[~pos], rtol=0, atol=1e-12)
     assert np.all(th["W_se"].values[ens.times >= sol.segments[1][0]] > 0)
-    # W_se is the plain standard error of the per-trajectory work
+    # the streamed W and W_se against the per-trajectory work records: the plain mean and standard error
     rw = ens.records["work"]
     np.testing.assert_allclose(th["W"].values, rw.mean(axis=0), rtol=0, atol=1e-12)
     np.testing.assert_allclose(th["W_se"].values, rw.std(axis=0, ddof=0) / np.sqrt(N - 1), rtol=1e-9, atol=1e-15)
@@ -546,18 +572,26 @@ def _mc_vs_exact(ens, sol, beta):
 
 
 def _first_law_per_trajectory(ens):
+    """From the records: eps_s(t) + sum_b E_b(t) - W(t) is constant along every trajectory."""
     rec = ens.records
-    x, w = rec["x"], rec["work"]
-    st = ens.network.states
-    lev = levels_at(ens.plan.segments, ens.times)  # (n_t, n_s)
-    es = lev[np.arange(len(ens.times))[None, :], st[x, 0]]
+    w = rec["work"]
+    if "x" in rec:
+        st = ens.network.states
+        s, E = st[rec["x"], 0], st[rec["x"], 1:]
+    else:
+        s, E = rec["s"], rec["E"]
+    lev = levels_at(ens.plan.segments, ens.times) if ens.plan.segments is not None else \
+        ens.plan.clock.levels[ens.plan.clock.seg_of]  # (n_t, n_s)
+    es = lev[np.arange(len(ens.times))[None, :], s]
     assert np.all(es == np.rint(es))
-    total = es.astype(np.int64) + st[x, 1:].sum(axis=-1) - w.astype(np.int64)
-    viol = np.count_nonzero(total != total[:, :1])
-    assert viol == 0
+    total = es.astype(np.int64) + E.sum(axis=-1) - w.astype(np.int64)
+    assert np.count_nonzero(total != total[:, :1]) == 0
+    # the kernel's own count agrees: no violation among all (trajectory, time) samples
+    bad, n = ens.first_law
+    assert bad == 0 and n == ens.trajectories * len(ens.times)
     # the work record changes only across a switch
     t = ens.times
-    switches = np.array([t0 for t0, _ in ens.plan.segments[1:]])
+    switches = ens.plan.clock.seg_t[:-1]
     for k in range(1, len(t)):
         if not np.any((switches > t[k - 1]) & (switches <= t[k])):
             np.testing.assert_array_equal(w[:, k], w[:, k - 1])
@@ -566,46 +600,59 @@ def _first_law_per_trajectory(ens):
     assert len(np.unique(w[:, -1])) >= 3
 
 
-def test_monte_carlo_vs_exact_qubit(mc_qubit):
-    ens, sol = mc_qubit
-    _mc_vs_exact(ens, sol, BETA["qubit_osc"])
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", ["qubit_osc", "two_baths"])
+def test_monte_carlo_vs_exact(name, path):
+    ens, sol = mc_run(name, path)
+    _mc_vs_exact(ens, sol, BETA[name])
 
 
-def test_monte_carlo_vs_exact_two_baths(mc_two_baths):
-    ens, sol = mc_two_baths
-    _mc_vs_exact(ens, sol, BETA["two_baths"])
-
-
-def test_monte_carlo_joint_distribution_vs_exact(mc_qubit):
-    """p_x(t) at every sample time (G-test, ALPHA per time): the switches do not bias the trajectories."""
-    ens, sol = mc_qubit
+@pytest.mark.parametrize("path", PATHS)
+def test_monte_carlo_distributions_vs_exact(path):
+    """p_x(t) (enumerated) and the system marginal at every sample time (G-test, ALPHA per time): the
+    switches do not bias the trajectories."""
+    ens, sol = mc_run("qubit_osc", path)
+    ps = sol.p_system()
     for k in range(len(ens.times)):
-        r = g_test(ens.counts[k], sol.p[k])
+        if path == "enumerated":
+            r = g_test(ens.counts[k], sol.p[k])
+            assert r.impossible == 0 and r.pvalue > ALPHA, (ens.times[k], r)
+        r = g_test(ens.acc.sys2[k].sum(axis=0), ps[k])
         assert r.impossible == 0 and r.pvalue > ALPHA, (ens.times[k], r)
 
 
-def test_first_law_on_every_trajectory(mc_qubit, mc_two_baths):
-    for ens, _ in (mc_qubit, mc_two_baths):
-        _first_law_per_trajectory(ens)
+@pytest.mark.parametrize("path", PATHS)
+def test_first_law_on_every_trajectory(path):
+    for name in ("qubit_osc", "two_baths"):
+        _first_law_per_trajectory(mc_run(name, path)[0])
 
 
 # --------------------------------------------------------------------------- 5. reference bit for bit
 
 
+def _level(plan, x):
+    return plan.network.states[x, 0] if plan.path == "enumerated" else x
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", ["qubit_osc", "qubit_linear", "two_baths"])
-def test_reference_reproduces_driven_kernel_bit_for_bit(name, monkeypatch):
+def test_reference_reproduces_driven_kernel_bit_for_bit(name, path, monkeypatch):
     N, cs, K = 150, 64, 10  # chunks 0, 1 full, chunk 2 partial
-    plan = engine.make_plan(driven(name), trajectories=N, seed=424242, chunk_size=cs, records=True, paths=K)
-    assert plan.driven and plan.n_chunks == 3
+    plan = engine.make_plan(driven(name), trajectories=N, seed=424242, chunk_size=cs, records=True, paths=K,
+                            engine=path)
+    assert plan.driven and plan.n_chunks == 3 and plan.path == path
     acc = engine.new_accumulators(plan)
-    engine.run_plan(plan, acc, 2)
+    engine.run_plan(plan, acc, THREADS)
     n_switch_crossed = 0
-    for c in (0, 1):
-        ref = reference_chunk(plan.arrays, _rng.chunk_state(plan.entropy, c), cs)
+    for c in range(3):
+        size = int(plan.chunk_sizes(c, c + 1)[0])
+        ref = reference_chunk(plan, _rng.chunk_state(plan.entropy, c), size)
         lo = c * cs
-        np.testing.assert_array_equal(acc.rec_x[lo:lo + cs], np.array([r["x"] for r in ref]))
-        np.testing.assert_array_equal(acc.rec_n[lo:lo + cs], np.array([r["jumps"] for r in ref]))
-        np.testing.assert_array_equal(acc.rec_w[lo:lo + cs], np.array([r["work"] for r in ref]))
+        np.testing.assert_array_equal(acc.rec_x[lo:lo + size], np.array([r["x"] for r in ref]))
+        np.testing.assert_array_equal(acc.rec_n[lo:lo + size], np.array([r["jumps"] for r in ref]))
+        np.testing.assert_array_equal(acc.rec_w[lo:lo + size], np.array([r["work"] for r in ref]))
+        if path == "implicit":
+            np.testing.assert_array_equal(acc.rec_E[lo:lo + size], np.array([r["E"] for r in ref]))
         assert acc.jumps[c] == sum(r["total_jumps"] for r in ref)
         n_switch_crossed += sum(np.any(r["work"] != 0) for r in ref)
         if c == 0:
@@ -614,19 +661,22 @@ def test_reference_reproduces_driven_kernel_bit_for_bit(name, monkeypatch):
                 assert L == len(ref[i]["path_t"])
                 assert np.array_equal(acc.path_t[i, :L], ref[i]["path_t"])
                 assert np.array_equal(acc.path_x[i, :L], ref[i]["path_x"])
+                if path == "implicit":
+                    assert np.array_equal(acc.path_E[i, :L], ref[i]["path_E"])
     assert n_switch_crossed > 10  # switches change the work of many trajectories
-    # the work histogram is the per-trajectory work
-    a = plan.arrays
+    # the streamed work histogram is the per-trajectory work
     for k in range(len(plan.times)):
-        np.testing.assert_array_equal(acc.work[k], np.bincount(acc.rec_w[:, k] + a["woff"], minlength=a["HW"]))
+        np.testing.assert_array_equal(acc.work[k], np.bincount(acc.rec_w[:, k] + plan.woff,
+                                                               minlength=2 * plan.woff + 1))
     # full paths on chunk 1's stream: feed chunk slot 0 the generator state of chunk 1
     real = _rng.chunk_state
     monkeypatch.setattr(engine._rng, "chunk_state", lambda e, i: real(e, 1 if i == 0 else i))
-    plan1 = engine.make_plan(driven(name), trajectories=cs, seed=424242, chunk_size=cs, records=True, paths=K)
+    plan1 = engine.make_plan(driven(name), trajectories=cs, seed=424242, chunk_size=cs, records=True, paths=K,
+                             engine=path)
     acc1 = engine.new_accumulators(plan1)
     engine.run_plan(plan1, acc1, 1)
     monkeypatch.undo()
-    ref = reference_chunk(plan1.arrays, real(plan1.entropy, 1), cs)
+    ref = reference_chunk(plan1, real(plan1.entropy, 1), cs)
     np.testing.assert_array_equal(acc1.rec_x, acc.rec_x[cs:2 * cs])
     np.testing.assert_array_equal(acc1.rec_w, acc.rec_w[cs:2 * cs])
     for i in range(K):
@@ -637,18 +687,20 @@ def test_reference_reproduces_driven_kernel_bit_for_bit(name, monkeypatch):
     assert acc.path_len.sum() + acc1.path_len.sum() > 4 * K
 
 
-def test_frozen_segment_in_kernel_and_reference():
-    """The gap-2 segment of the linear-kernel model has no out-edges at all: no trajectory jumps in it,
-    jumps resume after the next switch, and kernel and reference agree on every path."""
+@pytest.mark.parametrize("path", PATHS)
+def test_frozen_segment_in_kernel_and_reference(path):
+    """The gap-2 segment of the linear-kernel model has no jump at all: no trajectory jumps in it, jumps
+    resume after the next switch, and kernel and reference agree on every path."""
     md = driven("qubit_linear")
     md["times"] = {"values": [0.0, 0.5, 0.95, 1.1, 1.3, 1.6, 2.0]}
     t_b, t_c = md["protocol"][1]["time"], md["protocol"][2]["time"]
-    plan = engine.make_plan(md, trajectories=200, seed=5, chunk_size=200, records=True, paths=200)
-    assert np.all(np.diff(plan.segments[2][1].indptr) == 0)  # frozen segment
-    assert plan.segments[1][1].n_edges > 0 and plan.segments[3][1].n_edges > 0
+    plan = engine.make_plan(md, trajectories=200, seed=5, chunk_size=200, records=True, paths=200, engine=path)
+    if path == "enumerated":
+        assert np.all(np.diff(plan.segments[2][1].indptr) == 0)  # frozen segment
+        assert plan.segments[1][1].n_edges > 0 and plan.segments[3][1].n_edges > 0
     acc = engine.new_accumulators(plan)
     engine.run_plan(plan, acc, 1)
-    ref = reference_chunk(plan.arrays, _rng.chunk_state(plan.entropy, 0), 200)
+    ref = reference_chunk(plan, _rng.chunk_state(plan.entropy, 0), 200)
     resumed = 0
     for i, r in enumerate(ref):
         assert not np.any((r["path_t"] > t_b) & (r["path_t"] < t_c))
@@ -666,52 +718,55 @@ def test_frozen_segment_in_kernel_and_reference():
     assert np.any(acc.rec_n[:, 5] > acc.rec_n[:, 4])
 
 
-# --------------------------------------------------------------------------- 6. threads
+# --------------------------------------------------------------------------- 6. threads and chunk schedules
 
 
-def test_threads_bit_identical_driven():
+@pytest.mark.parametrize("path", PATHS)
+def test_threads_and_schedule_bit_identical_driven(path):
+    """One thread in one go against THREADS threads stopped after 7 of 20 chunks and continued: every
+    accumulator and the thermodynamic table are bit-identical."""
     md = driven("three_spins")
     out = []
-    for threads in (1, 2):
-        plan = engine.make_plan(md, trajectories=6000, seed=11, chunk_size=300, records=True, paths=5)
+    for threads, stops in ((1, [None]), (THREADS, [7, None])):
+        plan = engine.make_plan(md, trajectories=6000, seed=11, chunk_size=300, records=True, paths=5, engine=path)
         acc = engine.new_accumulators(plan)
-        engine.run_plan(plan, acc, threads)
+        for stop in stops:
+            engine.run_plan(plan, acc, threads, stop_after=stop)
         out.append((plan, acc))
     (p1, a1), (p2, a2) = out
-    assert p1.driven
-    for f in ("counts", "cross", "heat", "work", "jumps", "rec_x", "rec_n", "rec_w", "path_t", "path_x", "path_len"):
-        x, y = getattr(a1, f), getattr(a2, f)
+    assert p1.driven and p1.n_chunks == 20 and a2.chunks_done == 20
+    arrays = a1.arrays()
+    assert set(arrays) == set(a2.arrays()) and {"work", "rec_w", "mom"} <= set(arrays)
+    for f, x in arrays.items():
+        y = getattr(a2, f)
         assert x.dtype == y.dtype and np.array_equal(x, y), f
     assert np.any(a1.work[-1, a1.work.shape[1] // 2 + 1:] > 0) and np.any(a1.work[-1, :a1.work.shape[1] // 2] > 0)
-    from trajmc.ensemble import Ensemble
-
-    import pandas as pd
-
     pd.testing.assert_frame_equal(Ensemble(p1, a1, {}).thermo(), Ensemble(p2, a2, {}).thermo(), check_exact=True)
 
 
 # --------------------------------------------------------------------------- 7. validate
 
 
-DRIVEN_CHECKS = ["FirstLawPerTrajectory", "JarzynskiVsExact", "WorkDistributionVsExact"]
+DRIVEN_CHECKS = ["EnergyConservation", "JarzynskiVsExact", "WorkDistributionVsExact"]
 
 
-def test_validate_driven_run_passes(mc_qubit):
-    ens, sol = mc_qubit
+@pytest.mark.parametrize("path", PATHS)
+def test_validate_driven_run_passes(path):
+    ens, sol = mc_run("qubit_osc", path)
     res = {r.name: r for r in run_checks(ens, sol)}
     for n in DRIVEN_CHECKS:
-        assert res[n].kind != "skipped", res[n]
-        assert res[n].passed, res[n]
-    assert res["FirstLawPerTrajectory"].statistic == 0
-    assert "Gibbs start" in res["JarzynskiVsExact"].detail
-    # every other check on a correct driven run passes too (Holm family, alpha 1e-3)
-    failed = [(r.name, r.detail) for r in res.values() if not r.passed]
+        assert res[n].counted and res[n].passed, res[n]
+    assert res["EnergyConservation"].statistic == 0
+    assert "Z_final/Z_0" in res["JarzynskiVsExact"].detail
+    # every other counted check on a correct driven run passes too (Holm family, alpha 1e-3)
+    failed = [(r.name, r.detail) for r in res.values() if r.counted and not r.passed]
     assert not failed, failed
 
 
-def test_validate_fails_against_wrong_protocol(mc_qubit):
+@pytest.mark.parametrize("path", PATHS)
+def test_validate_fails_against_wrong_protocol(path):
     """Power: the driven checks reject an exact solution of another protocol."""
-    ens, _ = mc_qubit
+    ens, _ = mc_run("qubit_osc", path)
 
     def checks_against(edit):
         md = driven("qubit_osc")
@@ -722,7 +777,7 @@ def test_validate_fails_against_wrong_protocol(mc_qubit):
     res = checks_against(lambda pr: pr[2].update(energies=[3, 0]))
     assert not res["WorkDistributionVsExact"].passed
     assert not res["JarzynskiVsExact"].passed
-    assert res["FirstLawPerTrajectory"].passed  # a property of the run alone
+    assert res["EnergyConservation"].passed  # a property of the run alone
     # an intermediate switch to [0, 1] instead of [0, 2]: <exp(-beta W)> at the final time is
     # Z_final / Z_0 for any intermediate protocol (Jarzynski), so only the work distribution sees it
     res = checks_against(lambda pr: pr[1].update(energies=[0, 1]))
@@ -733,34 +788,40 @@ def test_validate_fails_against_wrong_protocol(mc_qubit):
     assert not res["WorkDistributionVsExact"].passed
 
 
-def test_validate_first_law_detects_a_broken_record(mc_qubit):
-    ens, sol = mc_qubit
-    broken = copy.copy(ens.acc)
-    broken.rec_w = ens.acc.rec_w.copy()
-    broken.rec_w[17, -1] += 1
-    from trajmc.ensemble import Ensemble
+@pytest.mark.parametrize("path", PATHS)
+def test_validate_first_law_detects_broken_work_accumulators(path):
+    """A work histogram that no longer belongs to the trajectories breaks the first law of the means; a
+    counted violation breaks the per-trajectory law."""
+    ens, sol = mc_run("qubit_osc", path)
+    bad = copy.copy(ens.acc)
+    bad.work = ens.acc.work.copy()
+    row = bad.work[-1]
+    j = int(np.argmax(row[:-1]))
+    row[j] -= 1
+    row[j + 1] += 1  # one trajectory's work one quantum higher at the last time
+    r = run_checks(Ensemble(ens.plan, bad, ens.stats), sol, names=["EnergyConservation"])[0]
+    assert not r.passed and r.statistic == 0 and r.max_error == pytest.approx(1 / ens.trajectories, rel=1e-6), r
+    bad = copy.copy(ens.acc)
+    bad.viol = ens.acc.viol.copy()
+    bad.viol[0] += 1
+    r = run_checks(Ensemble(ens.plan, bad, ens.stats), sol, names=["EnergyConservation"])[0]
+    assert not r.passed and r.statistic == 1
 
-    bad = Ensemble(ens.plan, broken, ens.stats)
-    r = run_checks(bad, sol, names=["FirstLawPerTrajectory"])[0]
-    assert not r.passed and r.statistic == 1 and r.max_error == 1
 
-
-def test_driven_run_directory_round_trip(tmp_path):
-    """A driven run written to disk reloads with its protocol, work histogram and work records,
-    and validates."""
-    import pandas as pd
-
-    from trajmc.validate import validate_run
-
+@pytest.mark.parametrize("path", PATHS)
+def test_driven_run_directory_round_trip(tmp_path, path):
+    """A driven run written to disk reloads with its protocol, work histogram and work records, and
+    validates."""
     run = tmp_path / "run"
-    ens = trajmc.simulate(driven("qubit_osc"), trajectories=3000, seed=4, threads=2, chunk_size=500, out=run)
+    ens = trajmc.simulate(driven("qubit_osc"), trajectories=3000, seed=4, threads=THREADS, chunk_size=500,
+                          records=True, engine=path, out=run)
     back = trajmc.load_run(run)
-    assert back.plan.driven and back.model.protocol == ens.model.protocol
+    assert back.plan.driven and back.plan.path == path and back.model.protocol == ens.model.protocol
     np.testing.assert_array_equal(back.acc.work, ens.acc.work)
-    np.testing.assert_array_equal(back.acc.rec_w, ens.acc.rec_w)
+    np.testing.assert_array_equal(back.records["work"], ens.records["work"])
     pd.testing.assert_frame_equal(back.thermo(), ens.thermo(), check_exact=True)
-    ok, res = validate_run(run, figures=False)
-    assert ok, [(r.name, r.detail) for r in res if not r.passed]
+    ok, res, _, _ = validate_run(run)
+    assert ok, [(r.name, r.detail) for r in res if r.counted and not r.passed]
 
 
 # --------------------------------------------------------------------------- 8. bad protocols
