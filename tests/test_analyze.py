@@ -961,3 +961,20 @@ def test_analyze_non_run_directory_is_an_error(tmp_path, capsys, what):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("trajmc: error:"), err
     assert not (target / "analysis").exists() if target.is_dir() else True
+
+
+@pytest.mark.regression
+def test_analyze_a_run_sampled_at_time_zero_only(tmp_path):
+    """Regression: analyze chose heat-table time index 1 of a run sampled only at t = 0 (IndexError); now the
+    heat tables are empty, the rest is there, and the figures are drawn."""
+    from trajmc.plotting import analysis_figures
+
+    md = get_model_dict("two_baths")
+    md["times"] = {"values": [0.0]}
+    ens = trajmc.simulate(md, trajectories=500, seed=1, threads=THREADS)
+    res = an.analyze(ens, trajmc.solve(md))
+    assert res["heat_cumulants"].empty and res["heat_distribution"].empty
+    assert res["activity"].mean_mc.tolist() == [0.0] and res["activity"].mean_exact.tolist() == [0.0]
+    assert list(res["entropy_production"].ift_mc) == [1.0]
+    for p in analysis_figures(ens, res, tmp_path):
+        assert p.is_file()

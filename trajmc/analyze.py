@@ -51,11 +51,14 @@ def _choose_times(times, chosen=None):
         idx = sorted({max(1, n // 4), max(1, n // 2), n - 1})
     else:
         idx = sorted({int(np.argmin(np.abs(times - t))) for t in chosen})
-    return [i for i in idx if i > 0]
+    return [i for i in idx if 0 < i < n]  # (a run sampled at t = 0 only has no heat yet)
 
 
 def heat_tables(ens, sol, idx):
     """Per bath: distribution table and cumulant table (MC ± SE, exact when the solution exists)."""
+    if not idx:
+        return (pd.DataFrame(columns=["bath", "t", "Q", "P_mc", "P_mc_se"]),
+                pd.DataFrame(columns=["bath", "t", "k1_mc", "k1_se", "k2_mc", "k2_se", "k3_mc", "k3_se"]))
     N = ens.trajectories
     w = ens.acc.windows
     dists, cums = [], []

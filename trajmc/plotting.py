@@ -107,8 +107,10 @@ def analysis_figures(ens, res, outdir):
     paths = []
     hd = res["heat_distribution"]
     baths = list(dict.fromkeys(hd["bath"]))
+    if not baths:  # sampled at t = 0 only: no heat yet
+        baths = list(ens.model.bath_names)
     fig, axes = plt.subplots(1, len(baths), figsize=(5.5 * len(baths), 4), constrained_layout=True, squeeze=False)
-    for ax, b in zip(axes[0], baths):
+    for ax, b in zip(axes[0], baths, strict=True):
         for t, g in hd[hd["bath"] == b].groupby("t"):
             ok = g["P_mc"] > 0
             lo = np.minimum(1.96 * g["P_mc_se"][ok], 0.95 * g["P_mc"][ok])  # keep bars on the log axis
@@ -117,8 +119,10 @@ def analysis_figures(ens, res, outdir):
             if "P_exact" in g:
                 ax.plot(g["Q"], g["P_exact"], "-", color=line[0].get_color(), lw=1)
         ax.set_yscale("log")
-        ax.set(xlabel=f"heat Q from bath {_text(b)}", ylabel="P(Q)", title=f"heat distribution, bath {_text(b)} (lines: exact)")
-        ax.legend(fontsize=8)
+        ax.set(xlabel=f"heat Q from bath {_text(b)}", ylabel="P(Q)",
+               title=f"heat distribution, bath {_text(b)} (lines: exact)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     paths.append(outdir / "heat_distribution.png")
     _save(fig, paths[-1])
     if "entropy_production" in res:
