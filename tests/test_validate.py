@@ -692,6 +692,25 @@ def test_tampered_last_counts_fail_steady_state():
     assert not res["GillespieVsExact"].passed
 
 
+def test_steady_state_after_the_last_switch():
+    """A driven run that relaxes after its last switch: the steady state is p ∝ V in the shells of the last
+    levels (total energy eps_s + E changes at a switch), each with the weight it has then.  The check used the
+    first segment's shells and initial weights, so it always said 'not relaxed' for a driven run."""
+    md = driven()
+    md["times"] = {"values": [0.0, 1.5, 2.5, 12.0]}
+    sol = trajmc.solve(md)
+    ens = trajmc.simulate(md, trajectories=N_TRAJ, seed=3, threads=THREADS)
+    r = run_checks(ens, sol, names=["SteadyStateInShells"])[0]
+    assert r.kind == "statistical" and r.passed, r
+    bad = clone(ens)
+    net = sol.segments[-1][1]
+    row = bad.acc.counts[-1]
+    src = int(np.argmax(row))
+    _move(row, 0.02, among=np.flatnonzero(net.block == net.block[src]))
+    r = run_checks(bad, sol, names=["SteadyStateInShells"])[0]
+    assert r.kind == "statistical" and not r.passed and r.adjusted_pvalue < ALPHA / 100, r
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_tampered_level_counts_fail_system_marginal(path):
     ens, sol = built("two", path)
