@@ -1,42 +1,84 @@
-"""Dask backend against a real LocalCluster of 2 worker processes (no mocks).
+"""Dask backend against a real LocalCluster of 2 worker processes (no mocks), on both Monte Carlo paths.
 
-Bit-identity is exact equality of integer accumulators: no false-alarm rate is involved.
+Bit-identity is exact equality of every accumulator (integer sums, and float sums added in chunk order):
+no false-alarm rate is involved.
 """
+import dataclasses
+import json
 import os
 import signal
 
 import numpy as np
+import pandas as pd
 import pytest
+from conftest import THREADS, get_model_dict, signal_from_another_thread
 
 import trajmc
 from trajmc import engine
 from trajmc.cluster import DaskSession, run_plan_dask
-from trajmc.runio import RunWriter, load_run, resume_run
+from trajmc.ensemble import Ensemble
+from trajmc.rundir import RunWriter, load_run, resume_run
+from trajmc.simulation import make_stats, plan_run
+from trajmc.tables import windows_from
 
 distributed = pytest.importorskip("distributed")
 
-MODEL = "two-baths"
+PATHS = ["enumerated", "implicit"]
+MODEL = "two_baths"  # 675 joint states, two baths: bounds on the implicit path, Delta s_obs on the enumerated one
 N, CS = 24_000, 1000  # 24 chunks
 
 
-def _small_two_baths():
-    d = trajmc.get_example(MODEL)
-    for b, emax in zip(d["baths"], (150, 40)):
-        b["dos"]["n"] = 4
-        b["emax"] = emax
-    d["times"] = {"stop": 3.0, "num": 7}
-    return d
+def _wide_model():
+    """The two-baths example (baths of 201 and 61 energies) on fewer times: its implicit windows (grown from
+    one value) stay inside the grids, so how they grew shows in their layout."""
+    md = trajmc.get_example("two-baths")
+    md["times"] = {"stop": 3.0, "num": 7}
+    return md
 
 
-FIELDS = ("counts", "cross", "heat", "work", "jumps", "rec_x", "rec_n", "path_t", "path_x", "path_len")
+def _plan(path, tiny_windows=False):
+    """The run's plan (records and paths on; Delta s_obs streamed on the enumerated path).  ``tiny_windows``
+    (implicit): accumulator windows of one energy and one heat value on the wide model, so they must grow in
+    every chunk."""
+    md = _wide_model() if tiny_windows else get_model_dict(MODEL)
+    plan = plan_run(md, trajectories=N, seed=17, chunk_size=CS, records=True, paths=3, engine_=path, threads=THREADS)
+    assert plan.path == path and plan.trajectory_entropy == (path == "enumerated")
+    if tiny_windows:
+        w = plan.windows
+        plan.windows = windows_from(w.lo + w.wid // 2, np.ones_like(w.wid), np.zeros_like(w.qlo),
+                                    np.ones_like(w.qwid), plan.n_levels)
+    return plan
 
 
-def _same(a, b):
-    for k in FIELDS:
-        x, y = getattr(a, k), getattr(b, k)
-        assert (x is None) == (y is None), k
-        if x is not None:
-            np.testing.assert_array_equal(x, y, err_msg=k)
+def _ensemble(plan, acc):
+    return Ensemble(plan, acc, make_stats(plan, acc, 1, 0.0, 0.0))
+
+
+def _on_windows(plan, acc, win):
+    """A copy of ``acc`` re-laid on the (larger) windows ``win`` (the original is left as it is)."""
+    acc = dataclasses.replace(acc)
+    engine.grow_accumulators(plan, acc, win)
+    return acc
+
+
+def _on_common_windows(plan, a, b):
+    big = engine._merge_windows(a.windows, b.windows, plan.n_levels)
+    return _on_windows(plan, a, big), _on_windows(plan, b, big)
+
+
+def assert_same_acc(a, b):
+    fa, fb = a.arrays(), b.arrays()
+    assert set(fa) == set(fb)
+    for k in fa:
+        assert fa[k].dtype == fb[k].dtype, k
+        np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
+    assert all(np.array_equal(x, y) for x, y in zip(a.windows, b.windows, strict=True))
+    assert a.chunks_done == b.chunks_done
+
+
+def assert_same_run(plan, a, b):
+    assert_same_acc(a, b)
+    pd.testing.assert_frame_equal(_ensemble(plan, a).thermo(), _ensemble(plan, b).thermo(), check_exact=True)
 
 
 @pytest.fixture(scope="module")
@@ -46,33 +88,83 @@ def session():
     s.close()
 
 
-@pytest.fixture(scope="module")
+_THREADED = {}
+
+
+@pytest.fixture
 def threaded():
-    plan = engine.make_plan(_small_two_baths(), trajectories=N, seed=17, chunk_size=CS, records=True, paths=3)
-    acc = engine.new_accumulators(plan)
-    engine.run_plan(plan, acc, threads=2)
-    return plan, acc
+    """``threaded(path, tiny_windows=False)`` -> (plan, accumulators) of the run on numba threads (cached)."""
+    def get(path, tiny_windows=False):
+        key = (path, tiny_windows)
+        if key not in _THREADED:
+            plan = _plan(path, tiny_windows)
+            acc = engine.new_accumulators(plan)
+            engine.run_plan(plan, acc, threads=THREADS)
+            _THREADED[key] = plan, acc
+        return _THREADED[key]
+    return get
 
 
-def test_dask_is_bit_identical_to_threads(session, threaded):
-    plan, ref = threaded
+@pytest.mark.parametrize("path", PATHS)
+def test_dask_is_bit_identical_to_threads(session, threaded, path):
+    plan, ref = threaded(path)
     acc = engine.new_accumulators(plan)
     info = run_plan_dask(plan, acc, session)
-    _same(acc, ref)
+    assert_same_run(plan, acc, ref)
+    assert acc.rec_x is not None and acc.path_len.sum() > 0 and (acc.dsh is not None) == (path == "enumerated")
     assert info["backend"] == "dask" and info["workers"] == 2
     assert len(info["worker_compile_s"]) == 2  # compiled (or loaded from cache) once per worker
 
 
-def test_simulate_api_with_an_existing_scheduler(session, threaded):
-    plan, ref = threaded
-    ens = trajmc.simulate(_small_two_baths(), trajectories=N, seed=17, chunk_size=CS, records=True, paths=3,
-                          backend="dask", scheduler=session.address)
-    _same(ens.acc, ref)
+def test_implicit_windows_grown_inside_workers_give_the_threaded_result(session, threaded):
+    """Every chunk overflows its one-value windows and is rerun on grown windows inside its worker; the totals
+    (merged in chunk order) equal the threaded run's entry for entry on the common windows, and every
+    per-trajectory record, path, jump count and random-stream fingerprint exactly."""
+    plan_t, ref = threaded("implicit", tiny_windows=True)
+    plan = _plan("implicit", tiny_windows=True)
+    acc = engine.new_accumulators(plan)
+    run_plan_dask(plan, acc, session)
+    assert np.all(acc.windows.wid > 1) and np.all(ref.windows.wid > 1)  # both grew
+    for k in ("jumps", "fingerprint", "rec_x", "rec_n", "rec_E", "path_t", "path_x", "path_E", "path_len", "mom",
+              "sys2", "qsum", "viol"):
+        np.testing.assert_array_equal(getattr(acc, k), getattr(ref, k), err_msg=k)
+    assert_same_run(plan, *_on_common_windows(plan, acc, ref))
+    # and against a run of the same model whose windows never had to grow
+    plan0 = plan_run(_wide_model(), trajectories=N, seed=17, chunk_size=CS, records=True, paths=3,
+                     engine_="implicit", threads=THREADS)
+    ref0 = engine.run_plan(plan0, engine.new_accumulators(plan0), THREADS)
+    assert_same_run(plan, *_on_common_windows(plan, acc, ref0))
+
+
+# BUG (trajmc/estimate.py, marginals(), lines 145-153): the implicit bath marginals span the accumulator
+# windows, and the entropy sums over them are pairwise float sums whose grouping depends on the window layout.
+# Windows grown by different chunk schedules (threads vs Dask, or the adaptive wave size) therefore give
+# thermo() values that differ in the last bits (D, I_<bath>, S_obs_upper, ...) although every count is equal.
+# Deterministic reproducer: the same accumulators laid out on wider windows.
+@pytest.mark.xfail(reason="thermo() on the implicit path depends on the window layout (estimate.marginals)",
+                   strict=True)
+def test_implicit_estimates_do_not_depend_on_the_window_layout(threaded):
+    plan, acc = threaded("implicit", tiny_windows=True)
+    w = acc.windows
+    wider = windows_from(np.zeros_like(w.lo), np.array([201, 61]), w.qlo - 7, w.qwid + 14, plan.n_levels)
+    relaid = _on_windows(plan, acc, wider)
+    pd.testing.assert_frame_equal(_ensemble(plan, acc).thermo(), _ensemble(plan, relaid).thermo(), check_exact=True)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_simulate_api_with_an_existing_scheduler(session, threaded, path):
+    plan, ref = threaded(path)
+    ens = trajmc.simulate(get_model_dict(MODEL), trajectories=N, seed=17, chunk_size=CS, records=True, paths=3,
+                          engine=path, backend="dask", scheduler=session.address)
+    assert_same_run(plan, ens.acc, ref)
     assert ens.stats["backend"] == "dask" and ens.stats["scheduler"] == session.address
+    assert ens.stats["path"] == path
 
 
-def test_killing_a_worker_mid_run_keeps_the_result(session, threaded):
-    plan, ref = threaded
+@pytest.mark.parametrize("path", PATHS)
+def test_killing_a_worker_mid_run_keeps_the_result(session, threaded, path):
+    _, ref = threaded(path, tiny_windows=path == "implicit")
+    plan = _plan(path, tiny_windows=path == "implicit")
     pids = session.client.run(os.getpid)
     victim = sorted(pids.values())[0]
     killed = []
@@ -85,12 +177,15 @@ def test_killing_a_worker_mid_run_keeps_the_result(session, threaded):
     acc = engine.new_accumulators(plan)
     run_plan_dask(plan, acc, session, progress=progress, max_inflight=6)
     assert killed and killed[0] < plan.n_chunks
-    _same(acc, ref)
-    session.client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
+    if path == "implicit":  # windows grown in another order: compare on common windows
+        acc, ref = _on_common_windows(plan, acc, ref)
+    assert_same_run(plan, acc, ref)
+    session.client.wait_for_workers(2, timeout=120)  # the nanny restarts the killed worker
 
 
-def test_resume_after_interrupting_the_client(tmp_path, session, threaded):
-    plan, ref = threaded
+@pytest.mark.parametrize("path", PATHS)
+def test_resume_after_stopping_the_client(tmp_path, session, threaded, path):
+    plan, ref = threaded(path)
     run = tmp_path / "run"
     w = RunWriter.create(run, plan)
     run_plan_dask(plan, w.acc, session, checkpoint=w.checkpoint, stop_after=9)  # the client stops here
@@ -98,31 +193,67 @@ def test_resume_after_interrupting_the_client(tmp_path, session, threaded):
     with pytest.raises(trajmc.RunError, match="--resume"):
         load_run(run)
     ens = resume_run(run, threads=1, backend="dask", scheduler=session.address)
-    _same(ens.acc, ref)
-    _same(load_run(run).acc, ref)
+    assert_same_run(plan, ens.acc, ref)
+    assert_same_run(plan, load_run(run).acc, ref)
 
 
-def test_cli_workers_flag(tmp_path, threaded):
+@pytest.mark.regression
+@pytest.mark.parametrize("path", PATHS)
+def test_ctrl_c_on_the_client_then_resume_on_threads(tmp_path, session, threaded, path):
+    """SIGINT while results arrive: Interrupted, in-flight tasks cancelled, a checkpoint of exactly chunks_done
+    chunks; resuming on threads (another backend) completes it bit for bit."""
+    plan, ref = threaded(path)
+    run = tmp_path / "run"
+    w = RunWriter.create(run, plan)
+    sent = []
+
+    def progress(done):
+        if done >= 3 and not sent:
+            sent.append(done)
+            signal_from_another_thread()  # a real SIGINT, handled by the client's stop flag
+
+    with pytest.raises(trajmc.Interrupted, match="interrupted after"):
+        run_plan_dask(plan, w.acc, session, progress=progress, checkpoint=w.checkpoint)
+    prov = json.loads((run / "provenance.json").read_text())
+    done = prov["chunking"]["chunks_done"]
+    assert prov["status"] == "running" and sent[0] <= done < plan.n_chunks
+    with pytest.raises(trajmc.RunError, match="incomplete"):
+        load_run(run)
+    ens = resume_run(run, threads=THREADS)
+    assert_same_run(plan, ens.acc, ref)
+
+
+@pytest.mark.parametrize("path", ["implicit"])
+def test_cli_workers_flag(tmp_path, threaded, path):
     from trajmc.cli import main
 
+    plan, ref = threaded(path)
     out = tmp_path / "cli"
     model = tmp_path / "m.toml"
-    model.write_text(trajmc.load_model(_small_two_baths()).to_toml())
+    model.write_text(trajmc.load_model(get_model_dict(MODEL)).to_toml())
     rc = main(["simulate", str(model), "--trajectories", str(N), "--seed", "17", "--chunk-size", str(CS),
-               "--workers", "2", "--out", str(out), "--quiet"])
+               "--records", "--paths", "3", "--engine", path, "--workers", "2", "--out", str(out), "--quiet"])
     assert rc == 0
-    ens = load_run(out)
-    np.testing.assert_array_equal(ens.counts, threaded[1].counts)
-    import json
-
+    assert_same_run(plan, load_run(out).acc, ref)
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["backend"]["backend"] == "dask" and prov["backend"]["workers"] == 2
+    assert prov["engine"]["path"] == path
 
 
 def test_bad_backend_arguments():
+    md = get_model_dict(MODEL)
     with pytest.raises(trajmc.ModelError, match="backend"):
-        trajmc.simulate(_small_two_baths(), trajectories=10, backend="mpi")
+        trajmc.simulate(md, trajectories=10, backend="mpi")
     with pytest.raises(trajmc.ModelError, match="backend"):
-        trajmc.simulate(_small_two_baths(), trajectories=10, scheduler="tcp://127.0.0.1:1")
+        trajmc.simulate(md, trajectories=10, scheduler="tcp://127.0.0.1:1")
     with pytest.raises(trajmc.ModelError, match="workers"):
-        trajmc.simulate(_small_two_baths(), trajectories=10, backend="dask", workers=0)
+        trajmc.simulate(md, trajectories=10, backend="dask", workers=0)
+
+
+@pytest.mark.slow
+def test_unreachable_scheduler_writes_nothing(tmp_path):
+    """(slow: the client waits its 20 s connection timeout)"""
+    with pytest.raises(trajmc.TrajmcError, match="scheduler"):
+        trajmc.simulate(get_model_dict(MODEL), trajectories=10, backend="dask", scheduler="tcp://127.0.0.1:1",
+                        out=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
