@@ -525,7 +525,6 @@ def test_delta_s_histogram_vs_exact_mean(key):
     assert n_in + res["delta_s_under"] + res["delta_s_over"] == ens.trajectories
     assert res["delta_s_under"] + res["delta_s_over"] <= 1e-3 * ens.trajectories
     width = float(h.ds_hi.iloc[0] - h.ds_lo.iloc[0])
-    np.testing.assert_allclose(np.sum(h.density * width), n_in / ens.trajectories, rtol=1e-12)
     mean = float(np.sum((h.ds_lo + h.ds_hi) / 2 * h["count"])) / n_in
     ep = res["entropy_production"].iloc[-1]
     assert abs(mean - ep.Sigma_exact) < Z * ep.mean_ds_se + width / 2, (mean, ep.Sigma_exact, width)
@@ -564,7 +563,7 @@ def _sigma_of(ens, s0, st, qa):
 def test_exchange_ft_slope_mc(key, path):
     _, _, res = mc(key, path)
     df, slope, se = res["exchange_ft"], res["ft_slope"], res["ft_slope_se"]
-    assert len(df) >= 5 and 0 < se < 0.05
+    assert len(df) >= 5 and 0 < se < 0.05  # informative: |slope - 1| < Z SE says something
     assert abs(slope - 1) / se < Z, (slope, se)
     z = (df.log_ratio - df.sigma) / df.log_ratio_se
     assert np.all(np.abs(z) < Z), z.values
