@@ -119,3 +119,17 @@ def test_holm_properties():
         order = np.argsort(p, kind="stable")
         assert np.all(np.diff(adj[order]) >= 0)  # monotone in p
         assert adj.min() == pytest.approx(min(1.0, len(p) * p.min()))  # Bonferroni for the smallest
+
+
+def test_holm_keeps_a_missing_p_value_missing():
+    """A NaN p-value is no test: it stays NaN (never 1, which would read as a pass) and takes the first slot."""
+    adj = holm([np.nan, 0.01, 0.2])
+    assert np.isnan(adj[0])
+    assert adj[1] == pytest.approx(0.02) and adj[2] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("obs, prob", [([np.nan, 10], [0.5, 0.5]), ([-1, 10], [0.5, 0.5]), ([1, 2], [0.5, 0.3, 0.2]),
+                                       ([np.inf, 1], [0.5, 0.5]), ([1, 2], [np.nan, 1.0])])
+def test_g_test_of_invalid_input_has_no_p_value(obs, prob):
+    r = g_test(obs, prob)
+    assert np.isnan(r.pvalue)

@@ -44,6 +44,9 @@ def g_test(observed, prob, min_expected=MIN_EXPECTED) -> GTest:
     """
     obs = np.asarray(observed, dtype=float)
     prob = np.asarray(prob, dtype=float)
+    if obs.shape != prob.shape or not (np.all(np.isfinite(obs)) and np.all(np.isfinite(prob))) \
+            or np.any(obs < 0) or np.any(prob < 0):
+        return GTest(np.nan, 0, np.nan, 0, 0)  # not a test: callers must treat a NaN p-value as a failure
     N = obs.sum()
     zero = prob <= 0
     impossible = int(obs[zero].sum())
@@ -68,13 +71,21 @@ def z_pvalue(z):
 
 
 def holm(pvalues):
-    """Holm step-down adjusted p-values (family-wise error control)."""
+    """Holm step-down adjusted p-values (family-wise error control).
+
+    A NaN p-value (no valid test) stays NaN and counts as the most significant member of the family, so it
+    can only make the other adjusted p-values larger, never pass.
+    """
     p = np.asarray(pvalues, dtype=float)
     m = len(p)
-    order = np.argsort(p)
+    key = np.where(np.isnan(p), -1.0, p)
+    order = np.argsort(key, kind="stable")
     adj = np.empty(m)
     running = 0.0
     for rank, i in enumerate(order):
+        if np.isnan(p[i]):
+            adj[i] = np.nan
+            continue
         running = max(running, min(1.0, (m - rank) * p[i]))
         adj[i] = running
     return adj
