@@ -7,6 +7,8 @@ import dataclasses
 import json
 import os
 import signal
+import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -221,6 +223,42 @@ def test_ctrl_c_on_the_client_then_resume_on_threads(tmp_path, session, threaded
         load_run(run)
     ens = resume_run(run, threads=THREADS)
     assert_same_run(plan, ens.acc, ref)
+
+
+# Regression test: BUG cluster.run_plan_dask looked at the stop flag only when a task finished, so SIGINT/SIGTERM
+# on the client did nothing while a chunk ran (hours for a stiff model); it now polls while it waits
+@pytest.mark.regression
+@pytest.mark.filterwarnings("ignore:trajmc. the run will make")
+@pytest.mark.filterwarnings("ignore:Port .* is already in use")  # a second LocalCluster's dashboard
+def test_ctrl_c_on_the_client_while_a_chunk_runs_for_hours(tmp_path):
+    md = get_model_dict("qubit_osc_sqrt")
+    md["baths"][0]["kernel"]["gamma"] = 1e12  # ~1.3e12 jumps per trajectory to t = 1
+    md["times"] = {"values": [0.0, 1.0]}
+    plan = engine.make_plan(md, trajectories=2, chunk_size=1, seed=1, max_jumps=1e15)
+    own = DaskSession(workers=1)  # its worker stays busy with the cancelled chunk: closed (killed) below
+    try:
+        w = RunWriter.create(tmp_path / "run", plan)
+        seen = []
+
+        def interrupt_once_running():
+            deadline = time.monotonic() + 600
+            while not any(own.client.processing().values()):  # the chunk has reached the worker
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.02)
+            seen.append(1)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+        th = threading.Thread(target=interrupt_once_running, daemon=True)
+        th.start()
+        with pytest.raises(trajmc.Interrupted, match="interrupted after 0 of 2 chunks"):
+            run_plan_dask(plan, w.acc, own, checkpoint=w.checkpoint)
+        th.join()
+        assert seen
+        prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
+        assert prov["status"] == "running" and prov["chunking"]["chunks_done"] == 0
+    finally:
+        own.close()
 
 
 @pytest.mark.parametrize("path", ["implicit"])

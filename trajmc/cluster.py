@@ -1,12 +1,15 @@
 """Dask backend: chunks become Dask tasks on a LocalCluster or an existing scheduler.
 
-* The plan (its kernel tables, without the networks) is scattered to every worker once (``broadcast=True``); tasks carry only
-  the chunk index.  Each worker process compiles (or loads from numba's cache) the kernel once.
+* The plan (its kernel tables, without the networks) is scattered to every worker once (``broadcast=True``);
+  tasks carry only the chunk index.  Each worker process compiles (or loads from numba's cache) the kernel once.
 * A task returns its chunk's integer accumulators; results are added in chunk order as they
   complete, so the accumulators always hold a prefix of chunks (checkpoints, ``--resume``) and
   the totals are bit-identical to the threaded backend (integer sums).
 * A worker that dies costs only its in-flight tasks: the scheduler reruns them elsewhere, and a
   rerun chunk draws the same random numbers (its seed is ``SeedSequence(entropy, spawn_key=(i,))``).
+* SIGINT/SIGTERM on the client are noticed while it waits (it polls), cancel the tasks and checkpoint the
+  chunks added so far.  A task already running on a worker is not stopped by the cancellation: the worker
+  finishes (or is killed with) that chunk.
 """
 from __future__ import annotations
 
@@ -91,9 +94,14 @@ def run_plan_dask(plan, acc, session: DaskSession, progress=None, checkpoint=Non
             while nxt < end and nxt < acc.chunks_done + max_inflight:
                 submit(nxt)
                 nxt += 1
-            for fut in ac:
+            while acc.chunks_done < end:
+                while not ac.has_ready():  # poll: a stop request is noticed while a chunk runs for hours
+                    if stop.set:
+                        raise KeyboardInterrupt
+                    time.sleep(engine.POLL_SECONDS)
                 if stop.set:
                     raise KeyboardInterrupt
+                fut = next(ac)
                 res = fut.result()
                 fut.release()
                 pending[res["chunk"]] = res
@@ -108,8 +116,6 @@ def run_plan_dask(plan, acc, session: DaskSession, progress=None, checkpoint=Non
                 if checkpoint is not None and time.perf_counter() - last_ck >= checkpoint_every:
                     checkpoint(acc)
                     last_ck = time.perf_counter()
-                if acc.chunks_done >= end:
-                    break
     except KeyboardInterrupt:
         for f in list(ac.futures):
             f.cancel()
