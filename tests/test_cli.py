@@ -591,7 +591,7 @@ def test_sigterm_inside_an_hours_long_chunk_then_resumable(tmp_path):
         assert proc.returncode == 130, err
         lines = err.strip().splitlines()
         assert "Traceback" not in err and len(lines) == 2, err
-        assert lines[0].startswith("trajmc: the run will make ~5.16e+12 jumps")  # the size warning: one line
+        assert lines[0].startswith("trajmc: the run will make ~")  # the size warning: one line
         assert lines[1].startswith("trajmc: interrupted") and lines[1].endswith(f"--resume {d}"), err
         with pytest.raises(trajmc.RunError, match="incomplete"):
             trajmc.load_run(tmp_path / d)

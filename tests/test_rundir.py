@@ -16,17 +16,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import tomli_w
+from conftest import THREADS, get_model_dict, signal_from_another_thread
 
 import trajmc
 from trajmc import engine, rundir
 from trajmc.simulation import plan_run
 
-from conftest import THREADS, get_model_dict, signal_from_another_thread
-
 N, CS = 6000, 500  # 12 chunks, all full
 PATHS = ["enumerated", "implicit"]
 CASES = [(path, records, driven) for path in PATHS for records in (False, True) for driven in (False, True)]
 CASE_IDS = [f"{p}-{'records' if r else 'streamed'}-{'driven' if d else 'undriven'}" for p, r, d in CASES]
+RECORD_CASES = [c for c in CASES if c[1]]
+RECORD_IDS = [i for c, i in zip(CASES, CASE_IDS, strict=True) if c[1]]
 
 
 def model_dict(driven):
@@ -126,7 +127,8 @@ def test_run_directory_layout(finished, case):
     streamed = path == "enumerated"  # the exact p_x(t) is small: Delta s_obs is streamed by default
     assert ens.plan.trajectory_entropy == streamed
     want = {"model.toml", "provenance.json", "accumulators.npz", "estimates.csv", "estimates.parquet",
-            "p_system.csv"} | ({"records.npz"} if records else set()) | ({"entropy_reference.npz"} if streamed else set())
+            "p_system.csv"} | ({"records.npz"} if records else set()) \
+        | ({"entropy_reference.npz"} if streamed else set())
     assert {p.name for p in d.iterdir()} == want  # no figures: rundir never draws; no temporary files left
     prov = json.loads((d / "provenance.json").read_text())
     assert prov["schema_version"] == rundir.SCHEMA and prov["status"] == "complete"
@@ -209,7 +211,7 @@ def test_resume_is_bit_identical(finished, case, tmp_path):
         rundir.resume_run(d, threads=1)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c[1]], ids=[i for c, i in zip(CASES, CASE_IDS) if c[1]])
+@pytest.mark.parametrize("case", RECORD_CASES, ids=RECORD_IDS)
 def test_resume_from_the_initial_checkpoint(finished, case, tmp_path):
     d = tmp_path / "fresh"
     _partial_run(d, case, stop_after=0)
@@ -232,7 +234,7 @@ def _interrupt_in_wave(monkeypatch, n):
     monkeypatch.setattr(engine, "_in_thread", in_thread)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c[1]], ids=[i for c, i in zip(CASES, CASE_IDS) if c[1]])
+@pytest.mark.parametrize("case", RECORD_CASES, ids=RECORD_IDS)
 def test_interrupted_inside_a_wave_then_resumed_is_bit_identical(finished, case, tmp_path, monkeypatch):
     """A stop request inside the second wave: Interrupted, a checkpoint holding exactly chunks_done chunks,
     and --resume gives the uninterrupted run."""
@@ -255,6 +257,24 @@ def test_interrupted_inside_a_wave_then_resumed_is_bit_identical(finished, case,
     with pytest.raises(trajmc.RunError, match="incomplete"):
         trajmc.load_run(d)
     assert_same_ensemble(finished(case)[1], rundir.resume_run(d, threads=1))
+
+
+def test_keyboard_interrupt_between_waves_then_resumed_is_bit_identical(finished, tmp_path):
+    """A KeyboardInterrupt raised between waves (from the progress callback, as a Ctrl-C handled there)."""
+    case = ("implicit", True, False)
+    d = tmp_path / "kbd"
+    plan = plan_run(model_dict(False), trajectories=N, seed=12, chunk_size=CS, records=True, paths=4,
+                    engine_="implicit", threads=1)
+    w = rundir.RunWriter.create(d, plan)
+
+    def progress(k):
+        raise KeyboardInterrupt
+
+    with pytest.raises(trajmc.Interrupted):
+        engine.run_plan(plan, w.acc, 1, progress=progress, checkpoint=w.checkpoint)
+    # the first wave has one chunk per thread, and small buffers are folded after every wave
+    assert json.loads((d / "provenance.json").read_text())["chunking"]["chunks_done"] == 1
+    assert_same_ensemble(finished(case)[1], rundir.resume_run(d, threads=THREADS))
 
 
 # Regression test: BUG runio.save_run/RunWriter.run: after the last wave the accumulators are written before
@@ -425,7 +445,7 @@ def _bump_first(a):
 
 @pytest.mark.parametrize("case", TAMPER_CASES, ids=TAMPER_IDS)
 def test_every_altered_accumulator_is_refused(copy_of, case):
-    """One entry of each stored array changed (in turn, each on a fresh copy): RunError every time.
+    """One entry of each stored array changed, or the array dropped (in turn): RunError every time.
 
     ``wall_s`` (a timing, not a result) is outside the data checksum by design (identical runs have identical
     checksums), but a finished run's provenance.json holds the file's SHA-256, so it is refused too."""
@@ -440,6 +460,10 @@ def test_every_altered_accumulator_is_refused(copy_of, case):
         if np.array_equal(arr[k], orig[k]):  # an empty array (e.g. no work histogram): drop it instead
             arr.pop(k)
         np.savez(d / "accumulators.npz", **arr)
+        with pytest.raises(trajmc.RunError) as exc:
+            trajmc.load_run(d)
+        assert "\n" not in str(exc.value), k
+        np.savez(d / "accumulators.npz", **{j: v for j, v in orig.items() if j != k})  # the array dropped
         with pytest.raises(trajmc.RunError) as exc:
             trajmc.load_run(d)
         assert "\n" not in str(exc.value), k
