@@ -152,7 +152,7 @@ def skewed_two_baths():
 HEAT_MODELS = ["qubit_osc_sqrt", "three_spins_eth", "qubit_spins_linear", "qubit_table_sqrt", "two_baths"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def solved(name):
     return trajmc.solve(get_model_dict(name))
 
@@ -365,7 +365,7 @@ RUNS = [(k, p) for k in MC for p in PATHS]
 RUN_IDS = [f"{k}-{p}" for k, p in RUNS]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mc(key, path="enumerated"):
     """(Ensemble, Solution, analyze result) of a seeded run (records off: everything streamed)."""
     maker, seed = MC[key]
@@ -376,7 +376,7 @@ def mc(key, path="enumerated"):
     return ens, sol, an.analyze(ens, sol)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def recorded(key, path):
     """A smaller run of the same model that also keeps per-trajectory records (an independent account of
     every trajectory, against which the streamed histograms are checked exactly)."""
@@ -682,7 +682,7 @@ def _driven_gibbs():
     return md
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def driven_mc(path):
     md = _driven_gibbs()
     ens = trajmc.simulate(md, trajectories=N_MC, seed=31, engine=path, threads=THREADS)
@@ -779,9 +779,9 @@ def test_analyze_run_of_an_implicit_run_without_exact_reference(tmp_path, monkey
     """A run as if too big to enumerate (forced implicit, the exact reference withheld): analyze_run writes the
     Monte Carlo tables only and says there is no exact reference; the numbers still agree with the exact
     solution computed here, which analyze never saw."""
-    from trajmc import validate
+    from trajmc import references
 
-    monkeypatch.setattr(validate, "exact_reference", lambda model, plan=None: None)
+    monkeypatch.setattr(references, "exact_reference", lambda model, plan=None: None)
     md = get_model_dict("two_baths")
     d = tmp_path / "run"
     trajmc.simulate(md, trajectories=N_MC, seed=8, engine="implicit", threads=THREADS, out=d)

@@ -38,7 +38,7 @@ from conftest import OFF3, THREADS, get_model_dict
 
 import trajmc
 from trajmc import _kernel as K
-from trajmc import engine, rundir
+from trajmc import engine, references, rundir
 from trajmc import validate as V
 from trajmc.cli import main
 from trajmc.ensemble import Ensemble
@@ -126,12 +126,12 @@ NOT_COUNTED = {
 RUNS = sorted(NOT_COUNTED)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def solution(key):
     return trajmc.solve(MAKERS[key]())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def built(key, path="enumerated"):
     """(Ensemble, Solution) of a correct run; built once per module."""
     ens = trajmc.simulate(MAKERS[key](), trajectories=N_TRAJ, seed=SEEDS[key], engine=path, threads=THREADS)
@@ -139,7 +139,7 @@ def built(key, path="enumerated"):
     return ens, solution(key)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def correct_results(key, path):
     ens, sol = built(key, path)
     return {r.name: r for r in run_checks(ens, sol)}
@@ -859,7 +859,7 @@ def test_pauli_reference_is_the_exact_solution_away_from_the_edges():
     a grid edge is 100 jumps away)."""
     for md in (pauli(1), pauli(2)):
         sol = trajmc.solve(md)
-        ps, Q = V.pauli_marginal(sol.model, sol.times)
+        ps, Q = references.pauli_marginal(sol.model, sol.times)
         np.testing.assert_allclose(ps, sol.p_system(), rtol=0, atol=1e-10)
         ex = sol.thermo()
         for nu, b in enumerate(sol.model.bath_names):
@@ -873,7 +873,7 @@ def test_pauli_marginal_against_a_wrong_reference_fails(path, monkeypatch):
     md = pauli()
     md["baths"][0]["kernel"]["gamma"] = 1.3
     wrong = trajmc.load_model(md)
-    real = V.pauli_marginal
+    real = references.pauli_marginal
     monkeypatch.setattr(V, "pauli_marginal", lambda model, times: real(wrong, times))
     r = {r.name: r for r in run_checks(ens, sol)}["PauliMarginalVsExact"]
     assert r.kind == "statistical" and not r.passed and r.adjusted_pvalue < ALPHA / 100, r
@@ -905,7 +905,7 @@ def test_pauli_marginal_not_applicable_otherwise():
                       (lambda md: md.update(protocol=[{"time": 1.0, "energies": [0, 2, 3]}]), "driven")]:
         md = pauli()
         edit(md)
-        ref = V.pauli_marginal(trajmc.load_model(md), np.array([0.0, 1.0]))
+        ref = references.pauli_marginal(trajmc.load_model(md), np.array([0.0, 1.0]))
         assert isinstance(ref, str) and why in ref
     r = correct_results("one", "implicit")["PauliMarginalVsExact"]
     assert r.kind == NA
@@ -916,7 +916,7 @@ def test_pauli_marginal_three_large_baths_without_exact_solution():
     solution), yet p_s(t) and every Q_b(t) are checked against the Pauli equation."""
     md = pauli(3, emax=10_000)
     ens = trajmc.simulate(md, trajectories=N_TRAJ, seed=11, threads=THREADS)
-    assert ens.plan.path == "implicit" and V.exact_reference(ens.model, ens.plan) is None
+    assert ens.plan.path == "implicit" and references.exact_reference(ens.model, ens.plan) is None
     res = {r.name: r for r in run_checks(ens, None)}
     assert {n for n, r in res.items() if r.counted} == {"EnergyConservation", "ObservationalEntropyNonDecreasing",
                                                         "PauliMarginalVsExact", "ReproduceChunks"}
@@ -1071,7 +1071,7 @@ def test_validation_figures_for_both_paths_and_without_exact_solution(run_dirs, 
 
     for path, exact in (("enumerated", True), ("implicit", False)):
         ens = trajmc.load_run(run_dirs[path])
-        sol = V.exact_reference(ens.model, ens.plan) if exact else None
+        sol = references.exact_reference(ens.model, ens.plan) if exact else None
         out = validation_figures(ens, sol, tmp_path / path)
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

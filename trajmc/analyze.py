@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from . import fluctuations as fl
-from . import validate
-from .validate import jarzynski_estimate, work_beta
+from . import references
+from .references import work_beta
 
 __all__ = ["analyze_run", "analyze", "sample_cumulants", "exchange_ft", "ft_slope"]
 
@@ -215,7 +215,7 @@ def work_tables(ens, sol):
     beta, gibbs = work_beta(ens.model, sol.network if sol is not None else None)
     jar = None
     if beta is not None:
-        mean, se = jarzynski_estimate(ens, beta)
+        mean, se = ens.jarzynski(beta)
         jar = pd.DataFrame({"t": ens.times, "beta": beta, "exp_mbW_mc": mean, "exp_mbW_se": se, "mean_W_mc": mean_w,
                             "mean_W_se": np.sqrt(np.maximum(ens.acc.work / N @ wv**2 - mean_w**2, 0.0)
                                                  / max(N - 1, 1))})
@@ -279,7 +279,7 @@ def analyze_run(run_dir, times=None, quiet=False):
 
     run_dir = Path(run_dir)
     ens = load_run(run_dir)
-    sol = validate.exact_reference(ens.model, ens.plan)  # one place decides (validate_run uses it too)
+    sol = references.exact_reference(ens.model, ens.plan)  # one place decides (validate_run uses it too)
     res = analyze(ens, sol, times)
     tdir = run_dir / "analysis"
     tdir.mkdir(exist_ok=True)
@@ -300,7 +300,8 @@ def _print_summary(ens, res, run_dir, sol):
         print(res["heat_cumulants"].to_string(index=False))
         if "entropy_production" in res:
             ep = res["entropy_production"].iloc[-1]
-            print(f"<Delta s_obs>(t={ep.t:g}) = {ep.mean_ds:.4f} ± {ep.mean_ds_se:.4f}  (exact Delta S_obs {ep.Sigma_exact:.4f})")
+            print(f"<Delta s_obs>(t={ep.t:g}) = {ep.mean_ds:.4f} ± {ep.mean_ds_se:.4f}  "
+                  f"(exact Delta S_obs {ep.Sigma_exact:.4f})")
             note = " (absolute irreversibility: the start leaves states of its shells empty)" \
                 if res.get("absolute_irreversibility") else ""
             print(f"<exp(-Delta s_obs)> = {ep.ift_mc:.4f} ± {ep.ift_se:.4f}  (exact {ep.ift_exact:.4f}){note}")

@@ -133,6 +133,14 @@ class Ensemble:
             self._thermo = thermo_estimates(self.plan, self.acc)
         return self._thermo.copy()
 
+    def jarzynski(self, beta):
+        """Monte Carlo ``<exp(-beta W)>`` at every time and its standard error (from the work histogram)."""
+        w = np.arange(-self.plan.woff, self.plan.woff + 1) if self.plan.driven else np.zeros(1)
+        h = self.acc.work / self.trajectories
+        e = np.exp(-beta * w)
+        mean = h @ e
+        return mean, np.sqrt(np.maximum(h @ e**2 - mean**2, 0.0) / max(self.trajectories - 1, 1))
+
     def activity(self) -> pd.DataFrame:
         """Mean and variance of the number of jumps up to each time, with standard errors (streamed sums)."""
         N = self.trajectories
