@@ -341,6 +341,24 @@ def test_saved_but_unconfirmed_run_is_incomplete(finished, tmp_path):
     assert_same_ensemble(finished(case)[1], rundir.resume_run(d, threads=1))
 
 
+# Regression test: BUG rundir._read rebuilt the plan under the default max_jumps (1e13): a run started with a
+# higher --max-jumps / max_jumps= could be neither resumed nor loaded (ModelError simulation.max_jumps)
+@pytest.mark.regression
+@pytest.mark.filterwarnings("ignore:trajmc. the run will make")
+def test_run_above_the_default_max_jumps_can_be_resumed(tmp_path):
+    md = get_model_dict("qubit_osc_sqrt")
+    md["baths"][0]["kernel"]["gamma"] = 1e12  # ~1.3e12 jumps per trajectory: 40 of them exceed the default
+    md["times"] = {"values": [0.0, 1.0]}
+    plan = plan_run(md, trajectories=40, chunk_size=1, seed=2, max_jumps=1e15)
+    assert plan.expected_jumps > engine.DEFAULT_MAX_JUMPS
+    d = tmp_path / "big"
+    rundir.RunWriter.create(d, plan)  # interrupted before its first chunk
+    with pytest.raises(trajmc.RunError, match="incomplete"):
+        trajmc.load_run(d)
+    w, _ = rundir.RunWriter.resume(d)  # (not run: it would take days)
+    assert w.plan.n_chunks == 40 and w.acc.chunks_done == 0
+
+
 def test_fresh_entropy_run_reloads_and_replays(tmp_path):
     md = get_model_dict("qubit_osc_sqrt")
     ens = trajmc.simulate(md, trajectories=3000, seed=None, threads=1, out=tmp_path / "r")

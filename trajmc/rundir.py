@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -311,15 +313,18 @@ def _read(run_dir, allow_partial=False):
             or _field(prov, ("chunking", "chunk_size"), int, run_dir) != sim["chunk_size"]:
         raise RunError(f"{run_dir}: provenance.json (seed, trajectories, chunk size) disagrees with model.toml")
     if _field(prov, ("model", "digest"), str, run_dir) != model.digest:
-        raise RunError(f"{run_dir}: model.toml was changed after the run (its physics digest differs from provenance.json)")
+        raise RunError(f"{run_dir}: model.toml was changed after the run (its physics digest differs from "
+                       "provenance.json)")
     if _field(prov, ("model", "name"), str, run_dir) != model.name:
         raise RunError(f"{run_dir}: model.toml was changed after the run (its name differs from provenance.json)")
     paths = prov.get("paths", 0)
     if isinstance(paths, bool) or not isinstance(paths, int):
         raise RunError(f"{run_dir}/provenance.json: paths has the wrong type")
     entropy = bool(sim.get("trajectory_entropy"))
-    plan = plan_run(model, records=bool(sim.get("records")), paths=paths, engine_=sim.get("engine") or "auto",
-                    threads=1, trajectory_entropy=False)
+    with warnings.catch_warnings():  # the run's size was accepted (and warned about) when it was created:
+        warnings.filterwarnings("ignore", message="trajmc: the run will make")  # reading it refuses nothing
+        plan = plan_run(model, records=bool(sim.get("records")), paths=paths, engine_=sim.get("engine") or "auto",
+                        threads=1, trajectory_entropy=False, max_jumps=math.inf)
     if entropy:
         try:
             with np.load(run_dir / "entropy_reference.npz") as z:
@@ -393,7 +398,8 @@ def _read(run_dir, allow_partial=False):
         raise RunError(f"{run_dir}: accumulators.npz does not match its own checksum (altered data?)")
     if status == "complete":
         if acc_sum != have:
-            raise RunError(f"{run_dir}: accumulators.npz does not match the checksum in provenance.json (altered data?)")
+            raise RunError(f"{run_dir}: accumulators.npz does not match the checksum in provenance.json "
+                           "(altered data?)")
         if _field(prov, ("chunking", "chunks_done"), int, run_dir) != done or done != plan.n_chunks \
                 or _field(prov, ("jumps",), int, run_dir) != int(acc.jumps.sum()) \
                 or _field(prov, ("first_law", "violations"), int, run_dir) != int(acc.viol[0]) \
