@@ -143,8 +143,6 @@ def test_implicit_windows_grown_inside_workers_give_the_threaded_result(session,
 # Windows grown by different chunk schedules (threads vs Dask, or the adaptive wave size) therefore give
 # thermo() values that differ in the last bits (D, I_<bath>, S_obs_upper, ...) although every count is equal.
 # Deterministic reproducer: the same accumulators laid out on wider windows.
-@pytest.mark.xfail(reason="thermo() on the implicit path depends on the window layout (estimate.marginals)",
-                   strict=True)
 def test_implicit_estimates_do_not_depend_on_the_window_layout(threaded):
     plan, acc = threaded("implicit", tiny_windows=True)
     w = acc.windows

@@ -424,8 +424,9 @@ def test_kernel_stops_inside_a_long_trajectory():
     """The kernel polls the stop flag every 65536 jumps: a trajectory that would take hours stops when the
     flag is set from another thread (here once the kernel has demonstrably started that trajectory)."""
     md = get_model_dict("qubit_osc_sqrt")
-    md["baths"][0]["kernel"]["gamma"] = 1e6  # ~1e12 jumps to t = 1: hours
+    md["baths"][0]["kernel"]["gamma"] = 1e12  # ~1.3e12 jumps to t = 1: hours, so the flag comes first
     plan = engine.make_plan(md, trajectories=1, seed=3, chunk_size=1, paths=1, times=[0.0, 1.0], max_jumps=1e15)
+    assert plan.expected_jumps > 1e12
     acc = engine.new_accumulators(plan)
     out = engine._new_out(plan, acc, 1, 1)
     ctl = np.zeros(1, np.int64)

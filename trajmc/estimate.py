@@ -125,6 +125,12 @@ class Marginals:
     work: np.ndarray | None = None  # (n_t, HW) counts (driven)
 
 
+def _occupied_range(used):
+    """[first, last) of the True entries (one entry if there are none)."""
+    idx = np.flatnonzero(used)
+    return (int(idx[0]), int(idx[-1]) + 1) if len(idx) else (0, 1)
+
+
 def marginals(plan, acc) -> Marginals:
     """The marginal counts of a run, on either path."""
     m = plan.model
@@ -141,18 +147,23 @@ def marginals(plan, acc) -> Marginals:
             for k in range(n_t):
                 out[k] = np.bincount(code, weights=acc.counts[k], minlength=G * n_s).astype(np.int64)
             sE.append(out.reshape(n_t, G, n_s))
-    else:
+    else:  # the occupied part of each window: the estimates must not depend on how wide a window grew
         for nu in range(N):
-            a = acc.marg[:, win.moff[nu]: win.moff[nu] + win.wid[nu] * n_s]
-            sE.append(a.reshape(n_t, int(win.wid[nu]), n_s))
-            lo[nu] = win.lo[nu]
+            a = acc.marg[:, win.moff[nu]: win.moff[nu] + win.wid[nu] * n_s].reshape(n_t, int(win.wid[nu]), n_s)
+            first, last = _occupied_range(a.any(axis=(0, 2)))
+            sE.append(a[:, first:last])
+            lo[nu] = win.lo[nu] + first
     for nu, b in enumerate(m.baths):
         W = sE[nu].shape[1]
         lnV.append(b.lnV[lo[nu]: lo[nu] + W])
         p = m.canonical_pi(nu)
         pi.append(p[lo[nu]: lo[nu] + W] if p is not None else None)
-    q = [np.arange(win.qlo[nu], win.qlo[nu] + win.qwid[nu]) for nu in range(N)]
-    heat = [acc.heat[:, win.qoff[nu]: win.qoff[nu] + win.qwid[nu]] for nu in range(N)]
+    q, heat = [], []
+    for nu in range(N):
+        h = acc.heat[:, win.qoff[nu]: win.qoff[nu] + win.qwid[nu]]
+        first, last = _occupied_range(h.any(axis=0))
+        q.append(np.arange(win.qlo[nu] + first, win.qlo[nu] + last))
+        heat.append(h[:, first:last])
     qq = acc.mom[:, K.M_QQ:K.M_QQ + N * N].reshape(n_t, N, N)
     eps = plan.clock.levels[plan.clock.seg_of].astype(float)
     w = work = None
@@ -344,8 +355,9 @@ def thermo_estimates(plan, acc) -> pd.DataFrame:
                          net.states[:, 0], net.states[:, 1:], M, est)
     elif acc.cross1 is not None:  # one bath: the (E, s) marginal is the joint
         win = acc.windows
-        W = int(win.wid[0])
+        W = M.sE[0].shape[1]
         n_s = plan.n_levels
+        first = int(M.lo[0] - win.lo[0])  # the occupied part of the window, as in marginals()
         cell_E = np.repeat(np.arange(W), n_s)
         cell_s = np.tile(np.arange(n_s), W)
         lv = M.lnV[0][cell_E]
@@ -353,8 +365,8 @@ def thermo_estimates(plan, acc) -> pd.DataFrame:
         tab = plan.tables
         g0 = (tab.g_s[cell_s] + tab.g_E[M.lo[0] + cell_E]) / plan.g_scale if tab.init_rows.shape[0] == 0 else \
             _joint_g0(plan, cell_s, M.lo[0] + cell_E)
-        _joint_estimates(M.sE[0].reshape(n_t, -1).astype(float), N, lnV_x, acc.cross1 / plan.g_scale, g0,
-                         cell_s, cell_E[:, None], M, est)
+        cross = acc.cross1[:, first * n_s:(first + W) * n_s] / plan.g_scale
+        _joint_estimates(M.sE[0].reshape(n_t, -1).astype(float), N, lnV_x, cross, g0, cell_s, cell_E[:, None], M, est)
     else:  # several baths, marginals only: bounds and conservative errors
         Is = [est[f"I_{b}"] for b in M.names]
         Imax = np.max(np.stack([e.value for e in Is]), axis=0)
