@@ -33,7 +33,7 @@ ABORTED = 1  # ctl[0] was set: the chunk is incomplete
 STALLED = 2  # time stopped advancing (a step below double precision): the run cannot continue
 OVERFLOW = 3  # a sample fell outside an accumulator window (implicit path): grow the windows, run again
 
-#: per-chunk float channels of ``mom[slot, k, :]``: sums over trajectories at sample time k
+#: per-chunk float channels of ``mom[slot, :, k]``: sums over trajectories at sample time k
 M_ACT = 0  # jumps so far: n, n^2, n^3, n^4
 M_DS = 4  # trajectory entropy production: ds, ds^2, exp(-ds), exp(-2 ds)
 M_QQ = 8  # heat products Q_nu Q_mu (N * N channels)
@@ -85,6 +85,7 @@ class Implicit(NamedTuple):
     exit: np.ndarray  # (R,) f8 exit rate of each (seg, bath, s, E) row
     aprob: np.ndarray  # (R * K,) f8 alias probabilities over the K target columns of each row
     aidx: np.ndarray  # (R * K,) i2 alias columns
+    inv1: np.ndarray  # (R,) f8 one bath: 1 / exit rate of each row (0 where there is no way out); else (0,)
     tgl: np.ndarray  # (N, n_s, K) i8 target level of each column (-1: padding)
     g_s: np.ndarray  # (n_s,) i8 fixed-point ln p_s(0) (one bath: a0 = g_s[s] + g_E[E], for ``cross1``)
     g_E: np.ndarray  # (G_0,) i8 fixed-point ln p_E(0) - ln V_E
@@ -121,7 +122,7 @@ class Out(NamedTuple):
     jumps: np.ndarray  # (W,) i8 jumps of each chunk
     fprint: np.ndarray  # (W,) u8 fingerprint of each chunk's random stream (its generator's end state)
     status: np.ndarray  # (W,) i8 chunk status (OK, ABORTED, STALLED, OVERFLOW)
-    mom: np.ndarray  # (W, n_t, M) f8 per-chunk float sums (channels M_ACT, M_DS, M_QQ)
+    mom: np.ndarray  # (W, M, n_t) f8 per-chunk float sums (channels M_ACT, M_DS, M_QQ), contiguous in time
     rec_x: np.ndarray  # (R, n_t) i4 per-trajectory state (enumerated) or level (implicit); R = 0: off
     rec_n: np.ndarray  # (R, n_t) i4 jumps so far
     rec_w: np.ndarray  # (R, n_t) i4 work so far (driven) or (0, n_t)
@@ -160,59 +161,8 @@ def _alias_column(v, K, aprob, aidx, base):
     return col
 
 
-@nb.njit(cache=True, nogil=True)
-def _tally_common(out, tid, slot, n_t, N, s0, ss, qs, js, ws, es_ok, ck, driven):
-    """Accumulate what both paths share for one finished trajectory.
-
-    ``ss`` (n_t,) levels at the sample times, ``qs`` (n_t, N) heat from each bath, ``js``/``ws`` jumps
-    and work so far; ``es_ok`` (n_t,) energy balance (0 = the first law holds).
-    """
-    mom = out.mom[slot]
-    for k in range(n_t):
-        st = ss[k]
-        out.sys2[tid, s0, st, k] += 1
-        if es_ok[k] != 0:
-            out.viol[tid, 0] += 1
-        n = float(js[k])
-        n2 = n * n
-        mom[k, M_ACT] += n
-        mom[k, M_ACT + 1] += n2
-        mom[k, M_ACT + 2] += n2 * n
-        mom[k, M_ACT + 3] += n2 * n2
-        for nu in range(N):
-            q = qs[k, nu]
-            out.qsum[tid, nu, s0, st, k] += q
-            for mu in range(N):
-                mom[k, M_QQ + nu * N + mu] += float(q) * float(qs[k, mu])
-        if driven:
-            out.work[tid, ck.woff[0] + ws[k], k] += 1
-    out.viol[tid, 1] += n_t
-
-
-@nb.njit(cache=True, nogil=True)
-def _tally_heat(out, tid, n_t, N, s0, ss, qs, win):
-    """Windowed heat histograms (and the two-bath joint with the levels); False if a sample fell outside."""
-    inside = True
-    ft_on = out.ft.shape[1] > 0
-    for nu in range(N):
-        lo = win.qlo[nu]
-        wid = win.qwid[nu]
-        off = win.qoff[nu]
-        for k in range(n_t):
-            q = qs[k, nu]
-            i = q - lo
-            if i < 0 or i >= wid:
-                inside = False
-                if q < out.ext[tid, nu, 2]:
-                    out.ext[tid, nu, 2] = q
-                if q > out.ext[tid, nu, 3]:
-                    out.ext[tid, nu, 3] = q
-                continue
-            out.heat[tid, off + i, k] += 1
-            if ft_on and nu == 0:
-                out.ft[tid, s0, ss[k], i, k] += 1
-    return inside
-
+# The per-sample additions below are written out in both kernels on purpose: a helper taking the
+# output tuple, even marked inline="always", cost ~100 ns per sample (the tuple is passed by value).
 
 # --------------------------------------------------------------------------- enumerated path
 
@@ -240,10 +190,9 @@ def enumerated_chunk(rng, n_traj, slot, tid, rec0, paths_on, ck, net, win, out, 
     xs = np.empty(n_t + 1, np.int64)  # state at each sample time (slot n_t absorbs a harmless store)
     js = np.empty(n_t + 1, np.int64)  # jumps made before each sample time
     ws = np.zeros(n_t + 1, np.int64)  # work done up to each sample time
-    ss = np.empty(n_t, np.int64)
     qs = np.empty((n_t, N), np.int64)
-    bal = np.empty(n_t, np.int64)
     mom = out.mom[slot]
+    ft_on = out.ft.shape[1] > 0
     out.status[slot] = OK
     for i in range(n_traj):
         if ctl[0] != 0:
@@ -314,33 +263,55 @@ def enumerated_chunk(rng, n_traj, slot, tid, rec0, paths_on, ck, net, win, out, 
                 out.path_t[i, out.path_len[i]] = t
                 out.path_x[i, out.path_len[i]] = x
                 out.path_len[i] += 1
-        # the trajectory is done: add what it contributes
+        # the trajectory is done: add what it contributes, one pass over the sample times
         s0 = net.s_of[x0]
         g = net.g0[x0]
         es0 = ck.levels[0, s0]
+        bad = 0
         for kk in range(n_t):
             y = xs[kk]
+            st = net.s_of[y]
             out.counts[tid, y, kk] += 1
             out.cross[tid, y, kk] += g
-            st = net.s_of[y]
-            ss[kk] = st
-            dE = ck.levels[ck.seg_of[kk], st] - es0
+            dE = ck.levels[ck.seg_of[kk], st] - es0 - ws[kk]
             for nu in range(N):
                 q = net.E[x0, nu] - net.E[y, nu]
                 qs[kk, nu] = q
                 dE -= q
-            bal[kk] = dE - ws[kk]
-        _tally_common(out, tid, slot, n_t, N, s0, ss, qs, js, ws, bal, ck, driven)
-        _tally_heat(out, tid, n_t, N, s0, ss, qs, win)  # full windows: never outside
+            bad += dE != 0
+            out.sys2[tid, s0, st, kk] += 1
+            for nu in range(N):  # full heat windows on this path: always inside
+                q = qs[kk, nu]
+                out.qsum[tid, nu, s0, st, kk] += q
+                hi = q - win.qlo[nu]
+                out.heat[tid, win.qoff[nu] + hi, kk] += 1
+                if ft_on and nu == 0:
+                    out.ft[tid, s0, st, hi, kk] += 1
+            if driven:
+                out.work[tid, ck.woff[0] + ws[kk], kk] += 1
+        out.viol[tid, 0] += bad
+        out.viol[tid, 1] += n_t
+        for kk in range(n_t):  # float sums channel by channel (mom is (M, n_t): contiguous in time)
+            nf = float(js[kk])
+            n2 = nf * nf
+            mom[M_ACT, kk] += nf
+            mom[M_ACT + 1, kk] += n2
+            mom[M_ACT + 2, kk] += n2 * nf
+            mom[M_ACT + 3, kk] += n2 * n2
+        for nu in range(N):
+            for mu in range(N):
+                c = M_QQ + nu * N + mu
+                for kk in range(n_t):
+                    mom[c, kk] += float(qs[kk, nu]) * float(qs[kk, mu])
         if stream_ds:
             base = net.lnq[x0, 0]
             for kk in range(n_t):
                 ds = net.lnq[xs[kk], kk] - base
-                mom[kk, M_DS] += ds
-                mom[kk, M_DS + 1] += ds * ds
+                mom[M_DS, kk] += ds
+                mom[M_DS + 1, kk] += ds * ds
                 e = np.exp(-ds)
-                mom[kk, M_DS + 2] += e
-                mom[kk, M_DS + 3] += e * e
+                mom[M_DS + 2, kk] += e
+                mom[M_DS + 3, kk] += e * e
                 f = (ds - net.dsbin[0]) * net.dsbin[1]
                 if f < 0.0:
                     bi = 0
@@ -390,25 +361,32 @@ def implicit_chunk(rng, n_traj, slot, tid, rec0, paths_on, ck, tab, win, out, ct
     driven = ck.seg_t.shape[0] > 1
     P = out.path_len.shape[0] if paths_on else 0
     cap = out.path_t.shape[1]
-    one_way = N == 1 and K == 1
+    one_bath = N == 1
+    one_way = one_bath and K == 1
     cross_on = out.cross1.shape[1] > 0
+    ft_on = out.ft.shape[1] > 0
     times = ck.times
     total = 0
     E = np.empty(N, np.int64)
     E0 = np.empty(N, np.int64)
     rr = np.empty(N)
+    vlo = np.empty(N, np.int64)  # the lowest and highest energy visited, kept in registers / cache
+    vhi = np.empty(N, np.int64)
+    for nu in range(N):
+        vlo[nu] = out.visited[tid, nu, 0]
+        vhi[nu] = out.visited[tid, nu, 1]
     ls = np.empty(n_t + 1, np.int64)  # level at each sample time
     es = np.empty((n_t + 1, N), np.int64)  # bath energies at each sample time
     js = np.empty(n_t + 1, np.int64)
     ws = np.zeros(n_t + 1, np.int64)
     qs = np.empty((n_t, N), np.int64)
-    bal = np.empty(n_t, np.int64)
     lev = ck.levels
+    mom = out.mom[slot]
     out.status[slot] = OK
     for i in range(n_traj):
         if ctl[0] != 0:
             out.status[slot] = ABORTED
-            return total
+            break
         if joint:
             row = _search(tab.init_cum, 0, tab.init_cum.shape[0], next_double(rng))
             s = tab.init_rows[row, 0]
@@ -423,10 +401,8 @@ def implicit_chunk(rng, n_traj, slot, tid, rec0, paths_on, ck, tab, win, out, ct
         s0 = s
         for nu in range(N):
             E0[nu] = E[nu]
-            if E[nu] < out.visited[tid, nu, 0]:
-                out.visited[tid, nu, 0] = E[nu]
-            if E[nu] > out.visited[tid, nu, 1]:
-                out.visited[tid, nu, 1] = E[nu]
+            vlo[nu] = min(vlo[nu], E[nu])
+            vhi[nu] = max(vhi[nu], E[nu])
         track = i < P
         t = 0.0
         k = 0
@@ -435,6 +411,7 @@ def implicit_chunk(rng, n_traj, slot, tid, rec0, paths_on, ck, tab, win, out, ct
         tsw = ck.seg_t[0]
         w = 0
         stalls = 0
+        aborted = False
         if track:
             out.path_t[i, 0] = 0.0
             out.path_x[i, 0] = s
@@ -442,15 +419,23 @@ def implicit_chunk(rng, n_traj, slot, tid, rec0, paths_on, ck, tab, win, out, ct
                 out.path_E[i, 0, nu] = E[nu]
             out.path_len[i] = 1
         while True:
-            tot = 0.0
-            for nu in range(N):
-                r = tab.exit[tab.toff[seg, nu] + s * tab.G[nu] + E[nu]]
-                rr[nu] = r
-                tot += r
-            if tot > 0.0:
-                tn = t + next_exponential(rng, ck.zk, ck.zw, ck.zf) / tot
+            if one_bath:  # one look-up and a multiplication
+                row1 = tab.toff[seg, 0] + s * tab.G[0] + E[0]
+                inv = tab.inv1[row1]
+                if inv > 0.0:
+                    tn = t + next_exponential(rng, ck.zk, ck.zw, ck.zf) * inv
+                else:
+                    tn = np.inf
             else:
-                tn = np.inf
+                tot = 0.0
+                for nu in range(N):
+                    r = tab.exit[tab.toff[seg, nu] + s * tab.G[nu] + E[nu]]
+                    rr[nu] = r
+                    tot += r
+                if tot > 0.0:
+                    tn = t + next_exponential(rng, ck.zk, ck.zw, ck.zf) / tot
+                else:
+                    tn = np.inf
             switch = tn >= tsw
             if switch:
                 tn = tsw
@@ -473,7 +458,8 @@ def implicit_chunk(rng, n_traj, slot, tid, rec0, paths_on, ck, tab, win, out, ct
                 stalls += 1
                 if stalls > STALL_LIMIT:
                     out.status[slot] = STALLED
-                    return total
+                    aborted = True
+                    break
             else:
                 stalls = 0
             t = tn
@@ -485,9 +471,11 @@ def implicit_chunk(rng, n_traj, slot, tid, rec0, paths_on, ck, tab, win, out, ct
             # which bath, then which target level: one uniform (its remainder picks the level)
             if one_way:
                 nu = 0
+                row = row1
                 v = 0.0
-            elif N == 1:
+            elif one_bath:
                 nu = 0
+                row = row1
                 v = next_double(rng)
             else:
                 xq = next_double(rng) * tot
@@ -504,20 +492,21 @@ def implicit_chunk(rng, n_traj, slot, tid, rec0, paths_on, ck, tab, win, out, ct
                     while rr[nu] == 0.0:
                         nu -= 1
                     v = 0.9999999999999999
-            row = tab.toff[seg, nu] + s * tab.G[nu] + E[nu]
+                row = tab.toff[seg, nu] + s * tab.G[nu] + E[nu]
             col = _alias_column(v, K, tab.aprob, tab.aidx, row * K)
             s2 = tab.tgl[nu, s, col]
-            E[nu] += lev[seg, s] - lev[seg, s2]
+            e = E[nu] + lev[seg, s] - lev[seg, s2]
+            E[nu] = e
             s = s2
-            e = E[nu]
-            if e < out.visited[tid, nu, 0]:
-                out.visited[tid, nu, 0] = e
-            if e > out.visited[tid, nu, 1]:
-                out.visited[tid, nu, 1] = e
+            if e < vlo[nu]:
+                vlo[nu] = e
+            if e > vhi[nu]:
+                vhi[nu] = e
             nj += 1
             if (nj & POLL_MASK) == 0 and ctl[0] != 0:
                 out.status[slot] = ABORTED
-                return total
+                aborted = True
+                break
             if track and out.path_len[i] < cap:
                 p = out.path_len[i]
                 out.path_t[i, p] = t
@@ -525,37 +514,66 @@ def implicit_chunk(rng, n_traj, slot, tid, rec0, paths_on, ck, tab, win, out, ct
                 for m in range(N):
                     out.path_E[i, p, m] = E[m]
                 out.path_len[i] = p + 1
-        # the trajectory is done: add what it contributes
+        if aborted:
+            break
+        # the trajectory is done: add what it contributes, one pass over the sample times
         es0 = lev[0, s0]
-        for kk in range(n_t):
-            dE = lev[ck.seg_of[kk], ls[kk]] - es0
-            for nu in range(N):
-                q = E0[nu] - es[kk, nu]
-                qs[kk, nu] = q
-                dE -= q
-            bal[kk] = dE - ws[kk]
-        _tally_common(out, tid, slot, n_t, N, s0, ls, qs, js, ws, bal, ck, driven)
-        inside = _tally_heat(out, tid, n_t, N, s0, ls, qs, win)
         if cross_on:
             g = tab.g_rows[row] if joint else tab.g_s[s0] + tab.g_E[E0[0]]
-        for nu in range(N):
-            lo = win.lo[nu]
-            wid = win.wid[nu]
-            off = win.moff[nu]
-            for kk in range(n_t):
+        bad = 0
+        inside = True
+        for kk in range(n_t):
+            st = ls[kk]
+            dE = lev[ck.seg_of[kk], st] - es0 - ws[kk]
+            for nu in range(N):
                 ee = es[kk, nu]
-                ci = ee - lo
-                if ci < 0 or ci >= wid:
+                q = E0[nu] - ee
+                qs[kk, nu] = q
+                dE -= q
+                ci = ee - win.lo[nu]
+                if ci >= 0 and ci < win.wid[nu]:
+                    cell = win.moff[nu] + ci * n_s + st
+                    out.marg[tid, cell, kk] += 1
+                    if cross_on:
+                        out.cross1[tid, cell, kk] += g
+                else:
                     inside = False
                     if ee < out.ext[tid, nu, 0]:
                         out.ext[tid, nu, 0] = ee
                     if ee > out.ext[tid, nu, 1]:
                         out.ext[tid, nu, 1] = ee
-                    continue
-                cell = off + ci * n_s + ls[kk]
-                out.marg[tid, cell, kk] += 1
-                if cross_on:
-                    out.cross1[tid, cell, kk] += g
+            bad += dE != 0
+            out.sys2[tid, s0, st, kk] += 1
+            for nu in range(N):
+                q = qs[kk, nu]
+                out.qsum[tid, nu, s0, st, kk] += q
+                hi = q - win.qlo[nu]
+                if hi >= 0 and hi < win.qwid[nu]:
+                    out.heat[tid, win.qoff[nu] + hi, kk] += 1
+                    if ft_on and nu == 0:
+                        out.ft[tid, s0, st, hi, kk] += 1
+                else:
+                    inside = False
+                    if q < out.ext[tid, nu, 2]:
+                        out.ext[tid, nu, 2] = q
+                    if q > out.ext[tid, nu, 3]:
+                        out.ext[tid, nu, 3] = q
+            if driven:
+                out.work[tid, ck.woff[0] + ws[kk], kk] += 1
+        out.viol[tid, 0] += bad
+        out.viol[tid, 1] += n_t
+        for kk in range(n_t):  # float sums channel by channel (mom is (M, n_t): contiguous in time)
+            nf = float(js[kk])
+            n2 = nf * nf
+            mom[M_ACT, kk] += nf
+            mom[M_ACT + 1, kk] += n2
+            mom[M_ACT + 2, kk] += n2 * nf
+            mom[M_ACT + 3, kk] += n2 * n2
+        for nu in range(N):
+            for mu in range(N):
+                c = M_QQ + nu * N + mu
+                for kk in range(n_t):
+                    mom[c, kk] += float(qs[kk, nu]) * float(qs[kk, mu])
         if not inside:
             out.status[slot] = OVERFLOW
         if record:
@@ -569,6 +587,9 @@ def implicit_chunk(rng, n_traj, slot, tid, rec0, paths_on, ck, tab, win, out, ct
                 for kk in range(n_t):
                     out.rec_w[r, kk] = ws[kk]
         total += nj
+    for nu in range(N):
+        out.visited[tid, nu, 0] = vlo[nu]
+        out.visited[tid, nu, 1] = vhi[nu]
     return total
 
 

@@ -348,7 +348,7 @@ def _sizes(plan, win, T, W):
             "cross1": ((T, Mw, n_t) if one else (T, 0, 0), np.int64),
             "ext": ((T, N, 4), np.int64), "visited": ((T, N, 2), np.int64),
             "jumps": ((W,), np.int64), "fprint": ((W,), np.uint64), "status": ((W,), np.int64),
-            "mom": ((W, n_t, plan.n_moments), np.float64)}
+            "mom": ((W, plan.n_moments, n_t), np.float64)}
 
 
 def wave_slots(plan, threads) -> int:
@@ -697,7 +697,7 @@ def run_plan(plan: Plan, acc: Accumulators, threads: int, progress=None, checkpo
                 acc.jumps[c0:c1] = out.jumps[:nw]
                 acc.fingerprint[c0:c1] = out.fprint[:nw]
                 for c in range(nw):  # float sums: chunk order, whatever the scheduling
-                    acc.mom += out.mom[c]
+                    acc.mom += out.mom[c].T
                 acc.chunks_done = c1
                 took = time.perf_counter() - t_wave
                 W = int(min(Wmax, max(threads, W * WAVE_SECONDS / max(took, 1e-6))))
@@ -755,7 +755,7 @@ def simulate_chunk(plan, chunk, size, windows):
             raise SimulationError("time stopped advancing in a trajectory (steps below double precision)")
         _fold(acc, out)
         res = {k: getattr(acc, k) for k in Accumulators.SUMS if getattr(acc, k) is not None}
-        res["mom"] = out.mom[0].copy()
+        res["mom"] = out.mom[0].T.copy()
         res.update(chunk=chunk, jumps=int(jumps), fingerprint=np.uint64(st[0] ^ st[3]), windows=windows,
                    visited=acc.visited)
         if plan.record:

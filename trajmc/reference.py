@@ -152,16 +152,21 @@ def _exit(path, tab, seg, st):
         a, b = tab["indptr"][seg][x], tab["indptr"][seg][x + 1]
         return 0 if a == b else tab["inv_exit"][seg][x]
     s, E = st
+    if len(E) == 1:  # one bath: the kernel multiplies by the tabulated inverse exit rate
+        inv = tab["inv1"][tab["toff"][seg][0] + s * tab["G"][0] + E[0]]
+        return 0 if inv == 0 else ("inv", inv)
     rr = [tab["exit"][tab["toff"][seg][nu] + s * tab["G"][nu] + E[nu]] for nu in range(len(E))]
     tot = 0.0
     for r in rr:
         tot += r
-    return 0 if tot == 0 else (tot, rr)
+    return 0 if tot == 0 else ("tot", tot)
 
 
 def _wait(path, rng, rate):
     e = rng.next_exponential()
-    return e * rate if path == "enumerated" else e / rate[0]
+    if path == "enumerated":
+        return e * rate
+    return e * rate[1] if rate[0] == "inv" else e / rate[1]
 
 
 def _enumerated_step(tab, lev, seg, st, rng):

@@ -246,8 +246,13 @@ def implicit_tables(model, trajectories):
                 np.isfinite(lv), lv, 0.0), 0.0)
     gmax = max([float(np.abs(a).max()) for a in (g_s_f, g_E_f, g_rows_f) if len(a)] + [0.0])
     scale = fixed_point_scale(2 * gmax, trajectories)
+    if N == 1:  # one bath: the kernel multiplies by the inverse exit rate instead of dividing
+        with np.errstate(divide="ignore"):
+            inv1 = np.where(exit_ > 0, 1.0 / np.where(exit_ > 0, exit_, 1.0), 0.0)
+    else:
+        inv1 = np.zeros(0)
     tab = K.Implicit(cum_s=cum_s, cum_E=cum_E, eoff=eoff.astype(np.int64), init_rows=rows, init_cum=cum, G=G,
-                     toff=toff, exit=exit_, aprob=aprob, aidx=aidx, tgl=tgl,
+                     toff=toff, exit=exit_, aprob=aprob, aidx=aidx, inv1=inv1, tgl=tgl,
                      g_s=np.round(g_s_f * scale).astype(np.int64), g_E=np.round(g_E_f * scale).astype(np.int64),
                      g_rows=np.round(g_rows_f * scale).astype(np.int64) if len(g_rows_f) else z_i)
     return tab, scale
