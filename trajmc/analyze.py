@@ -58,7 +58,9 @@ def heat_tables(ens, sol, idx):
         q = -np.arange(-em, em + 1)  # heat into the system = -(bath energy change)
         exact_d = fl.heat_distribution(sol.segments, nu, ens.times[idx])
         exact_k = None
-        if 4 * net.n_states <= COUNTING_LIMIT:
+        if exact_d is not None:  # the exact distribution has every moment; no second propagation
+            exact_k = fl.cumulants_from_distribution(*exact_d)
+        elif 4 * net.n_states <= COUNTING_LIMIT:
             exact_k = fl.cumulants_from_moments(fl.counting_moments(
                 sol.segments, lambda nk, nu=nu: fl.heat_weights(nk, nu), ens.times[idx]))
         for j, k in enumerate(idx):
@@ -250,7 +252,7 @@ def analyze_run(run_dir, times=None, quiet=False):
 
     run_dir = Path(run_dir)
     ens = load_run(run_dir)
-    sol = solve(ens.model)
+    sol = solve(ens.model, progress=False if quiet else None)
     res = analyze(ens, sol, times)
     tdir = run_dir / "analysis"
     tdir.mkdir(exist_ok=True)
