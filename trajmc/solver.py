@@ -80,12 +80,13 @@ FORCE_ROUTE = None
 
 # Cost model (seconds), measured with analysis/bench_solver.py on a 2-core x86 machine.  Only the
 # ratios between routes matter.
-_C_EIG = 1.0e-10      # per m^3 of a batched eigh (Householder deflation and products included)
-_C_EIG0 = 8.0e-6      # per class of a batched eigh
-_C_MM = 1.0e-10       # per multiply-add of the dense products into the sample times
-_C_SP = 1.5e-9        # per stored entry (and right-hand side) of one sparse product
-_C_EXPM = 1.2e-10     # per m^3 and squaring of a batched expm
-_C_EXPM0 = 1.5e-5     # per class and distinct time step of a batched expm
+_C_EIG = 2.0e-9       # per m^3 of a batched eigh (Householder deflation and products included)
+_C_EIG0 = 1.0e-5      # per class of a dense batch
+_C_BATCH = 2.5e-4     # per dense batch (one class size)
+_C_MM = 2.0e-10       # per multiply-add of the dense products into the sample times
+_C_SP = 3.5e-9        # per stored entry (and right-hand side) of one sparse product
+_C_EXPM = 2.5e-10     # per m^3 and squaring of a batched expm
+_C_EXPM0 = 2.0e-5     # per class and distinct time step of a batched expm
 _C_STEP = 3.0e-5      # per Chebyshev step of a group of classes (a kernel call), shared by the group
 
 
@@ -186,7 +187,7 @@ def exact_memory(model, n_states, n_edges, largest_class, n_segments, columns=1)
     shells = n_states * 8 * 8 + n_edges * 8 * 3
     dense = 8 * 6 * largest_class**2
     work = WORKSET + max(dense if dense <= DENSE_MAX_BYTES else 0, 8 * (CHEB_CHUNK + 6 + n_t) * largest_class * columns)
-    return int(result + n_segments * (per_net + shells) + work + EIG_CACHE_BYTES)
+    return int(result + n_segments * (per_net + shells) + work)  # the eigenpair cache only uses what is left
 
 
 def build_checked_segments(model, budget=None):
@@ -433,7 +434,65 @@ def _cheb_terms(z, tol=CHEB_TOL):
 
 
 def _plan(sh, Q, times, r):
-    """Route of every class: array of indices into ``ROUTES + ("empty",)``."""
+    """Route of every class: array of indices into ``ROUTES + ("empty",)``.
+
+    Each class gets the cheapest of the routes that are accurate for it; the overheads shared by a batch
+    (one dense batch per class size, one Chebyshev kernel call per step of a group of classes of similar
+    ``L``) depend on which other classes take the same route, so three assignments are priced as a whole
+    (per-class cheapest, dense preferred, series preferred) and the cheapest is taken."""
+    route, todo, costs, cheb_ok = _route_costs(sh, Q, times, r)
+    if FORCE_ROUTE is not None:  # tests: every class the route can take (a series must stay short)
+        forced = todo & (cheb_ok if FORCE_ROUTE == "chebyshev" else True)
+        route[forced] = ROUTES.index(FORCE_ROUTE)
+        todo = todo & ~forced
+    if not todo.any():
+        return route
+    idx = np.flatnonzero(todo)
+    base, shared = costs[:, idx], _shared_costs(sh, idx, times, r)
+    finite = np.isfinite(base)
+    plans = [np.argmin(base + shared(np.ones(len(idx), bool)), axis=0)]
+    for prefer in (0, 1):
+        pick = np.where(finite[prefer], prefer, np.argmin(np.where(np.arange(3)[:, None] == prefer, np.inf, base), axis=0))
+        plans.append(pick)
+    totals = []
+    for pick in plans:
+        tot = base[pick, np.arange(len(idx))].sum()
+        for ri in range(3):
+            sel = pick == ri
+            if sel.any():
+                tot += shared(sel)[ri, sel].sum()
+        totals.append(tot)
+    route[idx] = 1 + plans[int(np.argmin(totals))]
+    return route
+
+
+def _shared_costs(sh, idx, times, r):
+    """``shared(sel)``: each class's share (3, len(idx)) of the batch overheads when the classes ``sel`` take a
+    route together (dense: per class size; chebyshev: per group of classes with similar ``L``)."""
+    m = sh.sizes[idx]
+    tmax = float(times.max()) if len(times) else 0.0
+    K = _cheb_terms(sh.L[idx] * tmax / 2.0)
+    with np.errstate(divide="ignore"):
+        lbin = np.floor(np.log(np.maximum(sh.L[idx], 1e-300)) / math.log(CHEB_GROUP_RATIO)).astype(np.int64)
+    cap = WORKSET / (8.0 * (CHEB_CHUNK + 6 + len(times)) * r)
+
+    def shared(sel):
+        out = np.zeros((3, len(idx)))
+        _, inv, cnt = np.unique(m[sel], return_inverse=True, return_counts=True)
+        per = _C_BATCH / cnt[inv]
+        out[0, sel] = per
+        out[2, sel] = per
+        _, binv = np.unique(lbin[sel], return_inverse=True)
+        states = np.bincount(binv, weights=m[sel])
+        out[1, sel] = _C_STEP * K[sel] * m[sel] / np.minimum(states[binv], cap)
+        return out
+
+    return shared
+
+
+def _route_costs(sh, Q, times, r):
+    """(routes fixed so far, classes still to route, predicted seconds (3, n_classes) of eigh / chebyshev /
+    expm without shared overheads, inf where a route is not accurate or too large; where chebyshev is feasible)."""
     nt = len(times)
     tmax = float(times.max()) if nt else 0.0
     nb = sh.nb
@@ -446,33 +505,27 @@ def _plan(sh, Q, times, r):
     still = (sh.sizes == 1) | (sh.L == 0)  # one state, or every rate underflowed: nothing moves
     route[occ & still] = 0
     todo = occ & ~still
-    if not todo.any():
-        return route
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         q = np.where(Q != 0, Q / sh.h[:, None], 0.0)
-        qn = np.sqrt(np.max(np.add.reduceat(q * q, sh.starts[:-1], axis=0), axis=1))
+        qn = np.sqrt(np.max(np.add.reduceat(q * q, sh.starts[:-1], axis=0), axis=1)) if sh.n else np.zeros(0)
     qn[sh.sizes == 0] = 0.0
     K = _cheb_terms(sh.L * tmax / 2.0)
     cheb_ok = np.isfinite(qn) & (K <= CHEB_KMAX)
-    if FORCE_ROUTE is not None:  # tests: every class the route can take (a series must stay short)
-        forced = todo & (cheb_ok if FORCE_ROUTE == "chebyshev" else True)
-        route[forced] = ROUTES.index(FORCE_ROUTE)
-        todo = todo & ~forced
-        if not todo.any():
-            return route
     dense_ok = 8 * 6 * m * m <= DENSE_MAX_BYTES
     eigh_ok = np.isfinite(qn) & (EIGH_ERR * EPS * qn <= SYM_TOL) & dense_ok
-    c_eigh = _C_EIG * m**3 + _C_EIG0 + _C_MM * (nt + 2) * m * m * r
-    group = min(float(sh.sizes[todo].sum()), WORKSET / (8.0 * (CHEB_CHUNK + 6 + nt) * r))
-    c_cheb = K * (_C_SP * (sh.nnz + 2 * m) * r + _C_MM * nt * m * r + _C_STEP * m / group)
+    cached = np.zeros(nb, dtype=bool)
+    if sh.eig:
+        cached[np.fromiter(sh.eig.keys(), dtype=np.int64)] = True
+    # eigenpairs kept from an earlier call (solve, then the fluctuation statistics) cost only the products
+    c_eigh = np.where(cached, 0.0, _C_EIG * m**3) + _C_EIG0 + _C_MM * (nt + 2) * m * m * r
+    c_cheb = K * (_C_SP * (sh.nnz + 2 * m) * r + _C_MM * nt * m * r)
     dts = np.diff(np.concatenate([[0.0], times]))
     n_dt = max(len(np.unique(np.round(dts[dts > 0], 14))), 1)
     sq = np.maximum(np.ceil(np.log2(np.maximum(2 * sh.L * max(dts.max(initial=0.0), 1e-300) / 5.4, 1.0))), 0)
     c_expm = n_dt * (_C_EXPM * m**3 * (sq + 7) + _C_EXPM0) + _C_MM * nt * m * m * r
     c_expm = np.where(dense_ok | ~cheb_ok, c_expm, np.inf)
-    cost = np.stack([np.where(eigh_ok, c_eigh, np.inf), np.where(cheb_ok, c_cheb, np.inf), c_expm])
-    route[todo] = 1 + np.argmin(cost[:, todo], axis=0)
-    return route
+    costs = np.stack([np.where(eigh_ok, c_eigh, np.inf), np.where(cheb_ok, c_cheb, np.inf), c_expm])
+    return route, todo, costs, cheb_ok
 
 
 def _propagate_net(net, Q, times, emit, bar):
@@ -493,11 +546,19 @@ def _one_blas_thread():
     return threadpool_limits(1, user_api="blas")
 
 
-def _propagate_net_routes(net, Q, times, emit, bar):
+def _propagate_net_routes(net, Q, times, emit_out, bar):
     sh = shells_of(net)
     Qs = Q[sh.order]
     r = Q.shape[1]
     nt = len(times)
+    zero = np.flatnonzero(times == 0)
+
+    def emit(idx, vals):
+        if len(zero):  # exp(0) = identity exactly, not to rounding
+            vals = np.array(vals)
+            vals[zero] = Q[idx][None]
+        emit_out(idx, vals)
+
     route = _plan(sh, Qs, times, r)
     info = {name: int(np.sum(route == i)) for i, name in enumerate(ROUTES + ("empty",))}
     info["chebyshev_terms"] = 0
