@@ -88,6 +88,7 @@ _C_SP = 3.5e-9        # per stored entry (and right-hand side) of one sparse pro
 _C_EXPM = 2.5e-10     # per m^3 and squaring of a batched expm
 _C_EXPM0 = 2.0e-5     # per class and distinct time step of a batched expm
 _C_STEP = 3.0e-5      # per Chebyshev step of a group of classes (a kernel call), shared by the group
+_C_GROUP = 2.0e-3     # per group of classes on one Chebyshev series (coefficients, sub-matrix), shared
 
 
 class Solution:
@@ -193,7 +194,9 @@ def exact_memory(model, n_states, n_edges, largest_class, n_segments, columns=1)
 def build_checked_segments(model, budget=None):
     """The protocol segments ``[(start, Network)]``, after checking that the exact solution fits the budget."""
     segs = segment_energies(model)
-    codes = reachable_codes(model, [e for _, e in segs])
+    codes = _closed_support(model)
+    if codes is None:
+        codes = reachable_codes(model, [e for _, e in segs])
     st = _decode(codes, model)
     n = len(codes)
     coupled = sum(int(np.count_nonzero(model.coupling_weight(nu) - np.diag(np.diag(model.coupling_weight(nu)))))
@@ -211,6 +214,21 @@ def build_checked_segments(model, budget=None):
                  f"{largest:,} states)",
                  "the Monte Carlo (trajmc.simulate / python -m trajmc simulate) can still run this model")
     return [(t0, build_network(model, e, codes)) for t0, e in segs]
+
+
+def _closed_support(model):
+    """Every grid state when the initial support is the whole joint grid (then nothing else can be reached and
+    the search is skipped), else None."""
+    from .network import _encode, _radix, initial_support
+
+    space = int(np.prod(_radix(model).astype(float)))
+    if space > 50_000_000:
+        return None
+    s0, _ = initial_support(model)
+    if len(s0) < space:
+        return None
+    codes = np.unique(_encode(s0, model))
+    return codes if len(codes) == space else None
 
 
 def propagate_segments(segments, p0, times, at_switch=None, sink=None, progress=None, desc="propagate"):
@@ -355,18 +373,17 @@ class _Shells:
         self.h = np.exp(0.5 * (lnv - top[self.blk]))  # sqrt(V / V_max) within each class
         self.h_norm = np.sqrt(np.bincount(self.blk, weights=self.h**2, minlength=nb))
         src, tgt = pos[net.source], pos[net.target]
-        # S[y, x] = k(x->y) sqrt(V_x / V_y): symmetric by detailed balance; parallel edges (a degenerate
-        # jump through several baths) add up in the conversion to CSR
+        # S[y, x] = k(x->y) sqrt(V_x / V_y): symmetric by detailed balance (the two directions are computed
+        # independently and agree to rounding; dense blocks are symmetrised exactly before eigh); parallel edges
+        # (a degenerate jump through several baths) add up in the conversion to CSR
         s = np.exp(net.log_rate + 0.5 * (lnv[src] - lnv[tgt]))
         S = sp.csr_matrix((s, (tgt, src)), shape=(n, n))
-        S = (0.5 * (S + S.T)).tocsr()
+        S.sum_duplicates()
         S.sort_indices()
         self.S = S
-        Wm = sp.csr_matrix((net.rate, (tgt, src)), shape=(n, n))
-        Wm.sort_indices()
-        self.W = Wm
+        self._W = (net.rate, tgt, src)
         self.exit = np.asarray(net.exit_rate, dtype=float)[self.order]
-        rowabs = np.asarray(abs(S).sum(axis=1)).ravel()
+        rowabs = np.bincount(np.repeat(np.arange(n), np.diff(S.indptr)), weights=S.data, minlength=n)
         g_sym = np.zeros(nb)
         np.maximum.at(g_sym, self.blk, self.exit + rowabs)
         g_w = np.zeros(nb)
@@ -376,6 +393,17 @@ class _Shells:
         self.nnz[self.sizes == 0] = 0
         self.eig = {}
         self.eig_bytes = 0
+
+    @property
+    def W(self):
+        """The generator's off-diagonal rates ``W[y, x] = k(x->y)`` (class-sorted CSR; built when first needed)."""
+        if not isinstance(self._W, sp.csr_matrix):
+            rate, tgt, src = self._W
+            Wm = sp.csr_matrix((rate, (tgt, src)), shape=(self.n, self.n))
+            Wm.sum_duplicates()
+            Wm.sort_indices()
+            self._W = Wm
+        return self._W
 
 
 _SHELLS = weakref.WeakKeyDictionary()
@@ -484,7 +512,7 @@ def _shared_costs(sh, idx, times, r):
         out[2, sel] = per
         _, binv = np.unique(lbin[sel], return_inverse=True)
         states = np.bincount(binv, weights=m[sel])
-        out[1, sel] = _C_STEP * K[sel] * m[sel] / np.minimum(states[binv], cap)
+        out[1, sel] = (_C_STEP * K[sel] + _C_GROUP) * m[sel] / np.minimum(states[binv], cap)
         return out
 
     return shared
@@ -537,13 +565,24 @@ def _propagate_net(net, Q, times, emit, bar):
 def _one_blas_thread():
     """BLAS on one thread while the routes run (threadpoolctl, when installed): the dense work is many
     small batched problems, and a threaded BLAS competing with a busy second core was seen 100x slower."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional dependency
+    global _BLAS
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # optional dependency
+            _BLAS = False
+        else:
+            ctl = ThreadpoolController()  # scanning the loaded libraries takes ~10 ms: once
+            blas = ctl.select(user_api="blas")
+            _BLAS = blas if any(lib["num_threads"] > 1 for lib in blas.info()) else False
+    if _BLAS is False:
         import contextlib
 
         return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
+    return _BLAS.limit(limits=1)
+
+
+_BLAS = None
 
 
 def _propagate_net_routes(net, Q, times, emit_out, bar):
@@ -555,7 +594,8 @@ def _propagate_net_routes(net, Q, times, emit_out, bar):
 
     def emit(idx, vals):
         if len(zero):  # exp(0) = identity exactly, not to rounding
-            vals = np.array(vals)
+            if not vals.flags.writeable:
+                vals = np.array(vals)
             vals[zero] = Q[idx][None]
         emit_out(idx, vals)
 
