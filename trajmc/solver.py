@@ -1,6 +1,6 @@
 """Exact solution of the Pauli MME rate equation, one closed class (energy shell) at a time.
 
-Total energy is conserved (PHYSICS.md §5.3), so the generator ``W`` is block diagonal over the
+Total energy ``eps_s + sum E_nu`` is conserved by every jump, so the generator ``W`` is block diagonal over the
 closed classes (connected components, each inside one shell of fixed total energy).  Detailed
 balance ``k(x->y) V_x = k(y->x) V_y`` makes every block similar to a symmetric matrix,
 ``S = V^{-1/2} W V^{1/2}``, with eigenvalues in ``[-L, 0]`` (``L`` a Gershgorin bound) and the
@@ -78,8 +78,8 @@ EIG_CACHE_BYTES = 128 * 2**20
 #: tests and benchmarks: force one route on every class of more than one state (None: cost model)
 FORCE_ROUTE = None
 
-# Cost model (seconds), measured with analysis/bench_solver.py on a 2-core x86 machine.  Only the
-# ratios between routes matter.
+# Cost model (seconds), measured on a 2-core x86 machine (single-threaded BLAS, eigenpairs not cached).
+# Only the ratios between routes matter; a wrong ratio costs time, never accuracy.
 _C_EIG = 2.0e-9       # per m^3 of a batched eigh (Householder deflation and products included)
 _C_EIG0 = 1.0e-5      # per class of a dense batch
 _C_BATCH = 2.5e-4     # per dense batch (one class size)
@@ -140,7 +140,7 @@ class Solution:
         return self._states
 
     def thermo(self) -> pd.DataFrame:
-        """PHYSICS.md §4 quantities at every sample time (see :func:`trajmc.thermo.thermo_table`)."""
+        """The thermodynamic quantities at every sample time (see :func:`trajmc.thermo.thermo_table`)."""
         return thermo_table(self.times, self.p, space_of(self.network), levels=self.levels(), work=self.work())
 
     def p_system(self) -> np.ndarray:
@@ -652,22 +652,26 @@ def _eigh_decompose(sh, blocks, m):
 
 
 def _eigh_pairs(sh, blocks, m):
-    """Cached eigenpairs of the classes (computed for those not seen before)."""
-    miss = [b for b in blocks.tolist() if b not in sh.eig]
-    if miss:
-        U, lam = _eigh_decompose(sh, np.array(miss, dtype=np.int64), m)
-        room = sh.eig_bytes + U.nbytes + lam.nbytes <= EIG_CACHE_BYTES
-        if not room and len(miss) == len(blocks):
-            return U, lam
-        if room:
-            for i, b in enumerate(miss):
+    """Eigenpairs of the classes, from the cache where an earlier call computed them (kept while they fit)."""
+    bl = blocks.tolist()
+    miss = [b for b in bl if b not in sh.eig]
+    if len(miss) == len(bl):
+        U, lam = _eigh_decompose(sh, blocks, m)
+        if sh.eig_bytes + U.nbytes + lam.nbytes <= EIG_CACHE_BYTES:
+            for i, b in enumerate(bl):
                 sh.eig[b] = (U[i], lam[i])
             sh.eig_bytes += U.nbytes + lam.nbytes
-        else:
-            fresh = {b: (U[i], lam[i]) for i, b in enumerate(miss)}
-            return (np.stack([sh.eig[b][0] if b in sh.eig else fresh[b][0] for b in blocks.tolist()]),
-                    np.stack([sh.eig[b][1] if b in sh.eig else fresh[b][1] for b in blocks.tolist()]))
-    return np.stack([sh.eig[b][0] for b in blocks.tolist()]), np.stack([sh.eig[b][1] for b in blocks.tolist()])
+        return U, lam
+    if miss:
+        U, lam = _eigh_decompose(sh, np.array(miss, dtype=np.int64), m)
+        fresh = {b: (U[i], lam[i]) for i, b in enumerate(miss)}
+        if sh.eig_bytes + U.nbytes + lam.nbytes <= EIG_CACHE_BYTES:
+            sh.eig.update(fresh)
+            sh.eig_bytes += U.nbytes + lam.nbytes
+    else:
+        fresh = {}
+    pairs = [fresh[b] if b in fresh else sh.eig[b] for b in bl]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
 def _run_eigh(sh, blocks, m, Qs, times):
