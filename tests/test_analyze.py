@@ -781,7 +781,7 @@ def test_analyze_run_of_an_implicit_run_without_exact_reference(tmp_path, monkey
     solution computed here, which analyze never saw."""
     from trajmc import references
 
-    monkeypatch.setattr(references, "exact_reference", lambda model, plan=None: None)
+    monkeypatch.setattr(references, "exact_reference", lambda model, plan=None, progress=None: None)
     md = get_model_dict("two_baths")
     d = tmp_path / "run"
     trajmc.simulate(md, trajectories=N_MC, seed=8, engine="implicit", threads=THREADS, out=d)

@@ -123,7 +123,7 @@ def test_solution_shapes_and_normalisation(name, solved):
     ps = sol.p_system()
     assert ps.shape == (len(sol.times), len(d["system"]["energies"]))
     np.testing.assert_allclose(ps[0], d["initial"]["system"], rtol=0, atol=1e-13)
-    assert sum(sol.info.values()) == sol.network.n_blocks
+    assert sum(sol.info[k] for k in solver_mod.ROUTES + ("empty",)) == sol.network.n_blocks
 
 
 def test_times_override():
@@ -192,44 +192,53 @@ def test_matches_mpmath_on_stiff_golden_model(solved):
 @pytest.mark.parametrize("case", sorted(STIFF))
 def test_stiff_matches_mpmath(case):
     sol = trajmc.solve(STIFF[case])
-    assert sol.info["eigh"] > 0
+    assert sol.info["eigh"] + sol.info["expm"] > 0  # the cost model keeps stiff classes on the dense routes
     if case == "spins_big_gaps_cutoff":
-        assert sol.info["expm"] > 0
         rates = sol.network.rate
         assert rates.max() / rates.min() > 1e12
     blocks = stiffest_blocks(sol.network, 4)
     assert mp_max_error(sol, blocks) <= 1e-12
 
 
-@pytest.mark.parametrize("route,spread_max", [("expm", -1.0), ("eigh", 1e9)])
+def force(monkeypatch, route):
+    monkeypatch.setattr(solver_mod, "FORCE_ROUTE", route)
+
+
+@pytest.mark.parametrize("route", ["eigh", "expm", "chebyshev"])
 @pytest.mark.parametrize("case", ["spins_big_gaps_cutoff", "gamma_tiny"])
-def test_each_route_matches_mpmath_on_stiff_models(case, route, spread_max, monkeypatch):
-    monkeypatch.setattr(solver_mod, "SPREAD_MAX", spread_max)
-    sol = trajmc.solve(STIFF[case])
+def test_each_route_matches_mpmath_on_stiff_models(case, route, monkeypatch):
+    if route == "chebyshev" and case == "spins_big_gaps_cutoff":
+        STIFF_CASE = dict(STIFF[case], times={"values": [0, 0.1, 1.0, 10.0]})  # L t = 1e6 is beyond a series
+    else:
+        STIFF_CASE = STIFF[case]
+    force(monkeypatch, route)
+    sol = trajmc.solve(STIFF_CASE)
     assert sol.info[route] > 0
-    assert sol.info["eigh" if route == "expm" else "expm"] == 0
+    assert sum(sol.info[k] for k in solver_mod.ROUTES if k not in (route, "trivial")) == 0
     assert mp_max_error(sol, stiffest_blocks(sol.network, 4)) <= 1e-12
 
 
-@pytest.mark.parametrize("name", ["qubit_osc_sqrt", "three_spins_eth", "three_exp_golden", "two_baths_mixed"])
-def test_eigh_and_expm_routes_agree(name, monkeypatch):
+@pytest.mark.parametrize("name", ["qubit_osc_sqrt", "three_spins_eth", "three_exp_golden", "two_baths_mixed",
+                                  "two_baths"])
+def test_every_route_agrees_with_the_cost_model(name, monkeypatch):
     d = get_model_dict(name)
-    monkeypatch.setattr(solver_mod, "SPREAD_MAX", -1.0)
-    a = trajmc.solve(d)
-    monkeypatch.setattr(solver_mod, "SPREAD_MAX", 1e9)
-    b = trajmc.solve(d)
-    assert a.info["eigh"] == 0 and b.info["expm"] == 0
-    assert np.max(np.abs(a.p - b.p)) <= 1e-12
+    ref = trajmc.solve(d)
+    for route in ("eigh", "expm", "chebyshev"):
+        force(monkeypatch, route)
+        a = trajmc.solve(d)
+        movable = ref.network.n_blocks - ref.info["trivial"] - ref.info["empty"]
+        # chebyshev takes the classes whose series stays short (the stiff ones keep the cost model's route)
+        assert a.info[route] == movable if route != "chebyshev" else 0 < a.info[route] <= movable
+        assert np.max(np.abs(a.p - ref.p)) <= 1e-12, route
 
 
 @pytest.mark.parametrize("name", TWO_BATHS)
-def test_sparse_route_matches_dense_routes(name, monkeypatch, solved):
+def test_chebyshev_route_matches_dense_routes(name, monkeypatch, solved):
     ref = solved(name)
-    assert ref.info["sparse"] == 0
-    monkeypatch.setattr(solver_mod, "DENSE_MAX", 6)
+    force(monkeypatch, "chebyshev")
     sol = trajmc.solve(get_model_dict(name))
-    assert sol.info["sparse"] > 0
-    assert sum(sol.info.values()) == sol.network.n_blocks
+    assert sol.info["chebyshev"] > 0 and sol.info["chebyshev_terms"] > 2
+    assert sum(sol.info[k] for k in solver_mod.ROUTES + ("empty",)) == sol.network.n_blocks
     assert np.max(np.abs(sol.p - ref.p)) <= 1e-12
 
 
@@ -241,10 +250,13 @@ REGRESSION_EXPM = pytest.mark.regression
 
 
 @REGRESSION_EXPM
-def test_expm_route_keeps_probability_on_very_stiff_block():
+def test_expm_route_keeps_probability_on_very_stiff_block(monkeypatch):
     d = one_bath([0, 5, 12], {"model": "exponential", "beta": 2.0}, 40, {"model": "golden", "gamma": 1.0},
                  [0, 0, 1], {"state": "table", "p": [0] * 20 + [0.5, 0.5] + [0] * 19},
                  [0, 1e-9, 1e-6, 1e-3, 0.1, 1.0, 10.0, 1e3])
+    sol = trajmc.solve(d)
+    assert mp_max_error(sol, range(sol.network.n_blocks)) <= 1e-12
+    force(monkeypatch, "expm")
     sol = trajmc.solve(d)
     assert sol.info["expm"] == 2
     assert mp_max_error(sol, range(sol.network.n_blocks)) <= 1e-12
@@ -252,20 +264,24 @@ def test_expm_route_keeps_probability_on_very_stiff_block():
 
 @REGRESSION_EXPM
 def test_expm_route_on_huge_rates(monkeypatch):
-    monkeypatch.setattr(solver_mod, "SPREAD_MAX", -1.0)
+    force(monkeypatch, "expm")
     sol = trajmc.solve(STIFF["gamma_huge"])
     assert sol.info["expm"] > 0
     assert mp_max_error(sol, stiffest_blocks(sol.network, 4)) <= 1e-12
 
 
 @REGRESSION_EXPM
-def test_expm_route_on_a_cold_ideal_bath():
-    """exponential(beta = 30) bath: lnV spread 30 per shell sends every block to expm; mass is lost at 1e-10."""
+@pytest.mark.parametrize("route", [None, "expm", "eigh"])
+def test_expm_route_on_a_cold_ideal_bath(route, monkeypatch):
+    """exponential(beta = 30) bath: lnV spread 30 per shell and the start on the small-V states: eigh would lose
+    ~1e-10 there (its error grows like eps ||p0 / sqrt(V)||), so the cost model must not pick it."""
     d = get_model_dict("qubit_osc_sqrt")
     d["baths"][0]["dos"] = {"model": "exponential", "beta": 30.0}
     d["initial"]["baths"][0]["beta"] = 31.0
+    force(monkeypatch, route)
     sol = trajmc.solve(d)
-    assert sol.info["expm"] > 0
+    if route is not None:
+        assert sol.info[route] > 0
     assert np.max(np.abs(sol.p.sum(axis=1) - 1)) <= 1e-12
     assert mp_max_error(sol, stiffest_blocks(sol.network, 6)) <= 1e-12
 
@@ -276,10 +292,11 @@ REGRESSION_EIGH = pytest.mark.regression
 
 
 @REGRESSION_EIGH
-def test_eigh_route_with_a_slow_mode():
+def test_eigh_route_with_a_slow_mode(monkeypatch):
     d = one_bath([0, 1, 6], {"model": "exponential", "beta": 0.2}, 40,
                  {"model": "sqrt", "gamma": 1.0, "spectral": {"shape": "exponential", "cutoff": 0.2}},
                  [0, 0, 1], {"state": "microcanonical", "energy": 20}, [0, 0.01, 1.0, 100.0, 1e4])
+    force(monkeypatch, "eigh")
     sol = trajmc.solve(d)
     assert sol.info["eigh"] == 1
     assert mp_max_error(sol, [0]) <= 1e-12
@@ -456,13 +473,16 @@ def test_sqrt_kernel_exponential_bath_obeys_pauli_equation(spectral, log_j, bath
 
 
 @REGRESSION_EIGH
-def test_eigh_route_with_rates_that_underflow():
+@pytest.mark.parametrize("route", [None, "eigh", "expm", "chebyshev"])
+def test_eigh_route_with_rates_that_underflow(route, monkeypatch):
     """A narrow gaussian J (width 1e-3) makes every rate exp(-5e5) = 0: nothing may move, and p must stay p0.
     With the column replacement, U = [u0, e_k] is not orthogonal and 7% of each block's probability is lost."""
     d = get_model_dict("qubit_osc_sqrt")
     d["baths"][0]["kernel"]["spectral"] = {"shape": "gaussian", "width": 1e-3}
+    force(monkeypatch, route)
     sol = trajmc.solve(d)
     # the finite-rate guard drops jumps whose rate underflows to 0: every shell is a single state
     assert sol.network.n_edges == 0
+    assert sol.info["trivial"] == sol.network.n_blocks  # nothing moves in any class
     for row in sol.p:
         assert np.max(np.abs(row - sol.network.p0)) <= 1e-12

@@ -67,7 +67,9 @@ def heat_tables(ens, sol, idx):
         exact_d = exact_k = None
         if sol is not None:
             exact_d = fl.heat_distribution(sol.segments, nu, ens.times[idx])
-            if 4 * sol.network.n_states <= COUNTING_LIMIT:
+            if exact_d is not None:  # the exact distribution has every moment; no second propagation
+                exact_k = fl.cumulants_from_distribution(*exact_d)
+            elif 4 * sol.network.n_states <= COUNTING_LIMIT:
                 exact_k = fl.cumulants_from_moments(fl.counting_moments(
                     sol.segments, lambda nk, nu=nu: fl.heat_weights(nk, nu), ens.times[idx]))
         for j, k in enumerate(idx):
@@ -279,7 +281,7 @@ def analyze_run(run_dir, times=None, quiet=False):
 
     run_dir = Path(run_dir)
     ens = load_run(run_dir)
-    sol = references.exact_reference(ens.model, ens.plan)  # one place decides (validate_run uses it too)
+    sol = references.exact_reference(ens.model, ens.plan, progress=False if quiet else None)
     res = analyze(ens, sol, times)
     tdir = run_dir / "analysis"
     tdir.mkdir(exist_ok=True)

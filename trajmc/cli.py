@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="model TOML file (default: the built-in default example)")
     p.add_argument("--example", metavar="NAME")
     p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
+    p.add_argument("--quiet", action="store_true", help="no progress reports (the table is still printed)")
+    p.add_argument("--memory-budget", metavar="SIZE",
+                   help="memory the exact solution may use, e.g. 4GiB (default: TRAJMC_MEMORY_BUDGET or half the RAM)")
     p.set_defaults(func=cmd_solve)
     return ap
 
@@ -135,7 +138,7 @@ def cmd_examples(args):
 def cmd_solve(args):
     from .solver import solve
 
-    sol = solve(_model_source(args))
+    sol = solve(_model_source(args), memory_budget=args.memory_budget, progress=False if args.quiet else None)
     th = sol.thermo()
     if args.csv:
         th.to_csv(args.csv)

@@ -17,8 +17,15 @@ from scipy.special import comb
 
 from .network import Network
 
-__all__ = ["counting_moments", "cumulants_from_moments", "heat_weights", "heat_distribution", "ift_prediction",
-           "block_scaled_v"]
+__all__ = [
+    "block_scaled_v",
+    "counting_moments",
+    "cumulants_from_distribution",
+    "cumulants_from_moments",
+    "heat_distribution",
+    "heat_weights",
+    "ift_prediction",
+]
 
 #: classes up to this many states get a dense augmented expm (stiff-proof); larger ones expm_multiply
 COUNTING_DENSE_MAX = 32
@@ -44,11 +51,18 @@ def counting_moments(net, weights, times, order=3, p0=None) -> np.ndarray:
     array, or a function ``Network -> per-edge array`` (needed when segments differ).
     Returns (n_t, order).  The augmented moment system is block diagonal over closed classes, like
     the rate equation: small classes (one-bath shells) are solved with a batched dense ``expm`` (cost
-    ~ log of the rate scale, so stiff models stay cheap), classes above ``COUNTING_DENSE_MAX`` states
-    together with ``expm_multiply``.
+    ~ log of the rate scale, so stiff models stay cheap); larger ones with the solver's Chebyshev series
+    differentiated in the counting field (:func:`_cheb_moments`: one series per protocol segment serves
+    every sample time), and those whose series would be too long together with ``expm_multiply``.
     The moments carry over a switch unchanged.
     """
-    segs = _segments(net)
+    from .solver import _one_blas_thread
+
+    with _one_blas_thread():
+        return _counting_moments(_segments(net), weights, times, order, p0)
+
+
+def _counting_moments(segs, weights, times, order, p0):
     n = segs[0][1].n_states
     o1 = order + 1
     p0 = segs[0][1].p0 if p0 is None else p0
@@ -66,19 +80,117 @@ def counting_moments(net, weights, times, order=3, p0=None) -> np.ndarray:
         for t in marks:
             steps.append(t - t_prev)
             t_prev = t
-        solvers = _class_solvers(nk, w, order, COUNTING_DENSE_MAX)
-        for t, dt in zip(marks, steps):
+        solvers, series = _class_solvers(nk, w, order, COUNTING_DENSE_MAX, np.array(marks) - t0 if marks else None)
+        along = series(cur) if series is not None else None  # (n_marks, o1) sums over its classes
+        stepped = np.ones(n, dtype=bool) if series is None else ~series.states
+        for i, (t, dt) in enumerate(zip(marks, steps)):
             if dt > 0:
                 for solve in solvers:
                     solve(cur, dt)
             if t in stops:
-                out[np.flatnonzero(times == t)] = cur[1:].sum(axis=1)
+                tot = cur[1:, stepped].sum(axis=1)
+                if along is not None:
+                    tot = tot + along[i, 1:]
+                out[np.flatnonzero(times == t)] = tot
     return out
 
 
-def _class_solvers(net, w, order, dense_max):
-    """Functions ``solve(cur, dt)`` advancing the augmented moments of each group of classes in place."""
+def _cheb_moments(net, w, order, blocks, rel):
+    """The counting-field moments of the classes ``blocks`` by the solver's Chebyshev series, differentiated
+    in the counting field chi (Taylor mode): ``exp(t S_chi) = sum_k c_k(t) T_k(X_chi)`` with
+    ``X_chi = I + (2 / L) (S + sum_i chi^i / i! S_i)``, ``S_i`` the symmetrised rates times ``w^i``; the
+    recurrence ``b_{k+1} = 2 X_chi b_k - b_{k-1}`` is carried for the Taylor coefficients of order 0..order.
+    The derivative of the truncated series converges like the series with weights ``k^(2 order)``, which
+    sets the number of terms.  Returns ``run(cur)``: sums over the classes' states at the relative times
+    ``rel`` ((len(rel), order+1)), updating ``cur`` to the last of them."""
+    from math import factorial
+
+    from . import solver as so
+
+    sh = so.shells_of(net)
+    pos = np.empty(net.n_states, dtype=np.int64)
+    pos[sh.order] = np.arange(net.n_states)
+    src, tgt = pos[net.source], pos[net.target]
+    lnv = net.lnV[sh.order]
+    s_e = np.exp(net.log_rate + 0.5 * (lnv[src] - lnv[tgt]))
+    groups = so._cheb_groups(sh, blocks, order + 1, len(rel))
+    o1 = order + 1
+    states = np.zeros(net.n_states, dtype=bool)
+    states[np.isin(net.block, blocks)] = True
+    wmax = max(1.0, float(np.max(np.abs(w)))) if len(w) else 1.0
+    M = sp.csr_matrix((np.ones(len(src)), (tgt, src)), shape=(net.n_states, net.n_states))  # the pattern
+    M.sum_duplicates()
+    M.sort_indices()
+    # data of S_i = s_e w_e^i on that pattern (parallel edges add up), one row per order
+    key = tgt.astype(np.int64) * net.n_states + src
+    slot = np.searchsorted(np.repeat(np.arange(net.n_states), np.diff(M.indptr)) * net.n_states + M.indices, key)
+    Ed = np.zeros((order, M.nnz))
+    for i in range(1, o1):
+        np.add.at(Ed[i - 1], slot, s_e * w**i)
+
+    def run(cur):
+        sums = np.zeros((len(rel), o1))
+        fact = np.array([factorial(j) for j in range(o1)], dtype=float)
+        for g in groups:
+            indptr, indices, data, rows = so._sub_csr(sh.S, sh, g)
+            L = float(sh.L[g].max())
+            scale = 2.0 / L
+            diag = 1.0 - scale * sh.exit[rows]
+            M.data = np.arange(M.nnz, dtype=float)  # carry entry numbers through the sub-matrix extraction
+            ep, ei, ent, _ = so._sub_csr(M, sh, g)
+            ent = ent.astype(np.int64)
+            ed = np.ascontiguousarray(Ed[:, ent] * (scale / fact[1:, None]))
+            h = sh.h[rows]
+            net_rows = sh.order[rows]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                b_prev = np.where(cur[:, net_rows] != 0, cur[:, net_rows] / h[None, :], 0.0).T / fact[None, :]
+            b_prev = np.ascontiguousarray(b_prev)  # Taylor coefficients (m, o1)
+            C = _moment_coefficients(L * rel / 2.0, order, wmax)
+            K1 = C.shape[0]
+            xd = data * scale
+            b = np.empty_like(b_prev)
+            so._moment_step(indptr, indices, xd, diag, ep, ei, ed, b_prev, b_prev, b, 1.0, 0.0)
+            hs = np.outer(C[0], h @ b_prev) + np.outer(C[1], h @ b)
+            end = C[0, -1] * b_prev + C[1, -1] * b
+            nxt = np.empty_like(b)
+            for k in range(2, K1):
+                so._moment_step(indptr, indices, xd, diag, ep, ei, ed, b, b_prev, nxt, 2.0, 1.0)
+                b_prev, b, nxt = b, nxt, b_prev
+                hs += np.outer(C[k], h @ b)
+                end += C[k, -1] * b
+            sums += hs * fact[None, :]
+            cur[:, net_rows] = (end * h[:, None] * fact[None, :]).T
+        return sums
+
+    run.states = states
+    return run
+
+
+def _moment_coefficients(z, order, wmax, tol=1e-16):
+    """Chebyshev coefficients (K+1, n_t) for the moments: the tail weighted by ``(k^2 2 wmax)^order`` < tol."""
+    from scipy.special import ive
+
+    zmax = float(np.max(z))
+    K = int(np.sqrt(2 * zmax * 40) + 20)
+    while True:
+        c = 2.0 * ive(np.arange(K + 1)[:, None], np.asarray(z, dtype=float)[None, :])
+        c[0] *= 0.5
+        k = np.arange(K + 1, dtype=float)
+        wt = np.abs(c).max(axis=1) * (np.maximum(k, 1.0) ** 2 * 2 * wmax) ** order
+        tail = np.cumsum(wt[::-1])[::-1]
+        if tail[-1] < tol:
+            break
+        K = int(K * 1.3) + 10
+    keep = int(np.searchsorted(-tail, -tol))
+    return c[:max(keep, 2)]
+
+
+def _class_solvers(net, w, order, dense_max, rel=None):
+    """Functions ``solve(cur, dt)`` advancing the augmented moments of each group of classes in place, and the
+    Chebyshev series of the larger classes over the relative times ``rel`` (or None)."""
     import scipy.linalg
+
+    from . import solver as so
 
     o1 = order + 1
     src, tgt, rate = net.source, net.target, net.rate
@@ -89,10 +201,17 @@ def _class_solvers(net, w, order, dense_max):
     local[order_idx] = np.arange(net.n_states) - np.repeat(starts, sizes)
     solvers = []
     big = []
+    series_blocks = []
+    if rel is not None and len(rel):
+        sh = so.shells_of(net)
+        K = so._cheb_terms(sh.L * float(np.max(rel)) / 2.0) * 1.5
+        series_blocks = np.flatnonzero((sizes > dense_max) & (K <= so.CHEB_KMAX))
+    in_series = np.zeros(len(sizes), dtype=bool)
+    in_series[series_blocks] = True
     for m in np.unique(sizes):
         bl = np.flatnonzero(sizes == m)
         if m > dense_max:
-            big.extend(bl.tolist())
+            big.extend(bl[~in_series[bl]].tolist())
             continue
         members = order_idx[starts[bl][:, None] + np.arange(m)[None, :]]  # (nb, m)
         gpos = np.full(net.n_blocks, -1)
@@ -134,7 +253,8 @@ def _class_solvers(net, w, order, dense_max):
         def solve_big(cur, dt):
             cur[:, idx] = expm_multiply(Abig * dt, cur[:, idx].ravel()).reshape(o1, nn)
         solvers.append(solve_big)
-    return solvers
+    series = _cheb_moments(net, w, order, series_blocks, np.asarray(rel, dtype=float)) if len(series_blocks) else None
+    return solvers, series
 
 
 def cumulants_from_moments(mu) -> np.ndarray:
@@ -143,31 +263,54 @@ def cumulants_from_moments(mu) -> np.ndarray:
     return np.stack([m1, m2 - m1**2, m3 - 3 * m2 * m1 + 2 * m1**3], axis=-1)
 
 
-def heat_distribution(net, nu: int, times):
+def cumulants_from_distribution(values, P) -> np.ndarray:
+    """First three cumulants (n_t, 3) of distributions ``P`` (n_t, n_v) over ``values`` (n_v,)."""
+    v = np.asarray(values, dtype=float)
+    mu = np.stack([P @ v**j for j in (1, 2, 3)], axis=-1)
+    return cumulants_from_moments(mu)
+
+
+def heat_distribution(net, nu: int, times, progress=None):
     """Exact ``P(Q_nu = q)`` at ``times``: (q values, (n_t, n_q) probabilities), or None if too large.
 
-    ``Q_nu = E_nu(x_0) - E_nu(x_t)``: propagate the initial distribution split by its bath energy.
-    ``net`` is a Network or the protocol segments.
+    ``Q_nu = E_nu(x_0) - E_nu(x_t)``: the initial distribution split by its bath energy is propagated with
+    the solver's routes (one right-hand side per initial bath energy present in a closed class, so a
+    two-bath shell of m states carries about m / n_levels of them), and each class's final states are
+    binned as soon as it is done.  ``net`` is a Network or the protocol segments.
     """
     from .solver import propagate_segments
 
     segs = _segments(net)
     net = segs[0][1]
     E = net.states[:, 1 + nu]
-    e0 = np.unique(E[net.p0 > 0])
-    if len(e0) * net.n_states > HEAT_EXACT_LIMIT:
-        return None
-    P0 = np.zeros((net.n_states, len(e0)))
-    col = np.searchsorted(e0, E)
     on = net.p0 > 0
+    comp = _union_components(segs) if len(segs) > 1 else net.block
+    # column of each initial state: the rank of its bath energy among those present in its class
+    key = np.unique(np.stack([comp[on], E[on]], axis=1), axis=0)  # (groups, 2), sorted by class then E
+    first = np.searchsorted(key[:, 0], np.arange(int(comp.max()) + 1 if len(comp) else 0))
+    counts = np.bincount(key[:, 0], minlength=len(first))
+    r = int(counts.max()) if len(counts) else 0
+    if r * net.n_states > HEAT_EXACT_LIMIT or r == 0:
+        return None
+    e0_of = np.full((len(first), r), -1, dtype=np.int64)  # initial bath energy of column c in class b
+    e0_of[key[:, 0], np.arange(len(key)) - first[key[:, 0]]] = key[:, 1]
+    col = np.zeros(net.n_states, dtype=np.int64)
+    g = np.searchsorted(key[:, 0] * (E.max() + 1) + key[:, 1], comp[on] * (E.max() + 1) + E[on])
+    col[on] = g - first[comp[on]]
+    P0 = np.zeros((net.n_states, r))
     P0[np.flatnonzero(on), col[on]] = net.p0[on]
-    pt, _, _ = propagate_segments(segs, P0, times)  # (n_t, n, groups)
     emax = net.model.baths[nu].emax
-    out = np.zeros((len(times), 2 * emax + 1))
-    for g, e in enumerate(e0):
-        q = e - E  # heat into the system for each final state
-        for m in range(len(times)):
-            out[m] += np.bincount(q + emax, weights=pt[m, :, g], minlength=2 * emax + 1)
+    nq = 2 * emax + 1
+    out = np.zeros((len(times), nq))
+
+    def sink(tidx, idx, vals):
+        e0 = e0_of[comp[idx]]  # (k, r)
+        q = (e0 - E[idx][:, None] + emax).ravel()
+        live = (e0 >= 0).ravel()
+        for j, ti in enumerate(tidx):
+            out[ti] += np.bincount(q[live], weights=vals[j].ravel()[live], minlength=nq)
+
+    propagate_segments(segs, P0, times, sink=sink, progress=progress, desc=f"heat distribution ({net.model.bath_names[nu]})")
     return np.arange(-emax, emax + 1), out
 
 
@@ -197,17 +340,24 @@ def ift_prediction(net, times, p_t=None) -> np.ndarray:
 
     Equals ``sum_x p_t(x) [P(t) (V 1_supp)]_x / V_x`` by detailed balance (every segment keeps
     ``V`` invariant): 1 when the start fills every state of its classes, < 1 under absolute
-    irreversibility.  ``V`` is scaled per component of the union of all segments' graphs.
+    irreversibility.  ``V`` is scaled per component of the union of all segments' graphs; on a component
+    the start fills, ``P(t) V = V`` exactly, so only the partly filled ones are propagated.
     """
     from .solver import propagate_segments
 
     segs = _segments(net)
-    v = block_scaled_v(segs, _union_components(segs))
+    comp = _union_components(segs)
+    v = block_scaled_v(segs, comp)
     p0 = segs[0][1].p0
     supp = (p0 > 0).astype(float)
+    filled = np.bincount(comp, weights=supp) == np.bincount(comp)
     if p_t is None:
-        p_t, _, _ = propagate_segments(segs, p0, times)
-    back, _, _ = propagate_segments(segs, v * supp, times)
+        p_t, _, _ = propagate_segments(segs, p0, times, progress=False)
+    full = filled[comp]
+    back = np.broadcast_to(np.where(full, v, 0.0), (len(times), len(v))).copy()
+    if not full.all():
+        part, _, _ = propagate_segments(segs, np.where(full, 0.0, v * supp), times, progress=False)
+        back += part
     return np.sum(p_t * back / v, axis=1)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import scipy.linalg
 
 from . import fluctuations as fl
+from .errors import ModelError
 from .dos import Exponential
 from .network import log_rates
 from .solver import solve
@@ -19,11 +20,16 @@ from .tables import ENUM_SEARCH_MAX, _radix_space
 __all__ = ["exact_reference", "pauli_marginal", "work_beta"]
 
 
-def exact_reference(model, plan=None):
-    """The exact solution when the network can be enumerated (None otherwise)."""
+def exact_reference(model, plan=None, progress=None):
+    """The exact solution when the network can be enumerated and fits the memory budget (None otherwise)."""
     if plan is not None and plan.network is None and _radix_space(model) > ENUM_SEARCH_MAX:
         return None
-    return solve(model)
+    try:
+        return solve(model, progress=progress)
+    except ModelError as exc:
+        if exc.key == "memory_budget":  # too large to solve exactly: the Monte Carlo stands alone
+            return None
+        raise
 
 
 def pauli_marginal(model, times):
