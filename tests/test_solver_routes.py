@@ -292,7 +292,7 @@ def test_ift_reference_with_partly_filled_shells():
 def test_memory_refusal_before_any_work(monkeypatch):
     import trajmc.network as network_mod
 
-    monkeypatch.setattr(solver_mod, "build_network", lambda *a, **k: pytest.fail("built a network"))
+    monkeypatch.setattr(solver_mod, "build_segments", lambda *a, **k: pytest.fail("built a network"))
     with pytest.raises(trajmc.ModelError) as err:
         trajmc.solve(trajmc.get_example("two-baths"), memory_budget="2MiB")
     msg = str(err.value)

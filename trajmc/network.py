@@ -16,7 +16,7 @@ from scipy.sparse.csgraph import connected_components
 from .errors import ModelError, UnsupportedError
 from .model import Model
 
-__all__ = ["Network", "build_network", "log_rates", "bath_rates", "check_log_rates"]
+__all__ = ["Network", "build_network", "build_segments", "reachable", "log_rates", "bath_rates", "check_log_rates"]
 
 #: largest joint state space (levels x grid points) we agree to index with a bitmap
 MAX_SPACE = 400_000_000
@@ -270,8 +270,13 @@ def segment_energies(model):
     return out
 
 
-def reachable_codes(model, energy_sets):
-    """Codes of the states reachable from the initial support under any of ``energy_sets``."""
+def reachable(model, energy_sets):
+    """The states reachable from the initial support under any of ``energy_sets``, and their edges.
+
+    Returns (codes (n,) sorted int64, [edges per energy set]); each edge set is (source code, target code,
+    bath, dE, log rate) of every out-edge of every reachable state, as :func:`build_network` needs them,
+    so the search and the build compute the rates once.
+    """
     space = int(np.prod(_radix(model).astype(float)))
     if space > MAX_SPACE:
         raise UnsupportedError(f"the joint grid has {space:.3g} points (> {MAX_SPACE:.0e}); reduce emax or the number "
@@ -280,17 +285,25 @@ def reachable_codes(model, energy_sets):
     seen = np.zeros(space, dtype=bool)
     frontier = np.unique(_encode(s0, model))
     seen[frontier] = True
+    parts = [[] for _ in energy_sets]
     while len(frontier):
         new = []
-        for en in energy_sets:
-            _, tgt, _, _, _ = _edges(model, en, frontier)
+        for k, en in enumerate(energy_sets):
+            src, tgt, bath, dE, lr = _edges(model, en, frontier)
+            parts[k].append((frontier[src], tgt, bath, dE, lr))
             new.append(tgt[~seen[tgt]])
         frontier = np.unique(np.concatenate(new))
         seen[frontier] = True
-    return np.flatnonzero(seen).astype(np.int64)
+    edges = [tuple(np.concatenate(a) for a in zip(*p, strict=True)) for p in parts]
+    return np.flatnonzero(seen).astype(np.int64), edges
 
 
-def build_network(model: Model, energies=None, codes=None) -> Network:
+def reachable_codes(model, energy_sets):
+    """Codes of the states reachable from the initial support under any of ``energy_sets``."""
+    return reachable(model, energy_sets)[0]
+
+
+def build_network(model: Model, energies=None, codes=None, edges=None) -> Network:
     """Build the network reachable from the initial support.
 
     Parameters
@@ -301,19 +314,26 @@ def build_network(model: Model, energies=None, codes=None) -> Network:
     codes : array of int64, optional
         The state set (default: everything reachable under ``energies``); a driven model uses
         one state set, closed under every segment, for all its segment networks.
+    edges : tuple, optional
+        The out-edges of ``codes`` under ``energies`` as :func:`reachable` returns them (computed here
+        when not given).
     """
     energies = model.energies if energies is None else np.asarray(energies, dtype=np.int64)
     if codes is None:
-        codes = reachable_codes(model, [energies])
+        codes, (edges,) = reachable(model, [energies])
     s0, p = initial_support(model)
     states = _decode(codes, model)
-    src, tgt_code, bath, dE, lr = _edges(model, energies, codes)
-    inside = np.isin(tgt_code, codes)  # a segment's edges may leave a state set built for others
-    src, tgt_code, bath, dE, lr = src[inside], tgt_code[inside], bath[inside], dE[inside], lr[inside]
-    order = np.lexsort((tgt_code, bath, src))  # deterministic edge order within a row
-    src, tgt_code, bath, dE, lr = src[order], tgt_code[order], bath[order], dE[order], lr[order]
-    target = np.searchsorted(codes, tgt_code).astype(np.int64)
+    if edges is None:
+        src, tgt_code, bath, dE, lr = _edges(model, energies, codes)
+    else:
+        src_code, tgt_code, bath, dE, lr = edges
+        src = np.searchsorted(codes, src_code)
     n = len(codes)
+    target = np.searchsorted(codes, tgt_code)
+    inside = codes[np.minimum(target, n - 1)] == tgt_code  # a segment's edges may leave a state set built for others
+    src, target, bath, dE, lr = src[inside], target[inside], bath[inside], dE[inside], lr[inside]
+    order = np.lexsort((target, bath, src))  # deterministic edge order within a row
+    src, target, bath, dE, lr = src[order], target[order].astype(np.int64), bath[order], dE[order], lr[order]
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
     rate = np.exp(lr)
@@ -332,11 +352,16 @@ def build_network(model: Model, energies=None, codes=None) -> Network:
                    exit_rate=exit_rate, block=block.astype(np.int64), shell=shell.astype(np.int64))
 
 
-def build_segments(model: Model):
-    """One network per protocol segment on a common state set: ``[(start time, Network)]``."""
+def build_segments(model: Model, reach=None):
+    """One network per protocol segment on a common state set: ``[(start time, Network)]``.
+
+    ``reach``: the (codes, edges) of :func:`reachable` over the segments' energies, if already known.
+    """
     segs = segment_energies(model)
-    codes = reachable_codes(model, [e for _, e in segs])
-    return [(t0, build_network(model, e, codes)) for t0, e in segs]
+    codes, edges = reachable(model, [e for _, e in segs]) if reach is None else reach
+    if edges is None:
+        edges = [None] * len(segs)
+    return [(t0, build_network(model, e, codes, ed)) for (t0, e), ed in zip(segs, edges, strict=True)]
 
 
 def levels_at(segments, times):

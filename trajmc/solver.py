@@ -31,6 +31,7 @@ The solver imports the model and network only, never the Monte Carlo code.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 
@@ -40,16 +41,10 @@ import pandas as pd
 import scipy.linalg
 import scipy.sparse as sp
 from scipy.special import ive
+from threadpoolctl import ThreadpoolController
 
 from .model import load_model
-from .network import (
-    Network,
-    _decode,
-    build_network,
-    levels_at,
-    reachable_codes,
-    segment_energies,
-)
+from .network import Network, _decode, build_segments, levels_at, reachable, segment_energies
 from .progress import Progress
 from .resources import check_memory, memory_budget
 from .thermo import marginal_system, space_of, thermo_table
@@ -194,9 +189,9 @@ def exact_memory(model, n_states, n_edges, largest_class, n_segments, columns=1)
 def build_checked_segments(model, budget=None):
     """The protocol segments ``[(start, Network)]``, after checking that the exact solution fits the budget."""
     segs = segment_energies(model)
-    codes = _closed_support(model)
+    codes, edges = _closed_support(model), None
     if codes is None:
-        codes = reachable_codes(model, [e for _, e in segs])
+        codes, edges = reachable(model, [e for _, e in segs])
     st = _decode(codes, model)
     n = len(codes)
     coupled = sum(int(np.count_nonzero(model.coupling_weight(nu) - np.diag(np.diag(model.coupling_weight(nu)))))
@@ -213,7 +208,7 @@ def build_checked_segments(model, budget=None):
                  f"the exact solution of {model.name!r} ({n:,} states, {len(model.times)} times, largest shell "
                  f"{largest:,} states)",
                  "the Monte Carlo (trajmc.simulate / python -m trajmc simulate) can still run this model")
-    return [(t0, build_network(model, e, codes)) for t0, e in segs]
+    return build_segments(model, (codes, edges))
 
 
 def _closed_support(model):
@@ -480,7 +475,8 @@ def _plan(sh, Q, times, r):
     finite = np.isfinite(base)
     plans = [np.argmin(base + shared(np.ones(len(idx), bool)), axis=0)]
     for prefer in (0, 1):
-        pick = np.where(finite[prefer], prefer, np.argmin(np.where(np.arange(3)[:, None] == prefer, np.inf, base), axis=0))
+        other = np.argmin(np.where(np.arange(3)[:, None] == prefer, np.inf, base), axis=0)
+        pick = np.where(finite[prefer], prefer, other)
         plans.append(pick)
     totals = []
     for pick in plans:
@@ -563,21 +559,14 @@ def _propagate_net(net, Q, times, emit, bar):
 
 
 def _one_blas_thread():
-    """BLAS on one thread while the routes run (threadpoolctl, when installed): the dense work is many
-    small batched problems, and a threaded BLAS competing with a busy second core was seen 100x slower."""
+    """BLAS on one thread while the routes run: the dense work is many small batched problems, and a
+    threaded BLAS competing with a busy second core was seen 100x slower."""
     global _BLAS
     if _BLAS is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # optional dependency
-            _BLAS = False
-        else:
-            ctl = ThreadpoolController()  # scanning the loaded libraries takes ~10 ms: once
-            blas = ctl.select(user_api="blas")
-            _BLAS = blas if any(lib["num_threads"] > 1 for lib in blas.info()) else False
+        ctl = ThreadpoolController()  # scanning the loaded libraries takes ~10 ms: once
+        blas = ctl.select(user_api="blas")
+        _BLAS = blas if any(lib["num_threads"] > 1 for lib in blas.info()) else False
     if _BLAS is False:
-        import contextlib
-
         return contextlib.nullcontext()
     return _BLAS.limit(limits=1)
 

@@ -17,7 +17,7 @@ import numpy as np
 from . import _kernel as K
 from . import _rng
 from .errors import ModelError
-from .network import MAX_SPACE, _check_exit, bath_rates, build_segments, reachable_codes, segment_energies
+from .network import MAX_SPACE, _check_exit, bath_rates, build_segments, reachable, segment_energies
 
 __all__ = ["choose_path", "enumerated_tables", "implicit_tables", "make_clock", "initial_windows",
            "fixed_point_scale", "DS_BINS"]
@@ -53,19 +53,13 @@ def choose_path(model, engine, enum_bytes_per_state, budget):
         return "enumerated", build_segments(model), "requested"
     if space > ENUM_SEARCH_MAX:
         return "implicit", None, f"joint grid of {space:.3g} points is too large to enumerate"
-    codes = reachable_codes(model, [e for _, e in segment_energies(model)])
-    n = len(codes)
+    reach = reachable(model, [e for _, e in segment_energies(model)])
+    n = len(reach[0])
     if n > ENUM_STATES_MAX:
         return "implicit", None, f"{n} reachable joint states (> {ENUM_STATES_MAX})"
     if n * enum_bytes_per_state > budget / 4:
         return "implicit", None, f"the joint accumulators of {n} states would take more than a quarter of the budget"
-    return "enumerated", _segments_on(model, codes), f"{n} reachable joint states"
-
-
-def _segments_on(model, codes):
-    from .network import build_network
-
-    return [(t0, build_network(model, e, codes)) for t0, e in segment_energies(model)]
+    return "enumerated", build_segments(model, reach), f"{n} reachable joint states"
 
 
 def make_clock(model, times, segments_levels):
