@@ -9,6 +9,7 @@ import functools
 import numpy as np
 import pytest
 import scipy.linalg as sla
+from conftest import THREADS
 from scipy.special import logsumexp
 
 import trajmc
@@ -16,8 +17,6 @@ from trajmc import analyze as an
 from trajmc import fluctuations as fl
 from trajmc.network import build_segments
 from trajmc.stats import g_test
-
-from conftest import THREADS
 
 BETA = 0.5
 PROTOCOLS = {
@@ -97,7 +96,7 @@ def test_crooks_is_refused_where_it_cannot_be_built():
 N_MC = 40_000
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def crooks_run(path):
     """Forward Monte Carlo of the up-down protocol from the Gibbs state (records off: the work histogram is
     streamed) and its analysis against the exact solution."""

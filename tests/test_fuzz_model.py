@@ -15,12 +15,11 @@ import tempfile
 
 import numpy as np
 import pytest
+from conftest import get_model_dict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import trajmc
-
-from conftest import get_model_dict
 
 
 def _bases():

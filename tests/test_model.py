@@ -6,12 +6,11 @@ import tomllib
 
 import numpy as np
 import pytest
+from conftest import ALL_MODELS, TABLE_LNV, get_model_dict
 from scipy.special import gammaln, logsumexp
 
 import trajmc
 from trajmc.model import TRUNCATION_TOL
-
-from conftest import ALL_MODELS, TABLE_LNV, get_model_dict
 
 BASE = "qubit_osc_sqrt"
 

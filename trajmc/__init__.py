@@ -2,6 +2,7 @@
 
 Re-exports only; see the modules for the implementation.
 """
+from ._version import __version__
 from .engine import Interrupted, SimulationError
 from .ensemble import Ensemble
 from .errors import ModelError, RunError, TrajmcError, UnsupportedError
@@ -11,8 +12,6 @@ from .network import Network, build_network
 from .rundir import load_run
 from .simulation import simulate
 from .solver import Solution, solve
-
-from ._version import __version__
 
 __all__ = ["load_model", "solve", "simulate", "load_run", "Model", "Solution", "Ensemble", "Network",
            "build_network", "Interrupted", "SimulationError",

@@ -79,7 +79,8 @@ def _add_sim_options(p):
                    help="refuse runs estimated to need more memory, e.g. 4GiB (default: TRAJMC_MEMORY_BUDGET or half "
                         "the RAM)")
     p.add_argument("--max-jumps", type=_positive_float, metavar="N",
-                   help="refuse runs expected to make more jumps (default: the model's simulation.max_jumps, else 1e13)")
+                   help="refuse runs expected to make more jumps (default: the model's simulation.max_jumps, "
+                        "else 1e13)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,7 +216,7 @@ def cmd_simulate(args):
             raise TrajmcError(f"--resume takes only --threads, --scheduler, --workers and --quiet (not "
                               f"{given[0]}): the run's own settings are used")
         args.run_dir = run_dir = Path(args.resume)
-        ens = resume_run(args.resume, threads, progress=(not args.quiet) and sys.stderr.isatty(),
+        ens = resume_run(args.resume, threads, progress=not args.quiet,
                          **_backend_args(args))
     else:
         model = load_model(_model_source(args))
@@ -257,7 +258,7 @@ def cmd_validate(args):
         model = load_model(get_example(args.example) if args.example else target)
         args.run_dir = run_dir = Path(args.out) if args.out else default_run_dir(model.name)
         _simulate_into(model, args, 0, run_dir, resolve_threads(args.threads))
-    ok, results, ens, sol = validate_run(run_dir, args.alpha)
+    ok, results, ens, sol = validate_run(run_dir, args.alpha, progress=not args.quiet)
     from .plotting import validation_figures
 
     _figures(lambda: validation_figures(ens, sol, run_dir / "figures"), "validation")

@@ -11,8 +11,8 @@ import numpy as np
 import scipy.linalg
 
 from . import fluctuations as fl
-from .errors import ModelError
 from .dos import Exponential
+from .errors import ModelError
 from .network import log_rates
 from .solver import solve
 from .tables import ENUM_SEARCH_MAX, _radix_space

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import warnings
 import zipfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +133,7 @@ def provenance(plan, acc, stats=None, status="running", files=None) -> dict:
     import scipy
 
     d = {"schema_version": SCHEMA, "status": status,
-         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+         "created": datetime.now(UTC).isoformat(timespec="seconds"),
          "software": {"trajmc": __version__, "python": platform.python_version(), "numpy": np.__version__,
                       "numba": numba.__version__, "scipy": scipy.__version__, "pandas": pd.__version__,
                       "platform": platform.platform()},

@@ -1,13 +1,13 @@
 """Public Monte Carlo API: :func:`simulate` (plan, run on threads or Dask, write a run directory)."""
 from __future__ import annotations
 
-import sys
 import time
 
 from . import engine as eng
 from .ensemble import Ensemble
 from .errors import ModelError
 from .estimate import BIAS_CORRECTION, SE_METHOD
+from .progress import Progress
 from .solver import propagate_segments
 
 __all__ = ["simulate", "plan_run", "execute", "make_stats", "check_backend", "backend_kwargs"]
@@ -46,7 +46,8 @@ def simulate(model, trajectories=None, seed=None, threads=None, times=None, chun
         (default: the model's ``simulation.records``, else off: every statistic is streamed)
     paths : int   keep the full jump paths of the first ``paths`` trajectories
     out : path, optional   run directory: written as the run goes, so an interrupted run can be resumed
-    progress : bool, optional   tqdm bar (default: when not quiet and stderr is a terminal)
+    progress : bool, optional   report progress: a bar on a terminal, a status line every ~10 s otherwise
+        (default: unless ``quiet``)
     backend : "threads" | "dask"   where chunks run; the result is bit-identical either way
     scheduler : str, optional   address of a running Dask scheduler (dask backend); None starts a
         LocalCluster of ``workers`` processes (default 2) and closes it afterwards
@@ -107,8 +108,9 @@ def check_backend(backend, scheduler=None, workers=None):
 
 
 def _progress_flag(progress, quiet):
+    """A bar on a terminal, a status line every ~10 s otherwise (batch jobs), nothing when quiet."""
     if progress is None:
-        return (not quiet) and sys.stderr.isatty()
+        return not quiet
     return bool(progress)
 
 
@@ -116,15 +118,11 @@ def execute(plan, acc, threads, show_progress=False, checkpoint=None, backend="t
             workers=None) -> Ensemble:
     """Run the remaining chunks of ``plan`` into ``acc`` and wrap the result."""
     compile_s = eng.compile_kernel()
-    bar = None
-    cb = None
-    if show_progress:
-        from tqdm import tqdm
+    bar = Progress(plan.n_chunks, desc=f"{plan.model.name} ({plan.path})", unit="chunks", enabled=show_progress)
+    bar.update(acc.chunks_done)
 
-        bar = tqdm(total=plan.n_chunks, initial=acc.chunks_done, unit="chunk", desc=plan.model.name, file=sys.stderr)
-
-        def cb(k):
-            bar.update(k - bar.n)
+    def cb(k):
+        bar.update(k - bar.done)
     t0 = time.perf_counter()
     info = {"backend": "threads"}
     try:
@@ -142,8 +140,7 @@ def execute(plan, acc, threads, show_progress=False, checkpoint=None, backend="t
         else:
             eng.run_plan(plan, acc, threads, progress=cb, checkpoint=checkpoint)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     stats = make_stats(plan, acc, threads, compile_s, time.perf_counter() - t0)
     stats.update(info)
     return Ensemble(plan, acc, stats)

@@ -551,7 +551,7 @@ def _md(text):
     return str(text).replace("|", "\\|")
 
 
-def validate_run(run_dir, alpha=1e-3):
+def validate_run(run_dir, alpha=1e-3, progress=None):
     """Validate a finished run directory; writes validation.json and validation.md.
 
     Returns (passed, results, ensemble, exact solution or None).
@@ -560,7 +560,7 @@ def validate_run(run_dir, alpha=1e-3):
 
     run_dir = Path(run_dir)
     ens = load_run(run_dir)
-    sol = references.exact_reference(ens.model, ens.plan)
+    sol = references.exact_reference(ens.model, ens.plan, progress=progress)
     results = run_checks(ens, sol, alpha)
     ok = verdict(results)
     out = {"run": str(run_dir), "alpha": alpha, "passed": ok, "correction": "Holm", "path": ens.plan.path,
