@@ -68,7 +68,8 @@ def main():
         ns_per_traj = 1e9 * tb / 20_000
         for k in (10, 50):
             print(f"chunk work >= {k}x the overhead (overhead <= {100 / k:.0f}%): chunk_size >= "
-                  f"{k * per / (ns_per_traj * 1e-9):.0f} trajectories (one trajectory costs {ns_per_traj / 1e3:.2f} us)")
+                  f"{k * per / (ns_per_traj * 1e-9):.0f} trajectories "
+                  f"(one trajectory costs {ns_per_traj / 1e3:.2f} us)")
     finally:
         session.close()
 

@@ -20,9 +20,10 @@ from scipy.sparse.linalg import expm_multiply  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's trajmc, not an installed one
+from bench_models import benchmark_model  # noqa: E402
+
 import trajmc  # noqa: E402
 import trajmc.solver as solver_mod  # noqa: E402
-from bench_models import benchmark_model  # noqa: E402
 from trajmc import fluctuations as fl  # noqa: E402
 from trajmc.network import build_segments  # noqa: E402
 from trajmc.solver import propagate_segments  # noqa: E402
@@ -54,7 +55,8 @@ def stiff():
     transition: rates over 11 decades (1e-7 .. 2e4)."""
     return {"name": "stiff", "system": {"energies": [0, 2, 5], "coupling": [[0, 1, 1e-3], [1, 0, 1], [1e-3, 1, 0]]},
             "baths": [{"name": "B", "dos": {"model": "exponential", "beta": 0.3}, "emax": 36,
-                       "kernel": {"model": "golden", "gamma": 1.0, "spectral": {"shape": "exponential", "cutoff": 3.0}}}],
+                       "kernel": {"model": "golden", "gamma": 1.0,
+                                  "spectral": {"shape": "exponential", "cutoff": 3.0}}}],
             "initial": {"system": [0.0, 0.0, 1.0], "baths": [{"state": "canonical", "beta": 1.0}]},
             "times": {"stop": 1.0, "num": 26}}
 
@@ -75,7 +77,8 @@ def baseline(segments, times):
         t1 = bounds[k + 1]
         sel = np.flatnonzero((times >= t0) & (times < t1))
         rel = np.concatenate([times[sel] - t0, [t1 - t0] if np.isfinite(t1) else []])
-        if len(rel) > 2 and np.allclose(np.diff(rel[:len(sel)]), rel[1] - rel[0]) and rel[0] == 0 and not np.isfinite(t1):
+        if (len(rel) > 2 and np.allclose(np.diff(rel[:len(sel)]), rel[1] - rel[0]) and rel[0] == 0
+                and not np.isfinite(t1)):
             res = expm_multiply(W, cur, start=0.0, stop=rel[-1], num=len(rel), endpoint=True)
         else:
             res, prev, v = [], 0.0, cur
@@ -117,7 +120,8 @@ def bench_one(label, spec):
     t_heat, h = timed(lambda: fl.heat_distribution(sol.segments, 0, model.times[idx], progress=False), 1)
     rates = np.concatenate([nt.rate for _, nt in segs])
     routes = ", ".join(f"{k} {v}" for k, v in sol.info.items() if k in solver_mod.ROUTES and v)
-    return {"model": label, "states": net.n_states, "shells": net.n_blocks, "largest": int(np.bincount(net.block).max()),
+    return {"model": label, "states": net.n_states, "shells": net.n_blocks,
+            "largest": int(np.bincount(net.block).max()),
             "decades": np.log10(rates.max() / rates.min()), "t_ref": t_ref, "t_sol": t_sol, "t_prop": t_prop,
             "dp": float(np.abs(sol.p - ref).max()), "t_heat": t_heat if h is not None else np.nan, "routes": routes,
             "terms": sol.info["chebyshev_terms"]}

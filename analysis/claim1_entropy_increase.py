@@ -73,7 +73,7 @@ def main():
             mc, se = th["Sigma"].to_numpy(), th["Sigma_se"].to_numpy()
             z = C.zscores(mc, se, ex)
             curves[case, n] = (fine, mc, se)
-            for t, a, b, c, zz in zip(T_MC, ex, mc, se, z):
+            for t, a, b, c, zz in zip(T_MC, ex, mc, se, z, strict=True):
                 rows.append({"case": case, "n": n, "t": t, "Sigma_exact": a, "Sigma_mc": b, "Sigma_mc_se": c, "z": zz})
             inc = np.diff(fine)
             zz = z[1:]
@@ -121,7 +121,8 @@ def main():
     with pd.option_context("display.width", 160, "display.float_format", "{:.3g}".format):
         print(sm.drop(columns=["description", "S_obs0"]).to_string(index=False))
     print(f"  min over all cases/sizes/times of exact Sigma      = {sm['min_Sigma'].min():.3e} (>= -1e-12: {ok_pos})")
-    print(f"  min over all consecutive increments of exact Sigma = {sm['min_increment'].min():.3e} (>= -1e-12: {ok_mono})")
+    print(f"  min over all consecutive increments of exact Sigma = {sm['min_increment'].min():.3e} "
+          f"(>= -1e-12: {ok_mono})")
     cover = np.mean(np.abs(df.loc[df.t > 0, "z"]) < C.Z95)
     print(f"  Monte Carlo ({TRAJ} trajectories each): {cover:.1%} of the {int((df.t > 0).sum())} Sigma estimates "
           f"cover the exact value at 95%; max |z| = {np.nanmax(np.abs(df.loc[df.t > 0, 'z'])):.2f}")

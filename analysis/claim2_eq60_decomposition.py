@@ -34,7 +34,8 @@ COLS = ["Sigma", "Sigma_tilde", "I", "D"]
 CASES = {
     "A": dict(n=5, beta=0.5, ps=[0.0, 0.0, 1.0], label=r"n = 5, excited system, $\beta$ = 0.5"),
     "B": dict(n=20, beta=0.5, ps=[0.0, 0.0, 1.0], label=r"n = 20, excited system, $\beta$ = 0.5"),
-    "C": dict(n=2, beta=0.3, ps={"gibbs": True, "beta": 3.0}, label=r"n = 2, Gibbs system $\beta_S$ = 3, bath $\beta$ = 0.3"),
+    "C": dict(n=2, beta=0.3, ps={"gibbs": True, "beta": 3.0},
+              label=r"n = 2, Gibbs system $\beta_S$ = 3, bath $\beta$ = 0.3"),
 }
 STYLE = {"Sigma": (C.COLORS[0], r"$\Sigma$"), "Sigma_tilde": (C.COLORS[3], r"$\tilde\Sigma$"),
          "I": (C.COLORS[2], r"$I$"), "D": (C.COLORS[1], r"$D[p_E\|\pi_E]$")}
@@ -59,7 +60,8 @@ def main():
                 r[f"{col}_exact"] = ex[col].iloc[i]
                 r[f"{col}_mc"] = th[col].iloc[i]
                 r[f"{col}_mc_se"] = th[f"{col}_se"].iloc[i]
-            r["identity_error_exact"] = abs(ex["Sigma"].iloc[i] - ex["Sigma_tilde"].iloc[i] + ex["I"].iloc[i] + ex["D"].iloc[i])
+            r["identity_error_exact"] = abs(ex["Sigma"].iloc[i] - ex["Sigma_tilde"].iloc[i]
+                                            + ex["I"].iloc[i] + ex["D"].iloc[i])
             rows.append(r)
         z = np.concatenate([C.zscores(th[col].to_numpy()[1:], th[f"{col}_se"].to_numpy()[1:], ex[col].to_numpy()[1:])
                             for col in COLS])
@@ -103,7 +105,8 @@ def main():
         ax3.text(0.98, 0.9, f"max = {err.max():.1e}", transform=ax3.transAxes, ha="right", va="top", fontsize=8)
     axes[0, 0].add_artist(axes[0, 0].legend(loc="lower right"))
     C.exact_mc_legend_note(axes[0, 0], loc="center right")
-    fig.suptitle(r"Claim 2 (Eq. 60): $\Sigma - \tilde\Sigma = -I - D[p_E\|\pi_E]$, so $\tilde\Sigma \geq \Sigma \geq 0$ "
+    fig.suptitle(r"Claim 2 (Eq. 60): $\Sigma - \tilde\Sigma = -I - D[p_E\|\pi_E]$, "
+                 r"so $\tilde\Sigma \geq \Sigma \geq 0$ "
                  r"(3-level system 0,1,3 + n oscillators, canonical product start)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "claim2_eq60.png")
@@ -112,10 +115,12 @@ def main():
     # ---------------------------------------------------------------- verdict
     ok_id = (sm["max_identity_error"] < 1e-12).all()
     ok_ord = (sm["min_gap_SigmaTilde_minus_Sigma"] >= -1e-12).all() and (sm["min_Sigma"] >= -1e-12).all()
-    print("Claim 2: Sigma - Sigma_tilde = -I - D (Eq. 60) and Sigma_tilde >= Sigma >= 0 (exact solver, 301 times in [0, 3])")
+    print("Claim 2: Sigma - Sigma_tilde = -I - D (Eq. 60) and Sigma_tilde >= Sigma >= 0 "
+          "(exact solver, 301 times in [0, 3])")
     with pd.option_context("display.width", 180, "display.float_format", "{:.3g}".format):
         print(sm.drop(columns=["description"]).to_string(index=False))
-    print(f"  max identity error |Sigma - Sigma_tilde + I + D| = {sm['max_identity_error'].max():.2e} (< 1e-12: {ok_id})")
+    print(f"  max identity error |Sigma - Sigma_tilde + I + D| = {sm['max_identity_error'].max():.2e} "
+          f"(< 1e-12: {ok_id})")
     print(f"  min_t (Sigma_tilde - Sigma) = {sm['min_gap_SigmaTilde_minus_Sigma'].min():.2e}, "
           f"min_t Sigma = {sm['min_Sigma'].min():.2e} (both >= -1e-12: {ok_ord})")
     print(f"  Monte Carlo ({TRAJ} trajectories each, Sigma/Sigma_tilde/I/D at t > 0): "

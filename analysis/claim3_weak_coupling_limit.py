@@ -101,7 +101,7 @@ def main():
     fig, axes = plt.subplots(2, 2, figsize=(11.5, 8.6))
     (ax_p, ax_d), (ax_s, ax_g) = axes
     cmap = cm.viridis(np.linspace(0.0, 0.9, len(SIZES)))
-    colors = dict(zip(SIZES, cmap))
+    colors = dict(zip(SIZES, cmap, strict=True))
     lev_ls = ["-", "--", ":"]
     # (a) p_s(t): Pauli ME vs MME at the MC sizes
     for s in range(3):
@@ -145,7 +145,8 @@ def main():
         C.mc_errorbar(ax_s, T_MC, tm["Sigma_tilde"], tm["Sigma_tilde_se"], colors[n], marker="s", ms=3)
     hs = [Line2D([], [], color=colors[n], label=f"n = {n}") for n in MC_SIZES]
     hs += [Line2D([], [], color="0.3", marker="o", mfc="white", label=r"$\Sigma$ (line: exact, o: MC)"),
-           Line2D([], [], color="0.3", ls="--", marker="s", mfc="white", label=r"$\tilde\Sigma$ (dashed: exact, s: MC)")]
+           Line2D([], [], color="0.3", ls="--", marker="s", mfc="white",
+                  label=r"$\tilde\Sigma$ (dashed: exact, s: MC)")]
     ax_s.legend(handles=hs, loc="lower right")
     ax_s.set_xlabel(r"time $t$ [$1/\gamma$]")
     ax_s.set_ylabel("entropy production")
@@ -155,7 +156,8 @@ def main():
     ax_g.loglog(g.n, g.max_Sigma_tilde_minus_Sigma, "o", color=C.COLORS[3],
                 label=r"$\max_t\,|\tilde\Sigma - \Sigma|$ (exact)")
     ax_g.loglog(nn, a1 * nn ** b1, color=C.COLORS[3], lw=1, label=rf"fit $n\geq{FIT_MIN}$: ${a1:.2f}\,n^{{{b1:.3f}}}$")
-    ax_g.loglog(g.n, g.max_ps_gap, "s", color=C.COLORS[0], label=r"$\max_{t,s}\,|p_s^{\rm MME} - p_s^{\rm Pauli}|$ (exact)")
+    ax_g.loglog(g.n, g.max_ps_gap, "s", color=C.COLORS[0],
+                label=r"$\max_{t,s}\,|p_s^{\rm MME} - p_s^{\rm Pauli}|$ (exact)")
     ax_g.loglog(nn, a2 * nn ** b2, color=C.COLORS[0], lw=1, label=rf"fit $n\geq{FIT_MIN}$: ${a2:.3f}\,n^{{{b2:.3f}}}$")
     ax_g.set_xlabel("bath size n (oscillators)")
     ax_g.set_ylabel("gap")

@@ -83,8 +83,9 @@ def main():
             mcs[n] = (pm, pse, tv(pm[-1], g), tv_se)
             for i, t in enumerate(T_MC):
                 for s in range(3):
-                    mc_rows.append({"n": n, "t": t, "s": s, "p_exact": pex[i, s], "p_mc": pm[i, s], "p_mc_se": pse[i, s],
-                                    "z": C.zscores(pm[i, s], pse[i, s], pex[i, s]), "p_gibbs": g[s], "p_shell": shell[s]})
+                    mc_rows.append({"n": n, "t": t, "s": s, "p_exact": pex[i, s], "p_mc": pm[i, s],
+                                    "p_mc_se": pse[i, s], "z": C.zscores(pm[i, s], pse[i, s], pex[i, s]),
+                                    "p_gibbs": g[s], "p_shell": shell[s]})
             rows[-1].update({"mc_tv_late": mcs[n][2], "mc_tv_late_se": tv_se})
     d = pd.DataFrame(rows)
     m = pd.DataFrame(mc_rows)

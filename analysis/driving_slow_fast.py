@@ -151,9 +151,9 @@ def main():
             r["z_jarzynski"] = (r["mc_jarzynski"] - r["Zf_over_Z0"]) / r["mc_jarzynski_se"]
             pw_ex[K, tau], pw_mc[K, tau] = pwe, pwm
             # work distribution: exact vs MC on the exact support
-            mc_map = dict(zip(np.round(pwm[0] * GRID).astype(int), zip(pwm[1], pwm[2])))
+            mc_map = dict(zip(np.round(pwm[0] * GRID).astype(int), zip(pwm[1], pwm[2], strict=True), strict=True))
             zs = []
-            for w, p in zip(*pwe):
+            for w, p in zip(*pwe, strict=True):
                 if p < 1e-300 and round(w * GRID) not in mc_map:
                     continue
                 pm, se = mc_map.get(int(round(w * GRID)), (0.0, 0.0))
@@ -204,7 +204,7 @@ def main():
     with pd.option_context("display.width", 200, "display.float_format", "{:.4g}".format):
         print(sm[cols].to_string(index=False))
     lim = curves[curves.tau == curves.tau.max()][["K", "W_diss"]]
-    print("  W_diss at tau = {:g} (the K-step floor): ".format(curves.tau.max())
+    print(f"  W_diss at tau = {curves.tau.max():g} (the K-step floor): "
           + ", ".join(f"K={int(k)}: {w:.4f}" for k, w in lim.to_numpy()))
     print(f"  W_diss >= 0 on all {len(curves)} exact (tau, K) points: {ok_pos} (min {curves['W_diss'].min():.4f})")
     print("  W_diss non-increasing in tau (largest step up over the fine grid): "
@@ -215,7 +215,8 @@ def main():
           f"(tilted and from the exact P(W)) = {jar_err2:.1e}  (<= 1e-10: {ok_jar})")
     print(f"  Monte Carlo Jarzynski: max |z| = {zj.max():.2f} over {len(zj)} runs ({TRAJ} trajectories each)")
     print(f"  beta W_diss = Sigma_tilde + D[p_S || gamma_f]: max error {id_err:.1e};  "
-          f"beta W_diss >= Sigma_tilde >= Sigma >= 0 everywhere: {ok_chain};  first law max error {curves['first_law_err'].max():.1e};  <W> from exact P(W) matches: {ok_wpw:.1e}")
+          f"beta W_diss >= Sigma_tilde >= Sigma >= 0 everywhere: {ok_chain};  "
+          f"first law max error {curves['first_law_err'].max():.1e};  <W> from exact P(W) matches: {ok_wpw:.1e}")
     print(f"  Monte Carlo: {cover:.1%} of {len(z_all)} estimates (<W>, Sigma, Sigma_tilde, Jarzynski) within 1.96 SE, "
           f"max |z| = {np.nanmax(np.abs(z_all)):.2f};  P(W) bins with >= 5 expected counts: "
           f"{int(sm['pw_bins'].sum())}, max |z| = {sm['pw_max_abs_z'].max():.2f}")
@@ -340,7 +341,8 @@ def figures(out, curves, sm, pw_ex, pw_mc, dF):
     ax.set_ylabel(r"entropy production at $t = \tau + $" + f"{T_RELAX:g}")
     ax.set_title(r"$\beta W_{\rm diss} \geq \tilde\Sigma \geq \Sigma \geq 0$, all decreasing in $\tau$")
     h2 = [Line2D([], [], color="0.3", ls="-", label=r"$\tilde\Sigma - \Sigma = I + D[p_E\|\pi_E]$"),
-          Line2D([], [], color="0.3", ls=":", lw=2.2, label=r"$\beta W_{\rm diss} - \tilde\Sigma = D[p_S\|\gamma_S(\lambda_f)]$")]
+          Line2D([], [], color="0.3", ls=":", lw=2.2,
+                 label=r"$\beta W_{\rm diss} - \tilde\Sigma = D[p_S\|\gamma_S(\lambda_f)]$")]
     h2 += [Line2D([], [], color=col[K], label=f"K = {K}") for K in KS]
     ax2.legend(handles=h2, loc="center left")
     ax2.set_xlabel(r"driving time $\tau$")

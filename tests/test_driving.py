@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.linalg
+from conftest import THREADS
 from scipy.special import gammaln, logsumexp
 
 import trajmc
@@ -40,8 +41,6 @@ from trajmc.network import levels_at
 from trajmc.reference import reference_chunk
 from trajmc.stats import g_test
 from trajmc.validate import run_checks, validate_run
-
-from conftest import THREADS
 
 # Per-assertion false-alarm rate of the G-tests in this file.
 ALPHA = 1e-6
@@ -327,8 +326,8 @@ def test_dense_tilt_at_a_finer_time_grid():
 
 # Two baths and degenerate levels: the jump s -> s' with eps_s = eps_s' moves no energy, so it goes through
 # every bath to the SAME target state; the network keeps one edge per bath (parallel edges).
-DEGENERATE_BUG = ("fixed bug: trajmc/solver.py _eigh_route (line ~220) and _expm_route (line ~256) build the dense block "
-                  "generator with fancy-index assignment A[b, local[y], local[x]] = ..., so parallel edges (same "
+DEGENERATE_BUG = ("fixed bug: trajmc/solver.py _eigh_route (line ~220) and _expm_route (line ~256) build the dense "
+                  "block generator with fancy-index assignment A[b, local[y], local[x]] = ..., so parallel edges (same "
                   "source and target through different baths, i.e. degenerate levels with >= 2 baths) overwrite "
                   "each other instead of adding; fix: np.add.at(A, (b, local[y], local[x]), values) (same for W)")
 

@@ -12,12 +12,11 @@ from collections import deque
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ALL_MODELS, MODELS, ONE_BATH, TWO_BATHS, get_model_dict
 
 import trajmc
 from trajmc.errors import UnsupportedError
 from trajmc.network import build_network
-
-from conftest import ALL_MODELS, MODELS, ONE_BATH, TWO_BATHS, get_model_dict
 
 # --------------------------------------------------------------------------- independent physics
 
@@ -112,7 +111,7 @@ def golden_eref(d: dict, nu: int) -> float:
         return k["E_ref"]
     if "joint" in d["initial"]:
         j = d["initial"]["joint"]
-        return float(sum(p * s[1 + nu] for s, p in zip(j["states"], j["p"])))
+        return float(sum(p * s[1 + nu] for s, p in zip(j["states"], j["p"], strict=True)))
     p = initial_bath_distribution(d, nu)
     return float(np.dot(p, np.arange(len(p))))
 
@@ -173,7 +172,7 @@ def expected_edges(d: dict, state: tuple) -> dict:
 def initial_support(d: dict) -> set:
     ini = d["initial"]
     if "joint" in ini:
-        return {tuple(s) for s, p in zip(ini["joint"]["states"], ini["joint"]["p"]) if p > 0}
+        return {tuple(s) for s, p in zip(ini["joint"]["states"], ini["joint"]["p"], strict=True) if p > 0}
     if isinstance(ini["system"], dict):
         levels = range(len(d["system"]["energies"]))
     else:
@@ -206,8 +205,9 @@ def net_of(d):
 def reverse_index(net) -> np.ndarray:
     """For every edge x -> y (bath nu) the index of the edge y -> x through the same bath (-1 if none)."""
     src = net.source
-    key = {(int(a), int(b), int(nu)): i for i, (a, b, nu) in enumerate(zip(src, net.target, net.bath))}
-    return np.array([key.get((int(b), int(a), int(nu)), -1) for a, b, nu in zip(src, net.target, net.bath)])
+    key = {(int(a), int(b), int(nu)): i for i, (a, b, nu) in enumerate(zip(src, net.target, net.bath, strict=True))}
+    return np.array([key.get((int(b), int(a), int(nu)), -1)
+                     for a, b, nu in zip(src, net.target, net.bath, strict=True)])
 
 
 # --------------------------------------------------------------------------- tests
@@ -353,7 +353,8 @@ def test_index_of():
     d["initial"] = {"system": [1.0, 0.0, 0.0],
                     "baths": [{"state": "microcanonical", "energy": 5}, {"state": "microcanonical", "energy": 3}]}
     net = net_of(d)  # only the shell of total energy 8
-    np.testing.assert_array_equal(net.index_of([[0, 0, 0], [2, 24, 8], [0, 5, 3]]), [-1, -1, net.index_of([0, 5, 3])[0]])
+    np.testing.assert_array_equal(net.index_of([[0, 0, 0], [2, 24, 8], [0, 5, 3]]),
+                                  [-1, -1, net.index_of([0, 5, 3])[0]])
     assert net.index_of([0, 5, 3])[0] >= 0
 
 

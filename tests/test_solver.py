@@ -17,12 +17,11 @@ import mpmath
 import numpy as np
 import pytest
 import scipy.linalg
+from conftest import ALL_MODELS, ONE_BATH, TWO_BATHS, get_model_dict
 from scipy.special import logsumexp, xlogy
 
 import trajmc
 import trajmc.solver as solver_mod
-
-from conftest import ALL_MODELS, ONE_BATH, TWO_BATHS, get_model_dict
 
 # --------------------------------------------------------------------------- helpers
 
@@ -85,7 +84,8 @@ OFF3 = [[0, 1, 1], [1, 0, 1], [1, 1, 0]]
 
 def one_bath(energies, dos, emax, kernel, system, bath_state, times, coupling=None):
     n = len(energies)
-    return {"name": "m", "system": {"energies": energies, "coupling": coupling or (OFF3 if n == 3 else [[0, 1], [1, 0]])},
+    return {"name": "m",
+            "system": {"energies": energies, "coupling": coupling or (OFF3 if n == 3 else [[0, 1], [1, 0]])},
             "baths": [{"name": "B", "dos": dos, "emax": emax, "kernel": kernel}],
             "initial": {"system": system, "baths": [bath_state]}, "times": {"values": times}}
 
@@ -93,7 +93,8 @@ def one_bath(energies, dos, emax, kernel, system, bath_state, times, coupling=No
 STIFF = {
     # lnV spread ~24 inside shells: half the blocks take the expm route, half eigh
     "spins_big_gaps_cutoff": one_bath([0, 7, 15], {"model": "spins", "n": 40}, 40,
-                                      {"model": "sqrt", "gamma": 1.0, "spectral": {"shape": "exponential", "cutoff": 1.0}},
+                                      {"model": "sqrt", "gamma": 1.0,
+                                       "spectral": {"shape": "exponential", "cutoff": 1.0}},
                                       [0, 0, 1], {"state": "canonical", "beta": 1.0}, [0, 0.1, 1.0, 10.0, 1e3, 1e6]),
     # gamma tiny / huge: rates 1e-9 .. 1e-8 and 1e7 .. 3e8
     "gamma_tiny": one_bath([0, 1, 3], {"model": "oscillators", "n": 4}, 30, {"model": "sqrt", "gamma": 1e-8},
@@ -363,7 +364,8 @@ def test_total_energy_distribution_is_conserved(name):
         w0 = np.bincount(sh, weights=sol.p[0])
         for row in sol.p[1:]:
             assert np.max(np.abs(np.bincount(sh, weights=row, minlength=len(w0)) - w0)) <= 1e-12, label
-            assert np.max(np.abs(np.bincount(net.block, weights=row) - np.bincount(net.block, weights=sol.p[0]))) <= 1e-12
+            assert np.max(np.abs(np.bincount(net.block, weights=row)
+                                 - np.bincount(net.block, weights=sol.p[0]))) <= 1e-12
 
 
 def _steady_state(net):

@@ -43,8 +43,10 @@ def force(monkeypatch, route):
 
 def spin_baths(n, system=(0, 0, 1), bath0=None, times=(0.0, 0.1, 1.0)):
     """3 levels (0, 1, 3) between two spin baths of n spins (ln V spread per shell ~ 2 ln C(n, n/2))."""
-    b = lambda name: {"name": name, "dos": {"model": "spins", "n": n, "quantum": 1}, "emax": n,
-                      "kernel": {"model": "sqrt", "gamma": 1.0}}
+    def b(name):
+        return {"name": name, "dos": {"model": "spins", "n": n, "quantum": 1}, "emax": n,
+                "kernel": {"model": "sqrt", "gamma": 1.0}}
+
     return {"name": f"spins-{n}", "system": {"energies": [0, 1, 3], "coupling": OFF3}, "baths": [b("hot"), b("cold")],
             "initial": {"system": list(system), "baths": [bath0 or {"state": "canonical", "beta": 0.2},
                                                           {"state": "canonical", "beta": 1.0}]},
@@ -78,7 +80,8 @@ def test_one_state_shells_next_to_moving_ones(route, monkeypatch):
     sol = trajmc.solve(d)
     single = np.flatnonzero(np.bincount(sol.network.block)[sol.network.block] == 1)
     assert len(single) and sol.info["trivial"] == len(single)
-    np.testing.assert_array_equal(sol.p[:, single], np.broadcast_to(sol.network.p0[single], (len(sol.times), len(single))))
+    np.testing.assert_array_equal(sol.p[:, single],
+                                  np.broadcast_to(sol.network.p0[single], (len(sol.times), len(single))))
 
 
 # --------------------------------------------------------------------------- ln V spanning hundreds of units
@@ -97,7 +100,8 @@ def ideal_and_spins(beta=25.0, emax=12):
                        "kernel": {"model": "sqrt", "gamma": 1.0}},
                       {"name": "P", "dos": {"model": "spins", "n": 12, "quantum": 1}, "emax": 12,
                        "kernel": {"model": "eth", "gamma": 0.5}}],
-            "initial": {"system": [0.2, 0.3, 0.5], "baths": [table_state(emax, 0.8), {"state": "canonical", "beta": 0.3}]},
+            "initial": {"system": [0.2, 0.3, 0.5],
+                        "baths": [table_state(emax, 0.8), {"state": "canonical", "beta": 0.3}]},
             "times": {"values": [0.0, 0.05, 0.5, 2.0]}}
 
 

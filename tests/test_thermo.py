@@ -8,12 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ALL_MODELS, ONE_BATH, TWO_BATHS, get_model_dict
 from scipy.special import xlogy
 
 import trajmc
 from trajmc import thermo as T
-
-from conftest import ALL_MODELS, ONE_BATH, TWO_BATHS, get_model_dict
 
 TOL = 1e-10
 
@@ -72,7 +71,7 @@ def test_functionals_match_direct_computation(name, solved):
     eps = np.asarray(d["system"]["energies"], dtype=float)
     baths = [b["name"] for b in d["baths"]]
     lnV = sol.network.lnV
-    for k, t in enumerate(sol.times):
+    for k, _ in enumerate(sol.times):
         p = sol.p[k]
         df = st.assign(p=p)
         S_obs = -np.sum(xlogy(p, p)) + np.sum(p * lnV)

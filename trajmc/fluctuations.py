@@ -83,7 +83,7 @@ def _counting_moments(segs, weights, times, order, p0):
         solvers, series = _class_solvers(nk, w, order, COUNTING_DENSE_MAX, np.array(marks) - t0 if marks else None)
         along = series(cur) if series is not None else None  # (n_marks, o1) sums over its classes
         stepped = np.ones(n, dtype=bool) if series is None else ~series.states
-        for i, (t, dt) in enumerate(zip(marks, steps)):
+        for i, (t, dt) in enumerate(zip(marks, steps, strict=True)):
             if dt > 0:
                 for solve in solvers:
                     solve(cur, dt)
@@ -310,7 +310,8 @@ def heat_distribution(net, nu: int, times, progress=None):
         for j, ti in enumerate(tidx):
             out[ti] += np.bincount(q[live], weights=vals[j].ravel()[live], minlength=nq)
 
-    propagate_segments(segs, P0, times, sink=sink, progress=progress, desc=f"heat distribution ({net.model.bath_names[nu]})")
+    propagate_segments(segs, P0, times, sink=sink, progress=progress,
+                       desc=f"heat distribution ({net.model.bath_names[nu]})")
     return np.arange(-emax, emax + 1), out
 
 

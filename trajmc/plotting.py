@@ -133,7 +133,8 @@ def analysis_figures(ens, res, outdir):
                      alpha=0.7)
         ax[0].axvline(ep["Sigma_exact"].iloc[-1], color="k", lw=1, label="exact Delta S_obs")
         ax[0].axvline(ep["mean_ds"].iloc[-1], color="C1", ls="--", label="MC mean")
-        ax[0].set(xlabel="Delta s_obs", ylabel="density", title=f"trajectory entropy production, t={ep['t'].iloc[-1]:g}")
+        ax[0].set(xlabel="Delta s_obs", ylabel="density",
+                  title=f"trajectory entropy production, t={ep['t'].iloc[-1]:g}")
         ax[0].legend(fontsize=8)
         _mc_vs_exact(ax[1], ep["t"], [("<exp(-Delta s_obs)>", ep["ift_mc"], ep["ift_se"], ep["ift_exact"])],
                      ylabel="<exp(-Delta s_obs)>", title="integral fluctuation theorem (line: exact)")
@@ -169,7 +170,7 @@ def analysis_figures(ens, res, outdir):
     act = res["activity"]
     fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
     _mc_vs_exact(ax, act["t"], [("mean jumps", act["mean_mc"], act["mean_se"], act.get("mean_exact"))],
-                 ylabel="number of jumps", title=f"activity (line: exact)")
+                 ylabel="number of jumps", title="activity (line: exact)")
     paths.append(outdir / "activity.png")
     _save(fig, paths[-1])
     return paths

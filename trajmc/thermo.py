@@ -140,7 +140,7 @@ def functionals(p, space: Space, levels=None) -> dict:
     out = {"S_obs": observational_entropy(p, space.lnV), "S_sh": shannon(ps),
            "I": total_correlation(p, space, ps, pEs), "E_S": np.sum(p * eps, axis=-1), "lnV": p @ space.lnV}
     D = np.zeros(p.shape[0])
-    for nu, (name, pE) in enumerate(zip(space.bath_names, pEs)):
+    for nu, (name, pE) in enumerate(zip(space.bath_names, pEs, strict=True)):
         out[f"E_{name}"] = p @ space.E[:, nu].astype(float)
         out[f"S_B_{name}"] = bath_observational_entropy(pE, space.bath_lnV[nu])
         pi = space.pi[nu]
