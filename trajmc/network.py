@@ -173,6 +173,8 @@ def _edges(model, energies, codes):
     st = _decode(codes, model)
     s = st[:, 0]
     n_s = model.n_levels
+    r = _radix(model)
+    stride = np.append(np.cumprod(r[::-1])[::-1][1:], 1)  # code change per unit of each column
     out = []
     for nu, b in enumerate(model.baths):
         E = st[:, 1 + nu]
@@ -192,10 +194,9 @@ def _edges(model, energies, codes):
             with np.errstate(under="ignore"):
                 live = np.exp(lr) > 0  # -inf (no jump) and underflow to 0 both drop the edge
             idx, E2i, lr = idx[live], E2i[live], lr[live]
-            tgt = st[idx].copy()
-            tgt[:, 0] = s2
-            tgt[:, 1 + nu] = E2i
-            out.append((idx, _encode(tgt, model), np.full(len(idx), nu), E2i - E[idx], lr))
+            d = E2i - E[idx]
+            tgt = codes[idx] + (s2 - s[idx]) * stride[0] + d * stride[1 + nu]
+            out.append((idx, tgt, np.full(len(idx), nu), d, lr))
     if not out:
         z = np.zeros(0, dtype=np.int64)
         return z, z, z, z, np.zeros(0)
@@ -303,7 +304,19 @@ def reachable_codes(model, energy_sets):
     return reachable(model, energy_sets)[0]
 
 
-def build_network(model: Model, energies=None, codes=None, edges=None) -> Network:
+def _state_data(model, codes):
+    """What every segment network of a state set shares: states (n, 1+N), ln V_x (n,), p0 (n,)."""
+    states = _decode(codes, model)
+    lnV = np.zeros(len(codes))
+    for nu, b in enumerate(model.baths):
+        lnV += b.lnV[states[:, 1 + nu]]
+    s0, p = initial_support(model)
+    p0 = np.zeros(len(codes))
+    p0[np.searchsorted(codes, _encode(s0, model))] = p
+    return states, lnV, p0
+
+
+def build_network(model: Model, energies=None, codes=None, edges=None, shared=None) -> Network:
     """Build the network reachable from the initial support.
 
     Parameters
@@ -317,12 +330,13 @@ def build_network(model: Model, energies=None, codes=None, edges=None) -> Networ
     edges : tuple, optional
         The out-edges of ``codes`` under ``energies`` as :func:`reachable` returns them (computed here
         when not given).
+    shared : tuple, optional
+        (states, lnV, p0) of ``codes`` when several segment networks share them.
     """
     energies = model.energies if energies is None else np.asarray(energies, dtype=np.int64)
     if codes is None:
         codes, (edges,) = reachable(model, [energies])
-    s0, p = initial_support(model)
-    states = _decode(codes, model)
+    states, lnV, p0 = _state_data(model, codes) if shared is None else shared
     if edges is None:
         src, tgt_code, bath, dE, lr = _edges(model, energies, codes)
     else:
@@ -332,19 +346,18 @@ def build_network(model: Model, energies=None, codes=None, edges=None) -> Networ
     target = np.searchsorted(codes, tgt_code)
     inside = codes[np.minimum(target, n - 1)] == tgt_code  # a segment's edges may leave a state set built for others
     src, target, bath, dE, lr = src[inside], target[inside], bath[inside], dE[inside], lr[inside]
-    order = np.lexsort((target, bath, src))  # deterministic edge order within a row
+    N = model.n_baths
+    if float(n) * n * N < 2.0**62:  # deterministic edge order within a row: by bath, then target
+        order = np.argsort((src * N + bath) * n + target, kind="stable")
+    else:
+        order = np.lexsort((target, bath, src))
     src, target, bath, dE, lr = src[order], target[order].astype(np.int64), bath[order], dE[order], lr[order]
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
     rate = np.exp(lr)
     exit_rate = np.bincount(src, weights=rate, minlength=n).astype(float)  # int64 when there are no edges
     _check_exit(exit_rate, lambda i: f"state {tuple(int(v) for v in states[i])}", bath, src)
-    lnV = np.zeros(n)
-    for nu, b in enumerate(model.baths):
-        lnV += b.lnV[states[:, 1 + nu]]
-    p0 = np.zeros(n)
-    p0[np.searchsorted(codes, _encode(s0, model))] = p
-    graph = sp.coo_matrix((np.ones(len(src)), (src, target)), shape=(n, n))
+    graph = sp.csr_matrix((np.ones(len(target)), target, indptr), shape=(n, n))
     _, block = connected_components(graph, directed=True, connection="weak")
     shell = energies[states[:, 0]] + states[:, 1:].sum(axis=1)
     return Network(model=model, energies=energies, states=states, lnV=lnV, p0=p0, indptr=indptr,
@@ -361,7 +374,8 @@ def build_segments(model: Model, reach=None):
     codes, edges = reachable(model, [e for _, e in segs]) if reach is None else reach
     if edges is None:
         edges = [None] * len(segs)
-    return [(t0, build_network(model, e, codes, ed)) for (t0, e), ed in zip(segs, edges, strict=True)]
+    shared = _state_data(model, codes)
+    return [(t0, build_network(model, e, codes, ed, shared)) for (t0, e), ed in zip(segs, edges, strict=True)]
 
 
 def levels_at(segments, times):
