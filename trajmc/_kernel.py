@@ -263,31 +263,35 @@ def enumerated_chunk(rng, n_traj, slot, tid, rec0, paths_on, ck, net, win, out, 
                 out.path_t[i, out.path_len[i]] = t
                 out.path_x[i, out.path_len[i]] = x
                 out.path_len[i] += 1
-        # the trajectory is done: add what it contributes, one pass over the sample times
+        # the trajectory is done: add what it contributes
         s0 = net.s_of[x0]
         g = net.g0[x0]
         es0 = ck.levels[0, s0]
         bad = 0
+        for kk in range(n_t):  # one array at a time: the big ones stream through the cache in order
+            y = xs[kk]
+            out.counts[tid, y, kk] += 1
+            out.cross[tid, y, kk] += g
         for kk in range(n_t):
             y = xs[kk]
             st = net.s_of[y]
-            out.counts[tid, y, kk] += 1
-            out.cross[tid, y, kk] += g
             dE = ck.levels[ck.seg_of[kk], st] - es0 - ws[kk]
             for nu in range(N):
                 q = net.E[x0, nu] - net.E[y, nu]
                 qs[kk, nu] = q
                 dE -= q
+                out.qsum[tid, nu, s0, st, kk] += q
             bad += dE != 0
             out.sys2[tid, s0, st, kk] += 1
-            for nu in range(N):  # full heat windows on this path: always inside
-                q = qs[kk, nu]
-                out.qsum[tid, nu, s0, st, kk] += q
-                hi = q - win.qlo[nu]
-                out.heat[tid, win.qoff[nu] + hi, kk] += 1
-                if ft_on and nu == 0:
-                    out.ft[tid, s0, st, hi, kk] += 1
-            if driven:
+        for nu in range(N):  # full heat windows on this path: always inside
+            off = win.qoff[nu] - win.qlo[nu]
+            for kk in range(n_t):
+                out.heat[tid, off + qs[kk, nu], kk] += 1
+        if ft_on:
+            for kk in range(n_t):
+                out.ft[tid, s0, net.s_of[xs[kk]], qs[kk, 0] - win.qlo[0], kk] += 1
+        if driven:
+            for kk in range(n_t):
                 out.work[tid, ck.woff[0] + ws[kk], kk] += 1
         out.viol[tid, 0] += bad
         out.viol[tid, 1] += n_t
