@@ -6,10 +6,10 @@ canonical at fixed beta = 0.5 (mean energy n / (e^0.5 - 1) grows with n), sqrt k
 n = 5, 10, 20, 50, 100, 200, 400.  Two gaps, maximised over t in [0, 3]:
   (a) max_t |Sigma_tilde - Sigma| = max_t (I + D)                       (Eq. 60)
   (b) max_{t,s} |p_s^MME(t) - p_s^Pauli(t)|, where the Pauli ME has rates
-      k(s->s') = gamma |S_ss'|^2 J(eps_s - eps_s') exp(beta (eps_s - eps_s')/2) (PHYSICS.md §5.5),
+      k(s->s') = gamma |S_ss'|^2 J(eps_s - eps_s') exp(beta (eps_s - eps_s')/2) (docs/physics.md §5.5),
       solved with scipy.linalg.expm.
 Both are fitted by a power law a n^b for n >= 20.  Sanity check of the Pauli solution: with an
-ideal exponential(beta) bath the MME's p_s(t) must equal it to rounding (PHYSICS.md §5.5).
+ideal exponential(beta) bath the MME's p_s(t) must equal it to rounding (docs/physics.md §5.5).
 
 Run:  python analysis/claim3_weak_coupling_limit.py
 Out:  runs/analysis/claim3/claim3_weak_coupling.png, claim3_gaps.csv, claim3_ps.csv

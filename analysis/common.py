@@ -113,7 +113,7 @@ def microcanonical_product(n, E0, p_system, beta_ref=None, name="claim", times=(
 
 def pauli_generator(energies, coupling, beta, gamma=1.0, J=lambda w: 1.0):
     """Generator ``W`` (columns = source) of the ordinary Pauli ME with the sqrt-kernel rates of
-    PHYSICS.md §5.5: ``k(s -> s') = gamma |S_ss'|^2 J(eps_s - eps_s') exp(beta (eps_s - eps_s') / 2)``."""
+    docs/physics.md §5.5: ``k(s -> s') = gamma |S_ss'|^2 J(eps_s - eps_s') exp(beta (eps_s - eps_s') / 2)``."""
     eps = np.asarray(energies, dtype=float)
     S2 = np.abs(np.asarray(coupling, dtype=complex)) ** 2
     n = len(eps)

@@ -1,4 +1,4 @@
-"""Driving (PHYSICS.md §5.7): work and entropy production for slow against fast driving of one protocol.
+"""Driving (docs/physics.md §5.7): work and entropy production for slow against fast driving of one protocol.
 
 A qubit coupled to n = 40 oscillators (sqrt kernel, flat J, gamma = 1) starts in the global Gibbs state at
 beta = 0.5 (Gibbs system x canonical bath at the same beta).  Its gap is raised from 1 to 6 in K equal steps,

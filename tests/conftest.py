@@ -2,7 +2,7 @@
 
 Every model here is small (a few hundred joint states at most) so that the
 whole Foundation suite runs in seconds.  All of them start from a product
-state with canonical baths, so every PHYSICS.md §4 identity applies; tests
+state with canonical baths, so every docs/physics.md §4 identity applies; tests
 that need other initial states modify a copy.
 """
 from __future__ import annotations

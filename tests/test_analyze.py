@@ -109,7 +109,7 @@ def dense_ift(net, t):
 
 
 def dense_sigma_distribution(net, t):
-    """Exact P(sigma) of the exchange FT (PHYSICS.md §5.8) as {sigma (rounded): probability}."""
+    """Exact P(sigma) of the exchange FT (docs/physics.md §5.8) as {sigma (rounded): probability}."""
     m = net.model
     P = dense_joint(net, t)
     st = net.states
@@ -299,7 +299,7 @@ def test_ift_below_one_under_absolute_irreversibility(maker):
 
 
 def test_ift_closed_form_qubit_linear_example():
-    """PHYSICS.md §5.4: shell {(0, 6), (1, 5)}, start (0, 6), p1(t) = 0.375 (1 - e^{-16 t}),
+    """docs/physics.md §5.4: shell {(0, 6), (1, 5)}, start (0, 6), p1(t) = 0.375 (1 - e^{-16 t}),
     V_6 / V_5 = C(10,4)/C(9,4) = 5/3: <exp(-Delta s_obs)> = (1 - p1)^2 + (5/3) p1^2 (-> 0.625)."""
     sol = trajmc.solve(trajmc.get_example("qubit-linear-exact"))
     p1 = 0.375 * (1 - np.exp(-16 * sol.times))

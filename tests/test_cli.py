@@ -1,4 +1,4 @@
-"""Command line (INTERFACE.md): ``python -m trajmc simulate | validate | analyze | examples | solve | --version``.
+"""Command line (see the README): ``python -m trajmc simulate | validate | analyze | examples | solve | --version``.
 
 Both Monte Carlo paths (``--engine enumerated`` and ``--engine implicit``) are driven through every command.
 Bad input: exit status 2 and one line on stderr, never a traceback, nothing written.  Interruption (SIGINT,

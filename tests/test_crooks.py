@@ -1,4 +1,4 @@
-"""Crooks relation for driven models (PHYSICS.md §5.7 extended): P_F(W) / P_R(-W) = exp(beta (W - Delta F)).
+"""Crooks relation for driven models (docs/physics.md §5.7 extended): P_F(W) / P_R(-W) = exp(beta (W - Delta F)).
 
 Exact side at 1e-10 against an independent dense computation written here (segment by segment expm
 with the work tracked as an extra index); Monte Carlo side, on both paths, by z-scores, |z| < 5 (two-sided

@@ -1,4 +1,4 @@
-"""Driving: piecewise-constant protocols ``eps_s(lambda_k)`` (PHYSICS.md §4 first law, §5.7 Jarzynski).
+"""Driving: piecewise-constant protocols ``eps_s(lambda_k)`` (docs/physics.md §4 first law, §5.7 Jarzynski).
 
 * Exact solver: Jarzynski ``<exp(-beta W)> = Z(lambda(t)) / Z(lambda_0)`` from a global Gibbs start at
   1e-10, with ``Z`` computed in this file from the network states and an independent ``ln V``; the exact
@@ -134,7 +134,7 @@ def solved(name):
 
 
 def lnv_independent(bath: dict, E):
-    """ln V of a bath dict, written out here from PHYSICS.md §1 (not trajmc.dos)."""
+    """ln V of a bath dict, written out here from docs/physics.md §1 (not trajmc.dos)."""
     d = bath["dos"]
     w, n = d.get("quantum", 1), d["n"]
     E = np.asarray(E)

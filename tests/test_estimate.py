@@ -1,4 +1,4 @@
-"""Monte Carlo estimates against the exact solver (PHYSICS.md §6), and honest error bars.
+"""Monte Carlo estimates against the exact solver (docs/physics.md §6), and honest error bars.
 
 Every comparison is seeded and statistical, with its false-alarm rate stated:
 
@@ -91,7 +91,7 @@ def test_monte_carlo_agrees_with_exact_solver(name, seed, solved):
 
 
 def test_closed_form_qubit_linear_exact():
-    """PHYSICS.md §5.4 without the solver: p_1(t) = 0.375 (1 - exp(-16 t))."""
+    """docs/physics.md §5.4 without the solver: p_1(t) = 0.375 (1 - exp(-16 t))."""
     ens = _simulate(trajmc.get_example("qubit-linear-exact"), 106)
     ps, pse = ens.p_system(), ens.p_system_se()
     exact = 0.375 * (1 - np.exp(-16 * ens.times))
@@ -265,7 +265,7 @@ def test_thermo_table_contract():
 
 OFF3 = [[0, 1, 1], [1, 0, 1], [1, 1, 0]]
 COVERAGE_MODEL = {
-    # 3 levels, ~76 occupied joint states at t = 3 with 4000 trajectories (PHYSICS.md §6 regime)
+    # 3 levels, ~76 occupied joint states at t = 3 with 4000 trajectories (docs/physics.md §6 regime)
     "name": "coverage3",
     "system": {"energies": [0, 1, 3], "coupling": OFF3},
     "baths": [{"name": "B", "dos": {"model": "oscillators", "n": 4, "quantum": 1}, "emax": 70,

@@ -1,7 +1,7 @@
-"""The joint (s, E_1..E_N) network: reachable states, rates, shells (PHYSICS.md §1, §2, §5.1).
+"""The joint (s, E_1..E_N) network: reachable states, rates, shells (docs/physics.md §1, §2, §5.1).
 
 The oracles here are written independently of trajmc: the density of states
-with ``math.lgamma``, the rate of every kernel from the PHYSICS.md §2 table,
+with ``math.lgamma``, the rate of every kernel from the docs/physics.md §2 table,
 and the reachable set by a plain breadth-first search.
 """
 from __future__ import annotations
@@ -117,7 +117,7 @@ def golden_eref(d: dict, nu: int) -> float:
 
 
 def expected_log_rate(d: dict, nu: int, s: int, s2: int, E: int, E2: int) -> float:
-    """ln k((s, E) -> (s2, E2)) through bath nu, straight from the PHYSICS.md §2 table (-inf: no jump)."""
+    """ln k((s, E) -> (s2, E2)) through bath nu, straight from the docs/physics.md §2 table (-inf: no jump)."""
     bath = d["baths"][nu]
     dos, kern = bath["dos"], bath["kernel"]
     c = coupling_weight(d, nu)[s, s2]
@@ -257,7 +257,7 @@ def test_edges_and_rates_follow_the_kernel_table(name):
 
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_detailed_balance_every_edge(name):
-    """k(x->y) / k(y->x) = V_y / V_x for every edge (PHYSICS.md §2), checked in log space."""
+    """k(x->y) / k(y->x) = V_y / V_x for every edge (docs/physics.md §2), checked in log space."""
     net = net_of(get_model_dict(name))
     rev = reverse_index(net)
     assert np.all(rev >= 0), "every jump must have its reverse jump through the same bath"
@@ -269,7 +269,7 @@ def test_detailed_balance_every_edge(name):
 
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_generator_annihilates_V(name):
-    """PHYSICS.md §5.1: W V = 0 (V scaled per closed block so nothing underflows), relative to scale."""
+    """docs/physics.md §5.1: W V = 0 (V scaled per closed block so nothing underflows), relative to scale."""
     net = net_of(get_model_dict(name))
     W = net.generator()
     top = np.full(net.n_blocks, -np.inf)

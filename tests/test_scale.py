@@ -1,6 +1,6 @@
 """Monte Carlo where nothing can enumerate the network, and the guards that keep any input from hanging it.
 
-* PHYSICS.md §5.5 at scale: a 3-level system between three ideal (exponential) baths of 10^6 grid points
+* docs/physics.md §5.5 at scale: a 3-level system between three ideal (exponential) baths of 10^6 grid points
   each, sqrt kernel, microcanonical start in the middle of the grids.  The joint grid has 3e18 points; the
   implicit path simulates it from per-bath tables, and the system marginal and the mean heat of every bath
   are compared with the ordinary Pauli master equation (exact while no trajectory reaches a grid edge):

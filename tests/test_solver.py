@@ -1,5 +1,5 @@
 """The exact solver: against dense / high-precision matrix exponentials and the exact
-properties of the dynamics (PHYSICS.md §5.2-5.5).
+properties of the dynamics (docs/physics.md §5.2-5.5).
 
 References:
 * ``scipy.linalg.expm`` of the whole dense generator for small, non-stiff models;

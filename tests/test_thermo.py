@@ -1,4 +1,4 @@
-"""Thermodynamic functionals (PHYSICS.md §4) and their exact identities.
+"""Thermodynamic functionals (docs/physics.md §4) and their exact identities.
 
 Each identity is checked at 1e-10 (or tighter) at every sample time, on one-
 and two-bath models with every kernel and density of states.

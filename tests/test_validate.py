@@ -75,7 +75,7 @@ def driven():
 
 
 def exp_bath(name, beta, emax, gamma=1.0):
-    """An ideal (exponential) bath with the sqrt kernel: PHYSICS.md §5.5, the Pauli limit."""
+    """An ideal (exponential) bath with the sqrt kernel: docs/physics.md §5.5, the Pauli limit."""
     return {"name": name, "dos": {"model": "exponential", "beta": beta}, "emax": emax,
             "kernel": {"model": "sqrt", "gamma": gamma, "spectral": {"shape": "gaussian", "width": 2.0}}}
 
@@ -92,7 +92,7 @@ def pauli(n_baths=1, emax=200, energy=None):
 
 def irreversible():
     """3 levels + 30 spins starting in the top level with a microcanonical bath: each occupied shell is
-    entered at one state only, so <exp(-Delta s_obs)> < 1 (absolute irreversibility, PHYSICS.md §5.6)."""
+    entered at one state only, so <exp(-Delta s_obs)> < 1 (absolute irreversibility, docs/physics.md §5.6)."""
     md = get_model_dict("three_spins_eth")
     md["name"] = "three_spins_micro"
     md["initial"] = {"system": [0.0, 0.0, 1.0], "baths": [{"state": "microcanonical", "energy": 15}]}
@@ -853,7 +853,7 @@ def test_altered_chunk_bookkeeping_fails_reproduce_chunks(field, path):
 
 
 def test_pauli_reference_is_the_exact_solution_away_from_the_edges():
-    """PHYSICS.md §5.5: with the sqrt kernel and exponential baths p_s(t) obeys the ordinary Pauli equation
+    """docs/physics.md §5.5: with the sqrt kernel and exponential baths p_s(t) obeys the ordinary Pauli equation
     (rates added over the baths) and the mean heat per bath follows from it; where no grid edge can be
     reached in practice the exact solution agrees to rounding (one bath: one shell of 3 states; two baths:
     a grid edge is 100 jumps away)."""

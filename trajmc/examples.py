@@ -52,7 +52,7 @@ EXAMPLES = {
         },
     },
     "qubit-linear-exact": {
-        "description": ("PHYSICS.md 5.4: qubit + 5 oscillators, linear kernel, bath at E = 6; "
+        "description": ("docs/physics.md §5.4: qubit + 5 oscillators, linear kernel, bath at E = 6; "
                         "p1(t) = 0.375 (1 - exp(-16 t))"),
         "model": {
             "name": "qubit-linear-exact",

@@ -1,4 +1,4 @@
-"""Model specification: parse and validate a model file or dict (INTERFACE.md schema).
+"""Model specification: parse and validate a model file or dict (the model-file schema: README, model-file reference).
 
 Everything a user writes is checked here, once; a :class:`Model` that exists is
 valid, so nothing downstream (network, solver, compiled kernels) checks again.
@@ -58,7 +58,7 @@ class Spectral:
 
 @dataclass(frozen=True)
 class Kernel:
-    """Bath correlation kernel (PHYSICS.md §2): sqrt | eth | golden | linear."""
+    """Bath correlation kernel (docs/physics.md §2): sqrt | eth | golden | linear."""
 
     model: str
     gamma: float
@@ -242,7 +242,7 @@ def load_model(source) -> Model:
     Parameters
     ----------
     source : str, os.PathLike, dict or Model
-        A TOML file, or a dict with the same keys (INTERFACE.md).
+        A TOML file, or a dict with the same keys (the model-file schema: README, model-file reference).
 
     Returns
     -------

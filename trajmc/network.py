@@ -1,7 +1,7 @@
 """The joint (s, E_1..E_N) network: reachable states, out-edges with log-space rates, shells.
 
 Only the states reachable from the initial distribution's support are built.
-Rates follow PHYSICS.md §2 and are computed in log space; every edge stores its
+Rates follow docs/physics.md §2 and are computed in log space; every edge stores its
 bath and the bath energy change, so heat needs no bookkeeping along a path.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Network:
     block : ndarray (n,) int64
         Connected component (a closed class of the dynamics) of each state.
     shell : ndarray (n,) int64
-        Total energy ``eps_s + sum E_nu`` (conserved, PHYSICS.md §5.3).
+        Total energy ``eps_s + sum E_nu`` (conserved, docs/physics.md §5.3).
     """
 
     model: Model
@@ -124,7 +124,7 @@ def _decode(code, model):
 
 
 def log_rates(model, nu, s, s2, E, E2):
-    """Log rate of the jump ``(s, E) -> (s2, E2)`` through bath ``nu`` (vectorised; PHYSICS.md §2).
+    """Log rate of the jump ``(s, E) -> (s2, E2)`` through bath ``nu`` (vectorised; docs/physics.md §2).
 
     Returns ``-inf`` where the jump is absent (zero coupling, or a ``linear``
     kernel jump that does not move exactly one quantum).

@@ -1,4 +1,4 @@
-"""Thermodynamic functionals of distributions over the joint states (PHYSICS.md §4).
+"""Thermodynamic functionals of distributions over the joint states (docs/physics.md §4).
 
 Pure functions of arrays: the exact solver and the Monte Carlo estimators both
 call them.  Every ``p`` is (n_t, n_states) (or (n_states,)); 0 ln 0 = 0.
@@ -110,7 +110,7 @@ def pairwise_information(p, space: Space, nu: int, ps=None, pE=None):
 
 
 def thermo_table(times, p, space: Space, levels=None, work=None) -> pd.DataFrame:
-    """All PHYSICS.md §4 quantities of ``p`` (n_t, n) at ``times``, as a DataFrame indexed by ``t``.
+    """All docs/physics.md §4 quantities of ``p`` (n_t, n) at ``times``, as a DataFrame indexed by ``t``.
 
     Columns: ``S_obs, Sigma, Sigma_tilde, S_sh, I, D, E_S``, per bath ``E_<b>, Q_<b>, S_B_<b>, D_<b>``,
     and ``lnV`` (mean ln V_x).  ``D = sum_nu D[p_E_nu || pi_nu]`` (NaN without a canonical reference);
