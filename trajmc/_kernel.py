@@ -161,8 +161,26 @@ def _alias_column(v, K, aprob, aidx, base):
     return col
 
 
-# The per-sample additions below are written out in both kernels on purpose: a helper taking the
-# output tuple, even marked inline="always", cost ~100 ns per sample (the tuple is passed by value).
+# The per-sample additions to the integer buffers are written out in both kernels on purpose: a helper taking
+# the output tuple, even marked inline="always", cost ~100 ns per sample (the tuple is passed by value).
+# Helpers that take a few arrays, like this one, cost nothing.
+
+
+@nb.njit(inline="always", cache=True)
+def _tally_floats(mom, n_t, N, js, qs):
+    """One trajectory's per-chunk float sums, channel by channel (``mom`` is (M, n_t): contiguous in time)."""
+    for k in range(n_t):
+        nf = float(js[k])
+        n2 = nf * nf
+        mom[M_ACT, k] += nf
+        mom[M_ACT + 1, k] += n2
+        mom[M_ACT + 2, k] += n2 * nf
+        mom[M_ACT + 3, k] += n2 * n2
+    for nu in range(N):
+        for mu in range(N):
+            c = M_QQ + nu * N + mu
+            for k in range(n_t):
+                mom[c, k] += float(qs[k, nu]) * float(qs[k, mu])
 
 # --------------------------------------------------------------------------- enumerated path
 
@@ -295,18 +313,7 @@ def enumerated_chunk(rng, n_traj, slot, tid, rec0, paths_on, ck, net, win, out, 
                 out.work[tid, ck.woff[0] + ws[kk], kk] += 1
         out.viol[tid, 0] += bad
         out.viol[tid, 1] += n_t
-        for kk in range(n_t):  # float sums channel by channel (mom is (M, n_t): contiguous in time)
-            nf = float(js[kk])
-            n2 = nf * nf
-            mom[M_ACT, kk] += nf
-            mom[M_ACT + 1, kk] += n2
-            mom[M_ACT + 2, kk] += n2 * nf
-            mom[M_ACT + 3, kk] += n2 * n2
-        for nu in range(N):
-            for mu in range(N):
-                c = M_QQ + nu * N + mu
-                for kk in range(n_t):
-                    mom[c, kk] += float(qs[kk, nu]) * float(qs[kk, mu])
+        _tally_floats(mom, n_t, N, js, qs)
         if stream_ds:
             base = net.lnq[x0, 0]
             for kk in range(n_t):
@@ -566,18 +573,7 @@ def implicit_chunk(rng, n_traj, slot, tid, rec0, paths_on, ck, tab, win, out, ct
                 out.work[tid, ck.woff[0] + ws[kk], kk] += 1
         out.viol[tid, 0] += bad
         out.viol[tid, 1] += n_t
-        for kk in range(n_t):  # float sums channel by channel (mom is (M, n_t): contiguous in time)
-            nf = float(js[kk])
-            n2 = nf * nf
-            mom[M_ACT, kk] += nf
-            mom[M_ACT + 1, kk] += n2
-            mom[M_ACT + 2, kk] += n2 * nf
-            mom[M_ACT + 3, kk] += n2 * n2
-        for nu in range(N):
-            for mu in range(N):
-                c = M_QQ + nu * N + mu
-                for kk in range(n_t):
-                    mom[c, kk] += float(qs[kk, nu]) * float(qs[kk, mu])
+        _tally_floats(mom, n_t, N, js, qs)
         if not inside:
             out.status[slot] = OVERFLOW
         if record:
