@@ -1211,3 +1211,11 @@ def test_other_seed_with_equal_jump_count_is_not_a_pass(tmp_path):
     v, checks = _verdict(d) if (d / "validation.json").exists() else (None, {})
     assert checks.get("ReproduceChunks", {"verdict": "FAIL"})["verdict"] == "FAIL"
     assert rc != 0
+
+
+def test_second_order_entries_are_not_z_tested():
+    """MarginalEntropiesVsExact leaves out, and says so, the entries whose error is second order (not normal)."""
+    md = trajmc.get_example("qubit-oscillators")
+    ens = trajmc.simulate(md, trajectories=20_000, seed=31)
+    (r,) = run_checks(ens, trajmc.solve(md), names=["MarginalEntropiesVsExact"])
+    assert r.passed and "second-order error not z-tested" in r.detail

@@ -441,4 +441,20 @@ def _assemble(M, est, N) -> pd.DataFrame:
     for c in ["Sigma", "Sigma_tilde", "Sigma_upper"] + [f"Q_{b}" for b in names]:
         if c in df and np.isfinite(df[c].iloc[0]):
             df.loc[df.index[0], [c, f"{c}_se"]] = 0.0
+    # where the second-order (chi-square) term dominates an entropy's error (its first-order influence is
+    # nearly constant, e.g. I ~ 0 or Sigma_tilde at equilibrium), the estimate is not normal: a z-score of it
+    # has heavy tails, and validate does not z-test those entries
+    df.attrs["second_order"] = {c: [bool(x) for x in _second_order(est[c], N)] for c in order
+                                if np.any(np.asarray(est[c].chi2) > 0)}
     return df
+
+
+#: the chi-square term counts as dominant (the estimate as not normal) above this fraction of the first-order
+#: variance: then its skewed chi-square part (sd ~ sqrt(ratio)) shapes the tails a z-test relies on
+SECOND_ORDER_RATIO = 0.1
+
+
+def _second_order(e, N):
+    var1 = np.asarray(e.var, dtype=float) / max(N - 1, 1)
+    with np.errstate(invalid="ignore"):
+        return np.broadcast_to(np.asarray(e.chi2) > SECOND_ORDER_RATIO * var1, np.shape(e.value))
