@@ -272,7 +272,7 @@ def MarginalEntropiesVsExact(ctx):
         flags = th.attrs.get("second_order", {})
         n2 = sum(int(np.sum(flags.get(c, []))) for c in cols) + int(np.sum(flags.get("Sigma_tilde", [])[1:]))
         if n2:
-            out.detail += f"; {n2} values with a second-order error not z-tested"
+            out.detail += f"; in all {n2} values with a second-order error not z-tested"
     return out
 
 
