@@ -274,8 +274,11 @@ def main():
         md = level_model(3, baths=B)
         pe = engine.make_plan(md, trajectories=20_000, seed=3, engine="enumerated")
         pi = engine.make_plan(md, trajectories=20_000, seed=3, engine="implicit")
-        re_, ri = interleaved([lambda pe=pe: run_trajmc(pe, 1), lambda pi=pi: run_trajmc(pi, 1)], args.repeat)
-        print(f"   {B} bath(s): enumerated {ns(re_):6.2f} ({pe.n_states} states) | implicit {ns(ri):6.2f} ns/jump")
+        rb, rf, re_, ri = interleaved([lambda pe=pe: run_baseline(pe, 20_000, 1),
+                                       lambda pe=pe: run_floor(pe, 20_000, 1),
+                                       lambda pe=pe: run_trajmc(pe, 1), lambda pi=pi: run_trajmc(pi, 1)], args.repeat)
+        print(f"   {B} bath(s): baseline {ns(rb):6.2f} | floor {ns(rf):6.2f} | enumerated {ns(re_):6.2f} "
+              f"({pe.n_states} states) | implicit {ns(ri):6.2f} ns/jump")
 
     print("\n3. threads (ref-A)")
     one, two = interleaved([lambda: run_trajmc(plan, 1), lambda: run_trajmc(plan, 2)], args.repeat)
