@@ -21,6 +21,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import trajmc  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# CI runs property tests derandomised (the same examples every run: a red CI is reproducible); set CI=1
+settings.register_profile("ci", derandomize=True, deadline=None, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 #: threads for tests that run on "several" threads: 2 where numba has them, else 1 (NUMBA_NUM_THREADS=1 in CI)
 THREADS = min(2, numba.config.NUMBA_NUM_THREADS)
