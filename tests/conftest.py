@@ -19,9 +19,9 @@ import copy  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 import trajmc  # noqa: E402
-from hypothesis import settings  # noqa: E402
 
 # CI runs property tests derandomised (the same examples every run: a red CI is reproducible); set CI=1
 settings.register_profile("ci", derandomize=True, deadline=None, database=None)
