@@ -20,6 +20,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
+from scipy.special import gammaln  # noqa: E402
 
 import trajmc  # noqa: E402
 
@@ -38,6 +39,22 @@ LADDER3 = [[0, 1, 0], [1, 0, 1], [0, 1, 0]]
 TABLE_LNV = [0.0, 1.1, 2.5, 3.2, 4.6, float("-inf"), 5.9, 6.8, 7.0, 7.9, 8.3, 9.1, 9.5, 9.9, 10.6, 10.9,
              11.5, 11.8, 12.2, 12.7, 13.0, 13.3, 13.9, 14.1, 14.6, 14.8, 15.2, 15.5, 15.9, 16.1, 16.4,
              16.8, 17.0, 17.3, 17.5, 17.8, 18.1, 18.3, 18.5, 18.8, 19.0]
+
+
+def table_lnf(lnV, seed, holes=0.2, width=2.0):
+    """A random symmetric ``ln f`` on a grid: sqrt-like scale, gaussian decay, lognormal noise and holes."""
+    rng = np.random.default_rng(seed)
+    lnV = np.asarray(lnV, dtype=float)
+    G = len(lnV)
+    E = np.arange(G)
+    noise = rng.normal(0.0, 0.5, (G, G))
+    out = 0.5 * (lnV[:, None] + lnV[None, :]) - (E[:, None] - E[None, :]) ** 2 / (2 * width**2) + noise + noise.T
+    hole = rng.random((G, G)) < holes
+    out[hole | hole.T] = -np.inf
+    return [[float(x) for x in row] for row in out]
+
+
+SPIN20_LNV = [float(x) for x in (gammaln(21) - gammaln(np.arange(21) + 1) - gammaln(21 - np.arange(21)))]
 
 
 def _bath(name, dos, emax, kernel, **extra):
@@ -116,10 +133,32 @@ MODELS = {
                     "baths": [{"state": "canonical", "beta": 1.0}, {"state": "canonical", "beta": 0.8}]},
         "times": {"stop": 2.0, "num": 5},
     },
+    # one bath: table kernel (random symmetric f with holes) on 20 spins, three levels
+    "three_spins_table": {
+        "name": "three_spins_table",
+        "system": {"energies": [0, 1, 3], "coupling": OFF3},
+        "baths": [_bath("F", {"model": "spins", "n": 20, "quantum": 1}, 20,
+                        {"model": "table", "gamma": 0.6, "lnf": table_lnf(SPIN20_LNV, 11)})],
+        "initial": {"system": [0.1, 0.3, 0.6], "baths": [{"state": "canonical", "beta": 0.5}]},
+        "times": {"stop": 3.0, "num": 7},
+    },
+    # two baths: a table kernel on a table density of states beside a closed-form one
+    "two_baths_table": {
+        "name": "two_baths_table",
+        "system": {"energies": [0, 1, 2], "coupling": OFF3},
+        "baths": [_bath("T", {"model": "table", "lnV": TABLE_LNV[:21]}, 20,
+                        {"model": "table", "gamma": 4.0, "lnf": table_lnf(TABLE_LNV[:21], 12, holes=0.1)}),
+                  _bath("C", {"model": "spins", "n": 8, "quantum": 1}, 8,
+                        {"model": "sqrt", "gamma": 2.0, "spectral": {"shape": "gaussian", "width": 1.5}})],
+        "initial": {"system": [0.2, 0.3, 0.5],
+                    "baths": [{"state": "canonical", "beta": 1.5}, {"state": "canonical", "beta": 0.4}]},
+        "times": {"stop": 3.0, "num": 7},
+    },
 }
 
-ONE_BATH = ["qubit_osc_sqrt", "three_spins_eth", "three_exp_golden", "qubit_spins_linear", "qubit_table_sqrt"]
-TWO_BATHS = ["two_baths", "two_baths_mixed"]
+ONE_BATH = ["qubit_osc_sqrt", "three_spins_eth", "three_exp_golden", "qubit_spins_linear", "qubit_table_sqrt",
+            "three_spins_table"]
+TWO_BATHS = ["two_baths", "two_baths_mixed", "two_baths_table"]
 ALL_MODELS = ONE_BATH + TWO_BATHS
 
 

@@ -84,7 +84,8 @@ def assert_agrees(ens, sol):
 
 
 @pytest.mark.parametrize("name, seed", [("qubit_osc_sqrt", 101), ("three_spins_eth", 102), ("qubit_spins_linear", 103),
-                                        ("two_baths", 104), ("two_baths_mixed", 105)])
+                                        ("two_baths", 104), ("two_baths_mixed", 105), ("three_spins_table", 106),
+                                        ("two_baths_table", 107)])
 def test_monte_carlo_agrees_with_exact_solver(name, seed, solved):
     md = get_model_dict(name)
     assert_agrees(_simulate(md, seed), solved(name))
@@ -358,7 +359,8 @@ MARGINAL_COLS = ["S_sh", "E_S", "Sigma_tilde"]
 
 
 @pytest.mark.parametrize("name, seed", [("qubit_osc_sqrt", 201), ("three_exp_golden", 202), ("two_baths", 203),
-                                        ("two_baths_mixed", 204)])
+                                        ("two_baths_mixed", 204), ("three_spins_table", 206),
+                                        ("two_baths_table", 207)])
 def test_implicit_marginal_estimates_agree_with_exact(name, seed, solved):
     """Everything a (s, E_b) marginal determines, from a run that never enumerated the network (|z| < 5)."""
     md = get_model_dict(name)

@@ -126,8 +126,10 @@ def expected_log_rate(d: dict, nu: int, s: int, s2: int, E: int, E2: int) -> flo
     gamma = kern.get("gamma", 1.0)
     lnv = lnv_grid(bath)
     omega = E2 - E
-    base = math.log(gamma) + math.log(c) + log_j(kern, omega)
     model = kern["model"]
+    if model == "table":  # k = gamma c f(E, E2) / V_E, the table as given
+        return math.log(gamma) + math.log(c) + float(kern["lnf"][E][E2]) - lnv[E]
+    base = math.log(gamma) + math.log(c) + log_j(kern, omega)
     if model == "sqrt":
         return base + 0.5 * (lnv[E2] - lnv[E])
     if model == "eth":
@@ -450,7 +452,7 @@ def test_models_cover_every_kernel_and_dos():
     kernels = {b["kernel"]["model"] for m in MODELS.values() for b in m["baths"]}
     dos = {b["dos"]["model"] for m in MODELS.values() for b in m["baths"]}
     shapes = {b["kernel"].get("spectral", {"shape": "flat"})["shape"] for m in MODELS.values() for b in m["baths"]}
-    assert kernels == {"sqrt", "eth", "golden", "linear"}
+    assert kernels == {"sqrt", "eth", "golden", "linear", "table"}
     assert dos == {"oscillators", "spins", "exponential", "table"}
     assert shapes == {"flat", "gaussian", "exponential"}
     assert ONE_BATH and TWO_BATHS

@@ -27,7 +27,9 @@ TRUNCATION_TOL = 1e-9
 #: bounds that keep every array trajmc allocates finite (a grid of 10^7 points is already huge)
 MAX_ENERGY = 10**7
 MAX_TIMES = 10**6
-KERNELS = ("sqrt", "eth", "golden", "linear")
+KERNELS = ("sqrt", "eth", "golden", "linear", "table")
+#: largest grid a table kernel may cover: its (emax+1)^2 entries are held in memory and written to model.toml
+MAX_TABLE_GRID = 4096
 SHAPES = ("flat", "gaussian", "exponential")
 
 
@@ -56,16 +58,19 @@ class Spectral:
         return d
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Kernel:
-    """Bath correlation kernel (docs/physics.md §2): sqrt | eth | golden | linear."""
+    """Bath correlation kernel (docs/physics.md §2): sqrt | eth | golden | linear | table."""
 
     model: str
     gamma: float
     spectral: Spectral
     E_ref: float | None = None  # golden only: V_ref = V(E_ref)
+    lnf: np.ndarray | None = None  # table only: ln f(E, E') on the grid, (emax+1, emax+1), symmetric
 
     def to_dict(self):
+        if self.model == "table":  # f holds everything, the spectral function included
+            return {"model": "table", "gamma": self.gamma, "lnf": self.lnf.tolist()}
         d = {"model": self.model, "gamma": self.gamma, "spectral": self.spectral.to_dict()}
         if self.model == "golden":
             d["E_ref"] = self.E_ref
@@ -422,15 +427,20 @@ def _parse_bath(d, key, n_s, base):
                                        "parameters of the density of states")
     if not np.any(np.isfinite(lnV)):
         raise ModelError(f"{key}.emax", f"the grid 0..{emax} holds no bath microstates")
-    kernel = _parse_kernel(d["kernel"], f"{key}.kernel", dos, emax)
+    kernel = _parse_kernel(d["kernel"], f"{key}.kernel", dos, emax, base)
     coupling = _parse_coupling(d["coupling"], f"{key}.coupling", n_s) if "coupling" in d else None
     return Bath(name=name, dos=dos, emax=emax, kernel=kernel, coupling=coupling, lnV=lnV)
 
 
-def _parse_kernel(d, key, dos, emax):
-    d = v.check_table(d, key, {"model", "gamma", "spectral", "E_ref"}, required=("model",))
+def _parse_kernel(d, key, dos, emax, base=None):
+    d = v.check_table(d, key, {"model", "gamma", "spectral", "E_ref", "lnf", "file"}, required=("model",))
     model = v.as_str(d["model"], f"{key}.model", KERNELS)
     gamma = v.as_float(d.get("gamma", 1.0), f"{key}.gamma", positive=True)
+    if model == "table":
+        return Kernel(model="table", gamma=gamma, spectral=Spectral(), lnf=_parse_lnf(d, key, emax, base))
+    for k in ("lnf", "file"):
+        if k in d:
+            raise ModelError(f"{key}.{k}", f"only applies to the 'table' kernel, not {model!r}")
     sd = v.check_table(d.get("spectral", {"shape": "flat"}), f"{key}.spectral", {"shape", "width", "cutoff"})
     shape = v.as_str(sd.get("shape", "flat"), f"{key}.spectral.shape", SHAPES)
     width = cutoff = None
@@ -458,6 +468,75 @@ def _parse_kernel(d, key, dos, emax):
     return Kernel(model=model, gamma=gamma, spectral=Spectral(shape, width, cutoff), E_ref=E_ref)
 
 
+def _parse_lnf(d, key, emax, base):
+    """The table kernel's ``ln f(E, E')``: (emax+1)^2 entries, finite or -inf, symmetric."""
+    for k in ("spectral", "E_ref"):
+        if k in d:
+            raise ModelError(f"{key}.{k}", "does not apply to the 'table' kernel (f already holds the spectral "
+                                           "function and every normalisation)")
+    if ("lnf" in d) == ("file" in d):
+        raise ModelError(key, "a 'table' kernel needs exactly one of 'lnf' or 'file'")
+    G = emax + 1
+    if G > MAX_TABLE_GRID:
+        raise ModelError(f"{key}.model", f"a table kernel holds (emax+1)^2 entries; emax = {emax} is above the "
+                                         f"limit {MAX_TABLE_GRID - 1} for tables")
+    if "lnf" in d:
+        k = f"{key}.lnf"
+        if isinstance(d["lnf"], np.ndarray):
+            M = np.array(d["lnf"], dtype=np.float64)
+            if M.shape != (G, G):
+                raise ModelError(k, f"must be {G} x {G} (the grid 0..{emax}), got shape {M.shape}")
+        else:
+            rows = v.as_list(d["lnf"], k, length=G)
+            M = np.array([v.as_float_array(r, f"{k}[{i}]", length=G, allow_neg_inf=True)
+                          for i, r in enumerate(rows)])
+    else:
+        fname = v.as_str(d["file"], f"{key}.file")
+        k = f"{key}.file"
+        M = _read_matrix_file(Path(fname) if base is None or os.path.isabs(fname) else Path(base) / fname, k)
+        if M.shape != (G, G):
+            raise ModelError(k, f"{fname}: must hold a {G} x {G} table (the grid 0..{emax}), got shape {M.shape}")
+    bad = np.argwhere(np.isnan(M) | (M == np.inf))
+    if len(bad):
+        i, j = bad[0]
+        raise ModelError(f"{k}" if "file" in d else f"{k}[{i}][{j}]",
+                         f"ln f must be finite or -inf (no coupling), got {M[i, j]} at [{i}][{j}]")
+    fin = np.isfinite(M)
+    with np.errstate(invalid="ignore"):
+        gap = np.where(fin & fin.T, np.abs(M - M.T), 0.0)
+    asym = (fin != fin.T) | (gap > 1e-12 * np.maximum(1.0, np.abs(np.where(fin, M, 0.0))))
+    if np.any(asym):
+        i, j = (int(x) for x in np.argwhere(asym)[0])
+        where = f"{k}[{i}][{j}]" if "file" not in d else k
+        raise ModelError(where, f"f(E, E') must be symmetric: ln f[{i}][{j}] = {M[i, j]!r} but "
+                                f"ln f[{j}][{i}] = {M[j, i]!r}")
+    if not np.any(fin):
+        raise ModelError(k, "has no finite entry: the bath never couples")
+    with np.errstate(invalid="ignore"):
+        M = np.where(fin, 0.5 * (M + M.T), -np.inf)  # exactly symmetric: detailed balance to the last bit
+    return M
+
+
+def _read_matrix_file(path, key):
+    """A square table from ``.npy`` or a comma/space separated text file (``-inf`` allowed)."""
+    if not path.is_file():
+        raise ModelError(key, f"file {str(path)!r} does not exist")
+    try:
+        if path.suffix == ".npy":
+            M = np.load(path, allow_pickle=False)
+        else:
+            with open(path, encoding="utf-8") as fh:
+                lines = [ln for ln in fh.read().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+            delim = "," if any("," in ln for ln in lines) else None
+            M = np.loadtxt(lines, delimiter=delim, ndmin=2)
+    except (ValueError, OSError, UnicodeDecodeError, EOFError) as exc:
+        msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ModelError(key, f"{path}: not a readable numeric table ({msg})") from None
+    if M.ndim != 2 or not np.issubdtype(M.dtype, np.number) or np.iscomplexobj(M):
+        raise ModelError(key, f"{path}: must hold a real 2-D table, got {M.dtype} of shape {M.shape}")
+    return M.astype(np.float64)
+
+
 def _resolve_eref(bath, i, bath_states, joint):
     k = bath.kernel
     if k.model != "golden" or k.E_ref is not None:
@@ -467,7 +546,7 @@ def _resolve_eref(bath, i, bath_states, joint):
         mean = float(np.dot(p, states[:, 1 + i]))
     else:
         mean = float(np.dot(bath_states[i].p, np.arange(bath.emax + 1)))
-    kern = Kernel(k.model, k.gamma, k.spectral, E_ref=mean)
+    kern = Kernel(k.model, k.gamma, k.spectral, E_ref=mean, lnf=k.lnf)
     return Bath(bath.name, bath.dos, bath.emax, kern, bath.coupling, bath.lnV)
 
 

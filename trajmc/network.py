@@ -16,7 +16,8 @@ from scipy.sparse.csgraph import connected_components
 from .errors import ModelError, UnsupportedError
 from .model import Model
 
-__all__ = ["Network", "build_network", "build_segments", "reachable", "log_rates", "bath_rates", "check_log_rates"]
+__all__ = ["Network", "build_network", "build_segments", "reachable", "log_rates", "bath_rates", "check_log_rates",
+           "kernel_lnf"]
 
 #: largest joint state space (levels x grid points) we agree to index with a bitmap
 MAX_SPACE = 400_000_000
@@ -134,6 +135,9 @@ def log_rates(model, nu, s, s2, E, E2):
     c = model.coupling_weight(nu)[s, s2]
     lnV = b.lnV
     lv, lv2 = lnV[E], lnV[E2]
+    if k.model == "table":  # k = gamma c f(E, E') / V_E
+        with np.errstate(divide="ignore"):
+            return np.log(k.gamma) + np.log(c) + k.lnf[E, E2] - lv
     omega = (E2 - E).astype(float)
     with np.errstate(divide="ignore"):
         base = np.log(k.gamma) + np.log(c) + k.spectral.log_j(omega)
@@ -149,6 +153,35 @@ def log_rates(model, nu, s, s2, E, E2):
     with np.errstate(divide="ignore"):
         out = base + np.log(Emax // b.quantum) + lnV[Emax] - lv
     return np.where(one, out, -np.inf)
+
+
+def kernel_lnf(model, nu) -> np.ndarray:
+    """``ln f(E, E')`` of bath ``nu``'s kernel on its grid: (emax+1, emax+1), ``-inf`` where f = 0.
+
+    The table a ``kernel = {model = "table"}`` needs to reproduce this bath's kernel: with it (and the same
+    ``gamma``) the rates ``gamma c f(E, E') / V_E`` equal the closed form's to rounding.  A starting point
+    for editing a kernel by hand.  Rows and columns of grid energies without microstates are ``-inf``.
+    """
+    b = model.baths[nu]
+    k = b.kernel
+    if k.model == "table":
+        return k.lnf.copy()
+    G = b.emax + 1
+    E, E2 = np.meshgrid(np.arange(G), np.arange(G), indexing="ij")
+    lv, lv2 = b.lnV[E], b.lnV[E2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lnj = k.spectral.log_j((E2 - E).astype(float))
+        if k.model == "sqrt":
+            out = 0.5 * (lv + lv2) + lnj
+        elif k.model == "eth":
+            out = lv + lv2 - b.dos.lnv_continuous(0.5 * (E + E2)) + lnj
+        elif k.model == "golden":
+            out = lv + lv2 - float(b.dos.lnv_continuous(k.E_ref)) + lnj
+        else:  # linear: f(n, n-1) = n V_n (n the larger number of quanta), one quantum apart
+            Emax = np.maximum(E, E2)
+            out = np.where(np.abs(E2 - E) == b.quantum, np.log(Emax // b.quantum) + b.lnV[Emax] + lnj, -np.inf)
+    fin = np.isfinite(lv) & np.isfinite(lv2)
+    return np.where(fin & ~np.isnan(out), out, -np.inf)
 
 
 def check_log_rates(lr, nu, model, where=None):
