@@ -557,7 +557,8 @@ class Microscopic:
               ``A_X = V^T X V`` (real case); the cosine splits as ``c_m c_n + s_m s_n``, so each outcome ``a``
               costs ``O(D^2)`` per time after one ``O(D^3)`` pass for all ``A_a`` together.  This is how a
               canonical start over all windows (``m = D``; ``O(D^3)`` per time with columns) stays cheap:
-              ``O(D^3)`` once plus ``O(n_outcomes D^2)`` per time.
+              ``O(D^3)`` once plus ``O(n_outcomes D^2)`` per time.  With a list of starts, the ``O(D^3)``
+              part (``A_a`` for every outcome) is computed once for all of them.
         max_dimension : int
             Refuse a Hilbert space larger than this (default :data:`MAX_DIMENSION`).
 
@@ -570,7 +571,8 @@ class Microscopic:
         Dense ``scipy.linalg.eigh`` of the ``D x D`` Hamiltonian (real symmetric when ``H_S``, ``S`` and ``B``
         are real): ``O(D^3)``, about 5 s at D = 3000 and 1-2 minutes at D = 6000 on two cores.  Diagnostics
         in ``info``: ``<H>(t)`` evaluated in the product basis (``energy``), its largest drift, the largest
-        ``|sum_a p_a - 1|``, and the eigendecomposition residual ``max |H V - V Lambda|``.
+        ``|sum_a p_a - 1|``, the eigendecomposition residual ``max |H V - V Lambda|``, and ``p_min``: the
+        most negative probability computed (rounding, ~1e-17; ``p`` is stored clipped at 0).
         """
         lam = _finite(coupling, "coupling")
         many = isinstance(initial, (list, tuple))
@@ -588,25 +590,40 @@ class Microscopic:
         H = self.hamiltonian(lam)
         lamb, V = scipy.linalg.eigh(H, driver="evd")
         t_eigh = _time.perf_counter() - t0
-        residual = float(np.abs(H @ V - V * lamb).max())
-        out = []
+        HV = H @ V
+        residual = float(np.abs(HV - V * lamb).max())
+        blocks, states = self._blocks()
+        nb = len(states)
+        supports, routes = [], []
         for ini in inits:
-            t1 = _time.perf_counter()
             wts, vecs, cols = self._support(ini)
             m = len(wts)
-            blocks, states = self._blocks()
-            nb = len(states)
+            # flops of each route (the trace route's O(D^3) part is shared by every trace start of the list)
             cost_col = 8.0 * D * D * m * len(t)
             cost_trace = 6.0 * D**3 + 2.0 * D * D * m + 4.0 * D * D * len(t) * (nb + 1)
-            r = route if route != "auto" else ("columns" if cost_col <= cost_trace else "trace")
+            routes.append(route if route != "auto" else ("columns" if cost_col <= cost_trace else "trace"))
+            supports.append((wts, vecs, cols))
+        results, seconds = [None] * len(inits), [0.0] * len(inits)
+        for k, r in enumerate(routes):
             if r == "columns":
-                p, energy = _evolve_columns(H, lamb, V, wts, vecs, cols, t, blocks, nb)
-            else:
-                p, energy = _evolve_trace(H, lamb, V, wts, vecs, cols, t, blocks, nb)
-            e0 = _energy0(H, wts, vecs, cols, self.n_bath)
-            info = {"route": r, "dimension": D, "support": m, "seconds_eigh": t_eigh,
-                    "seconds": _time.perf_counter() - t1, "eigh_residual": residual, "energy": energy,
-                    "energy_initial": e0, "energy_drift": float(np.abs(energy - e0).max()),
+                t1 = _time.perf_counter()
+                results[k] = _evolve_columns(H, lamb, V, *supports[k], t, blocks, nb)
+                seconds[k] = _time.perf_counter() - t1
+        tr = [k for k, r in enumerate(routes) if r == "trace"]
+        if tr:
+            t1 = _time.perf_counter()
+            for k, res in zip(tr, _evolve_trace(HV, lamb, V, [supports[k] for k in tr], t, blocks, nb), strict=True):
+                results[k] = res
+                seconds[k] = (_time.perf_counter() - t1) / len(tr)
+        out = []
+        for k, ini in enumerate(inits):
+            p, energy = results[k]
+            p_min = float(p.min())
+            p = np.maximum(p, 0.0)  # exact zeros come out as +-1e-17; the entropies need p >= 0
+            e0 = _energy0(H, *supports[k])
+            info = {"route": routes[k], "dimension": D, "support": len(supports[k][0]), "seconds_eigh": t_eigh,
+                    "seconds": seconds[k], "eigh_residual": residual, "energy": energy,
+                    "energy_initial": e0, "energy_drift": float(np.abs(energy - e0).max()), "p_min": p_min,
                     "norm_error": float(np.abs(p.sum(axis=1) - 1.0).max()), "coupling": lam,
                     "gamma": golden_rule_gamma(lam, self.delta) if lam != 0 else 0.0}
             out.append(QuantumSolution(self, t, states, p, ini, info))
@@ -669,7 +686,7 @@ def _phases(lamb, t):
     return np.concatenate([np.cos(ph), np.sin(ph)], axis=1)
 
 
-def _energy0(H, wts, vecs, cols, N):
+def _energy0(H, wts, vecs, cols):
     """``tr{H rho(0)}`` in the product basis (independent of the eigendecomposition)."""
     if cols is not None:
         return float(np.dot(wts, np.real(H[cols, cols])))
@@ -705,37 +722,39 @@ def _evolve_columns(H, lamb, V, wts, vecs, cols, t, blocks, nb):
     return p, energy
 
 
-def _evolve_trace(H, lamb, V, wts, vecs, cols, t, blocks, nb):
+def _evolve_trace(HV, lamb, V, supports, t, blocks, nb):
+    """The trace route for several starts at once: [(p, energy)] per entry of ``supports``."""
     n_t = len(t)
-    if cols is not None:
-        Vj = V[cols, :]
-        A_rho = (_dag(Vj) * wts) @ Vj  # V^dag rho V, rho diagonal in the product basis
-    else:
-        X = _dag(V) @ vecs
-        A_rho = (X * wts) @ _dag(X)
-    real = np.isrealobj(V) and np.isrealobj(A_rho)  # else the general (complex) contraction
-    if real:
-        CS = _phases(lamb, t)
-    else:
-        Z = np.exp(-1j * np.outer(lamb, t))  # (D, n_t)
+    A_rhos = []
+    for wts, vecs, cols in supports:
+        if cols is not None:
+            Vj = V[cols, :]
+            A_rhos.append((_dag(Vj) * wts) @ Vj)  # V^dag rho V, rho diagonal in the product basis
+        else:
+            X = _dag(V) @ vecs
+            A_rhos.append((X * wts) @ _dag(X))
+    CS = _phases(lamb, t)  # the eigenvalues are real
+    Z = np.exp(-1j * np.outer(lamb, t))  # (D, n_t), for a complex H
 
-    def contract(A):
-        # sum_mn conj(A)_mn (A_rho)_mn z_m conj(z_n): the expectation at every time
-        M = A * A_rho if real else np.conj(A) * A_rho
-        if real:
-            Y = M @ CS
+    def contract(A, A_rho):
+        # sum_mn conj(A)_mn (A_rho)_mn z_m conj(z_n) with z = e^{-i Lambda t}: the expectation at every time
+        if np.isrealobj(A) and np.isrealobj(A_rho):  # then z_m conj(z_n) -> c_m c_n + s_m s_n
+            Y = (A * A_rho) @ CS
             both = np.sum(CS * Y, axis=0)
             return both[:n_t] + both[n_t:]
-        Y = M @ np.conj(Z)
+        Y = (np.conj(A) * A_rho) @ np.conj(Z)
         return np.real(np.sum(Z * Y, axis=0))
 
-    energy = contract(_dag(V) @ (H @ V))
-    p = np.zeros((n_t, nb))
+    A_H = _dag(V) @ HV
+    energies = [contract(A_H, A) for A in A_rhos]
+    del A_H
+    ps = [np.zeros((n_t, nb)) for _ in supports]
     for a in range(nb):
-        rows = np.flatnonzero(blocks == a)
-        Va = V[rows, :]
-        p[:, a] = contract(_dag(Va) @ Va)
-    return p, energy
+        Va = V[blocks == a, :]
+        A_a = _dag(Va) @ Va
+        for p, A_rho in zip(ps, A_rhos, strict=True):
+            p[:, a] = contract(A_a, A_rho)
+    return list(zip(ps, energies, strict=True))
 
 
 # --------------------------------------------------------------------------- the result
@@ -755,7 +774,8 @@ class QuantumSolution:
         ``route``, ``dimension``, ``support`` (columns propagated), ``seconds_eigh``, ``seconds``,
         ``eigh_residual``, ``energy`` (``<H>(t)`` in the product basis, (n_t,)), ``energy_initial``
         (``tr{H rho(0)}`` directly), ``energy_drift`` (largest ``|<H>(t) - tr{H rho(0)}|``), ``norm_error``
-        (largest ``|sum p - 1|``), ``coupling``, ``gamma``.
+        (largest ``|sum p - 1|``), ``p_min`` (the most negative ``p`` computed, a rounding error; ``p`` holds
+        ``max(p, 0)``), ``coupling``, ``gamma``.
     micro : Microscopic
     """
 
