@@ -129,7 +129,9 @@ def main(argv=None):
             t = q.times
             thq = q.thermo()
             dS = thq["Sigma"].to_numpy()
-            sec2.append({"Gamma": G, "start": name, "min_Delta_S_obs": dS.min(), "holds": bool(dS.min() >= -SEC2_TOL)})
+            low = float(dS[1:].min())  # t > 0 (Delta S_obs(0) = 0 by definition)
+            sec2.append({"Gamma": G, "start": name, "min_Delta_S_obs_t_gt_0": low, "holds": bool(low >= -SEC2_TOL),
+                         "max_Sigma_exact": float(dS.max())})
             diag.append({"Gamma": G, "start": name, **{k: q.info[k] for k in (
                 "energy_drift", "norm_error", "eigh_residual", "p_min", "route", "seconds_eigh", "seconds")}})
             ps_curves[(i, name, "exact")] = q.p_system()[:, 1]
@@ -192,7 +194,8 @@ def main(argv=None):
                         for r in err[err.kernel == "table"].itertuples()))
     ok2 = bool(sec2.holds.all())
     print(f"Sec. II check (exact dynamics, product starts uniform in windows): Delta S_obs(t) >= -{SEC2_TOL:g} at "
-          f"every sampled time for every coupling and start: {ok2} (lowest {sec2.min_Delta_S_obs.min():.3g})")
+          f"every sampled time for every coupling and start: {ok2} (lowest value at t > 0: "
+          f"{sec2.min_Delta_S_obs_t_gt_0.min():.3g})")
     print(f"exact dynamics: |<H>(t) - <H>(0)| <= {diag.energy_drift.max():.2e}, |sum p - 1| <= "
           f"{diag.norm_error.max():.2e}, eigh residual <= {diag.eigh_residual.max():.2e}, "
           f"most negative p (rounding) {diag.p_min.min():.1e}")
