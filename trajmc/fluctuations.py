@@ -457,6 +457,7 @@ def reversed_model(model, beta):
     levels = [list(map(int, model.energies))] + [list(s.energies) for s in steps]
     d = model.to_dict()
     d["system"]["energies"] = levels[-1]
+    d["system"].pop("given", None)  # the reversed levels are grid integers; the record was of the forward model
     d["protocol"] = [{"time": T - steps[k - 1].time, "energies": levels[k - 1]} for k in range(len(steps), 0, -1)]
     d["initial"] = {"system": {"gibbs": True, "beta": beta},
                     "baths": [{"state": "canonical", "beta": beta} for _ in model.baths]}

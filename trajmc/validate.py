@@ -328,8 +328,9 @@ def Eq60Decomposition(ctx):
     """Sigma - Sigma_tilde = -I - D + D(0) (exact; Eq. 60 when D(0) = 0) and the Monte Carlo gap against it."""
     name = "Eq60Decomposition"
     m = ctx["ens"].model
-    if m.bath_states is None or any(st.state != "canonical" for st in m.bath_states):
-        return skip(name, NA, "needs a product start with canonical baths")
+    if m.bath_states is None or any(m.canonical_pi(nu) is None for nu in range(m.n_baths)):
+        return skip(name, NA, "needs a product start with a reference beta for every bath (canonical, or given "
+                              "with a microcanonical or table state)")
     r = _needs(ctx, name)
     if r:
         return r
