@@ -20,6 +20,7 @@ from scipy.stats import norm
 from . import engine, references
 from . import fluctuations as fl
 from .references import pauli_marginal, work_beta
+from .rundir import atomic_text, load_run
 from .stats import g_test, holm, z_pvalue
 
 __all__ = ["CHECKS", "CheckResult", "run_checks", "validate_run", "z_verdict", "g_verdict", "combine", "context",
@@ -575,7 +576,6 @@ def validate_run(run_dir, alpha=1e-3, progress=None):
 
     Returns (passed, results, ensemble, exact solution or None).
     """
-    from .rundir import atomic_text, load_run
 
     run_dir = Path(run_dir)
     ens = load_run(run_dir)
