@@ -8,6 +8,13 @@ sqrt kernel, flat J, gamma = 1.  Four initial states:
   C  a correlated joint table p(s, E) over two energy shells (initial.joint)
   D  Gibbs system at beta_S = 2 with a hotter canonical bath at beta_B = 0.25
 
+Criteria, per case and bath size (all must hold for CONFIRMED; otherwise NOT CONFIRMED and exit code 1):
+  exact Sigma(t) >= -1e-12 and every increment Sigma(t_k+1) - Sigma(t_k) >= -1e-12 (601 times);
+  Monte Carlo Sigma(t > 0) agrees with the exact value: max |z| < z*, z* from a family-wise false alarm of
+  1e-3 over all z-tests of the script (Bonferroni; entries whose error is second order are left out).
+The fraction of times whose 95% interval covers the exact value is shown, not tested: the times of one run
+share its trajectories, so their z-scores are nearly equal and the fraction is not binomial.
+
 Run:  python analysis/claim1_entropy_increase.py
 Out:  runs/analysis/claim1/claim1_sigma.png, claim1_sigma.csv, claim1_summary.csv
 """
@@ -62,7 +69,7 @@ def main():
     C.style()
     out = C.out_dir("claim1")
     rows, summary = [], []
-    curves = {}
+    curves, zt = {}, {}
     for case in CASES:
         for k, n in enumerate(SIZES):
             model = trajmc.load_model(build(case, n))
@@ -72,6 +79,7 @@ def main():
             th = ens.thermo()
             mc, se = th["Sigma"].to_numpy(), th["Sigma_se"].to_numpy()
             z = C.zscores(mc, se, ex)
+            zt[case, n] = C.checked_z(mc[1:], se[1:], ex[1:], C.flags(th, "Sigma", slice(1, None)))
             curves[case, n] = (fine, mc, se)
             for t, a, b, c, zz in zip(T_MC, ex, mc, se, z, strict=True):
                 rows.append({"case": case, "n": n, "t": t, "Sigma_exact": a, "Sigma_mc": b, "Sigma_mc_se": c, "z": zz})
@@ -115,20 +123,27 @@ def main():
     plt.close(fig)
 
     # ---------------------------------------------------------------- verdict
-    ok_pos = (sm["min_Sigma"] >= -TOL).all()
-    ok_mono = (sm["min_increment"] >= -TOL).all()
     print("Claim 1: Delta S_obs = Sigma(t) >= 0, non-decreasing (exact solver on 601 times in [0, 3])")
     with pd.option_context("display.width", 160, "display.float_format", "{:.3g}".format):
         print(sm.drop(columns=["description", "S_obs0"]).to_string(index=False))
-    print(f"  min over all cases/sizes/times of exact Sigma      = {sm['min_Sigma'].min():.3e} (>= -1e-12: {ok_pos})")
-    print(f"  min over all consecutive increments of exact Sigma = {sm['min_increment'].min():.3e} "
-          f"(>= -1e-12: {ok_mono})")
+    n_z = sum(len(z) for z, _ in zt.values())
+    zstar = C.z_threshold(n_z)
+    v = C.Verdict("claim 1")
+    for r in sm.itertuples():
+        case = f"{r.case} n={r.n}"
+        v.check(case, "exact min_t Sigma", float(r.min_Sigma), r.min_Sigma >= -C.EXACT_TOL, f">= -{C.EXACT_TOL:g}")
+        v.check(case, "exact min increment", float(r.min_increment), r.min_increment >= -C.EXACT_TOL,
+                f">= -{C.EXACT_TOL:g}")
+        z, out_ = zt[r.case, r.n]
+        v.check(case, f"MC max|z| Sigma ({len(z)} times{f', {out_} second order' if out_ else ''})",
+                C.max_abs(z), C.max_abs(z) < zstar,
+                f"< {zstar:.2f} (alpha {C.ALPHA_MC:g} over {n_z} z-tests)")
     cover = np.mean(np.abs(df.loc[df.t > 0, "z"]) < C.Z95)
     print(f"  Monte Carlo ({TRAJ} trajectories each): {cover:.1%} of the {int((df.t > 0).sum())} Sigma estimates "
-          f"cover the exact value at 95%; max |z| = {np.nanmax(np.abs(df.loc[df.t > 0, 'z'])):.2f}")
-    print(f"VERDICT: {'CONFIRMED' if ok_pos and ok_mono else 'VIOLATED'}  (runtime {timer():.1f} s)")
+          "cover the exact value at 95% (not a criterion: the times of one run are correlated)")
+    code = v.report(f"  (runtime {timer():.1f} s)")
     print(f"outputs: {out}")
-
+    return code
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

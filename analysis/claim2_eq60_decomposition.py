@@ -9,6 +9,12 @@ n oscillators, sqrt kernel, flat J, gamma = 1.  Three product starts:
   B  n = 20, system in its top level, bath at beta = 0.5
   C  n = 2,  Gibbs system at beta_S = 3, hotter bath at beta_B = 0.3  (heating, tiny bath)
 
+Criteria, per case (all must hold for CONFIRMED; otherwise NOT CONFIRMED and exit code 1):
+  exact |Sigma - Sigma_tilde + I + D| < 1e-12, Sigma_tilde - Sigma >= -1e-12 and Sigma >= -1e-12 (301 times);
+  Monte Carlo Sigma, Sigma_tilde, I, D (t > 0) agree with the exact values: max |z| < z*, z* from a
+  family-wise false alarm of 1e-3 over all z-tests of the script (Bonferroni; entries whose error is second
+  order, e.g. I ~ 0, are left out and counted).  The 95% coverage is shown, not tested (correlated times).
+
 Run:  python analysis/claim2_eq60_decomposition.py
 Out:  runs/analysis/claim2/claim2_eq60.png, claim2_eq60.csv, claim2_summary.csv
 """
@@ -45,7 +51,7 @@ def main():
     timer = C.Timer()
     C.style()
     out = C.out_dir("claim2")
-    rows, summary, res = [], [], {}
+    rows, summary, res, zt = [], [], {}, {}
     for k, (case, c) in enumerate(CASES.items()):
         model = trajmc.load_model(C.canonical_product(c["n"], c["beta"], c["ps"], name=f"claim2-{case}"))
         fine = trajmc.solve(model, times=T_FINE).thermo()
@@ -65,6 +71,9 @@ def main():
             rows.append(r)
         z = np.concatenate([C.zscores(th[col].to_numpy()[1:], th[f"{col}_se"].to_numpy()[1:], ex[col].to_numpy()[1:])
                             for col in COLS])
+        tested = [C.checked_z(th[col].to_numpy()[1:], th[f"{col}_se"].to_numpy()[1:], ex[col].to_numpy()[1:],
+                              C.flags(th, col, slice(1, None))) for col in COLS]
+        zt[case] = (np.concatenate([t[0] for t in tested]), sum(t[1] for t in tested))
         summary.append({"case": case, "description": c["label"], "n": c["n"],
                         "max_identity_error": err.max(), "min_gap_SigmaTilde_minus_Sigma": gap.min(),
                         "max_gap": gap.max(), "min_Sigma": fine["Sigma"].min(),
@@ -113,22 +122,29 @@ def main():
     plt.close(fig)
 
     # ---------------------------------------------------------------- verdict
-    ok_id = (sm["max_identity_error"] < 1e-12).all()
-    ok_ord = (sm["min_gap_SigmaTilde_minus_Sigma"] >= -1e-12).all() and (sm["min_Sigma"] >= -1e-12).all()
     print("Claim 2: Sigma - Sigma_tilde = -I - D (Eq. 60) and Sigma_tilde >= Sigma >= 0 "
           "(exact solver, 301 times in [0, 3])")
     with pd.option_context("display.width", 180, "display.float_format", "{:.3g}".format):
         print(sm.drop(columns=["description"]).to_string(index=False))
-    print(f"  max identity error |Sigma - Sigma_tilde + I + D| = {sm['max_identity_error'].max():.2e} "
-          f"(< 1e-12: {ok_id})")
-    print(f"  min_t (Sigma_tilde - Sigma) = {sm['min_gap_SigmaTilde_minus_Sigma'].min():.2e}, "
-          f"min_t Sigma = {sm['min_Sigma'].min():.2e} (both >= -1e-12: {ok_ord})")
+    n_z = sum(len(z) for z, _ in zt.values())
+    zstar = C.z_threshold(n_z)
+    v = C.Verdict("claim 2")
+    tol = C.EXACT_TOL
+    for r in sm.itertuples():
+        v.check(r.case, "exact max |Sigma - Sigma_tilde + I + D|", float(r.max_identity_error),
+                r.max_identity_error < tol, f"< {tol:g}")
+        v.check(r.case, "exact min_t (Sigma_tilde - Sigma)", float(r.min_gap_SigmaTilde_minus_Sigma),
+                r.min_gap_SigmaTilde_minus_Sigma >= -tol, f">= -{tol:g}")
+        v.check(r.case, "exact min_t Sigma", float(r.min_Sigma), r.min_Sigma >= -tol, f">= -{tol:g}")
+        z, out_ = zt[r.case]
+        v.check(r.case, f"MC max|z| Sigma, Sigma_tilde, I, D ({len(z)} values, {out_} second order left out)",
+                C.max_abs(z), C.max_abs(z) < zstar,
+                f"< {zstar:.2f} (alpha {C.ALPHA_MC:g} over {n_z} z-tests)")
     print(f"  Monte Carlo ({TRAJ} trajectories each, Sigma/Sigma_tilde/I/D at t > 0): "
-          f"{np.average(sm['mc_cover95']):.1%} of estimates cover the exact value at 95%, "
-          f"max |z| = {sm['mc_max_abs_z'].max():.2f}")
-    print(f"VERDICT: {'CONFIRMED' if ok_id and ok_ord else 'VIOLATED'}  (runtime {timer():.1f} s)")
+          f"{np.average(sm['mc_cover95']):.1%} of estimates cover the exact value at 95% (not a criterion)")
+    code = v.report(f"  (runtime {timer():.1f} s)")
     print(f"outputs: {out}")
-
+    return code
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

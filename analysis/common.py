@@ -3,7 +3,11 @@
 Conventions of every claim script (see analysis/README.md):
 * exact solution (``trajmc.solve``) drawn as lines, Monte Carlo (``trajmc.simulate``,
   fixed seed) as markers with 95% error bars (``Z95`` standard errors);
-* outputs (PNG + CSV) go to ``runs/analysis/claimN/`` under the repository root.
+* outputs (PNG + CSV) go to ``runs/analysis/claimN/`` under the repository root;
+* every case has stated criteria (:class:`Verdict`): exact statements to a tolerance, Monte Carlo
+  agreement as ``max |z| < z*`` with ``z*`` from a family-wise false-alarm rate (:func:`z_threshold`).
+  The script prints CONFIRMED only when every criterion of every case holds, otherwise NOT CONFIRMED with
+  the failing cases, and exits with code 1.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.linalg  # noqa: E402
 from scipy.special import gammaln, logsumexp  # noqa: E402
+from scipy.stats import norm  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: half-width of a 95% interval in standard errors
@@ -186,3 +191,74 @@ def zscores(est, se, exact):
     est, se, exact = map(np.asarray, (est, se, exact))
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(se > 0, (est - exact) / se, np.nan)
+
+
+# --------------------------------------------------------------------------- verdicts
+
+#: family-wise false-alarm rate of the Monte Carlo checks of one claim script (a correct run says NOT
+#: CONFIRMED with at most this probability)
+ALPHA_MC = 1e-3
+#: exact statements hold to this tolerance (the solver's accuracy is ~1e-14)
+EXACT_TOL = 1e-12
+
+
+def z_threshold(n_tests, alpha=ALPHA_MC):
+    """Two-sided |z| threshold of ``n_tests`` normal z-tests at a family-wise false alarm ``alpha``
+    (Bonferroni, valid however the z are correlated, e.g. times of one run sharing its trajectories)."""
+    return float(norm.isf(alpha / (2 * max(int(n_tests), 1))))
+
+
+def checked_z(est, se, exact, second_order=None, tol=EXACT_TOL):
+    """z-scores to test: entries flagged second order (``th.attrs['second_order']``; not normal, a z-test of
+    them would false-alarm) are left out; an entry with SE 0 counts as z = 0 if it equals the exact value
+    and as z = inf otherwise; a NaN estimate or SE is z = inf (never a pass).  Returns (z, n_left_out)."""
+    est, se, exact = (np.asarray(a, dtype=float).ravel() for a in (est, se, exact))
+    keep = np.ones(len(est), bool) if second_order is None else ~np.asarray(second_order, bool).ravel()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(se > 0, (est - exact) / se, np.where(np.abs(est - exact) <= tol, 0.0, np.inf))
+    z = np.where(np.isfinite(est) & np.isfinite(se), z, np.inf)
+    return z[keep], int((~keep).sum())
+
+
+def max_abs(z):
+    """Largest |z|, NaN when nothing was tested (a criterion on it then fails: not checkable is not a pass)."""
+    z = np.asarray(z, dtype=float)
+    return float(np.max(np.abs(z))) if z.size else float("nan")
+
+
+def flags(th, col, rows=slice(None)):
+    """The second-order flags of one column of an estimates table (all False if it has none)."""
+    f = np.asarray(th.attrs.get("second_order", {}).get(col, [False] * len(th)), dtype=bool)
+    return f[rows]
+
+
+class Verdict:
+    """Criteria of one claim script, case by case: each with its measured value and its stated threshold."""
+
+    def __init__(self, claim):
+        self.claim = claim
+        self.rows = []
+
+    def check(self, case, criterion, value, ok, rule):
+        """Record one criterion: ``value`` (a number or text), ``ok`` (bool), ``rule`` (the stated threshold)."""
+        ok = bool(ok) and not (isinstance(value, float) and math.isnan(value))
+        self.rows.append({"case": str(case), "criterion": criterion, "value": value, "rule": rule,
+                          "result": "pass" if ok else "FAIL"})
+        return ok
+
+    def report(self, extra=""):
+        """Print the criteria table and the verdict; return the exit code (0 confirmed, 1 not)."""
+        import pandas as pd
+
+        df = pd.DataFrame(self.rows)
+        df["value"] = [f"{v:.4g}" if isinstance(v, float | np.floating) else str(v) for v in df["value"]]
+        print(f"criteria of {self.claim} (each case must pass every one):")
+        with pd.option_context("display.width", 220, "display.max_colwidth", 90, "display.max_rows", 500):
+            print(df.to_string(index=False))
+        failed = df[df.result != "pass"]
+        if len(failed):
+            cases = ", ".join(f"{r.case}: {r.criterion} = {r.value} (needs {r.rule})" for r in failed.itertuples())
+            print(f"VERDICT: NOT CONFIRMED — {len(failed)} of {len(df)} criteria fail: {cases}{extra}")
+            return 1
+        print(f"VERDICT: CONFIRMED — all {len(df)} criteria of {df.case.nunique()} cases pass{extra}")
+        return 0

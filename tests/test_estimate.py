@@ -5,23 +5,19 @@ Every comparison is seeded and statistical, with its false-alarm rate stated:
 * joint ``p_x(t)``: G-test with pooled sparse bins at each sample time, Holm-corrected over
   the times at a family-wise false-alarm rate ``ALPHA = 1e-6``;
 * estimates with a standard error: ``|z| < Z_MAX = 5`` per test (two-sided normal false
-  alarm 5.7e-7 each; a model's family of ~100-150 z-tests has a false-alarm rate <~ 1e-4);
-* coverage of ``est ± 1.96 SE`` over many seeds: a binomial acceptance band at 1e-6.
+  alarm 5.7e-7 each; a model's family of ~100-150 z-tests has a false-alarm rate <~ 1e-4).
+
+Coverage of ``est ± 1.96 SE`` over many seeds, with stated power, is in tests/test_coverage.py.
 
 One deliberately wrong comparison per kind shows that the tests have power.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 from conftest import THREADS, get_model_dict
-from scipy import stats as sst
 
 import trajmc
-from trajmc import engine
-from trajmc.ensemble import Ensemble
 from trajmc.estimate import entropy_bias
 from trajmc.stats import g_test, holm
 
@@ -259,97 +255,6 @@ def test_thermo_table_contract():
     assert np.all(jx >= 0)
     row = th.iloc[-1]
     assert row["I"] >= -5 * row["I_se"] and row["D"] >= -5 * row["D_se"]
-
-
-# --------------------------------------------------------------------------- coverage of error bars
-
-
-OFF3 = [[0, 1, 1], [1, 0, 1], [1, 1, 0]]
-COVERAGE_MODEL = {
-    # 3 levels, ~76 occupied joint states at t = 3 with 4000 trajectories (docs/physics.md §6 regime)
-    "name": "coverage3",
-    "system": {"energies": [0, 1, 3], "coupling": OFF3},
-    "baths": [{"name": "B", "dos": {"model": "oscillators", "n": 4, "quantum": 1}, "emax": 70,
-               "kernel": {"model": "sqrt", "gamma": 1.0, "spectral": {"shape": "gaussian", "width": 2.0}}}],
-    "initial": {"system": [0.1, 0.3, 0.6], "baths": [{"state": "canonical", "beta": 0.5}]},
-    "times": {"values": [0.0, 0.5, 3.0]},
-}
-COVERAGE_COLS = ["S_obs", "Sigma", "E_S", "Sigma_tilde", "S_sh"]
-MEASURED = {}
-
-
-def coverage(n_traj, seeds, cols=COVERAGE_COLS, t_index=-1):
-    """Fraction of ``est ± 1.96 SE`` intervals covering the exact value, over independent seeds."""
-    plan0 = engine.make_plan(COVERAGE_MODEL, trajectories=n_traj, seed=0, records=False)
-    exact = trajmc.solve(COVERAGE_MODEL).thermo().iloc[t_index]
-    hits = dict.fromkeys(cols, 0)
-    K = []
-    for i in range(seeds):
-        plan = dataclasses.replace(plan0, entropy=10_000 + i)
-        acc = engine.new_accumulators(plan)
-        engine.run_plan(plan, acc, 1)
-        th = Ensemble(plan, acc, {}).thermo().iloc[t_index]
-        K.append(np.count_nonzero(acc.counts[t_index]))
-        for c in cols:
-            hits[c] += abs(th[c] - exact[c]) <= 1.96 * th[f"{c}_se"]
-    return hits, float(np.mean(K))
-
-
-def coverage_band(n, lo=0.93, hi=0.99, alpha=ALPHA, tests=1):
-    """Numbers of hits out of n consistent with a coverage in [lo, hi]: reject k when
-    P(X <= k | lo) or P(X >= k | hi) falls below alpha / (2 tests)."""
-    a = alpha / (2 * tests)
-    k = np.arange(n + 1)
-    ok = (sst.binom.cdf(k, n, lo) > a) & (sst.binom.sf(k - 1, n, hi) > a)
-    return int(k[ok].min()), int(k[ok].max())
-
-
-def test_coverage_band_helper():
-    kmin, kmax = coverage_band(1000)
-    assert 870 < kmin < 930 and kmax == 1000  # 0.99 cannot be exceeded detectably with 1000 runs
-    kmin, kmax = coverage_band(5000)
-    assert kmax < 5000
-
-
-def _check_coverage(n_traj, seeds, label):
-    hits, K = coverage(n_traj, seeds)
-    kmin, kmax = coverage_band(seeds, tests=len(COVERAGE_COLS))
-    MEASURED[label] = {c: h / seeds for c, h in hits.items()} | {"mean_occupied": K}
-    print(f"\ncoverage {label}: {MEASURED[label]} (accept {kmin}..{kmax} of {seeds})")
-    for c, h in hits.items():
-        assert kmin <= h <= kmax, f"{c}: {h}/{seeds} intervals cover the exact value (band {kmin}..{kmax})"
-    return K
-
-
-def test_error_bars_cover_at_95_percent():
-    """1000 seeds x 4000 trajectories, ~76 occupied states: coverage of S_obs, Sigma, E_S, ...
-    Measured (seeds 10000..10999): S_obs 0.940, Sigma 0.956, E_S 0.953, Sigma_tilde 0.952, S_sh 0.952
-    (printed with -s); acceptance band at a 1e-6 family-wise false-alarm rate: 885..1000 hits."""
-    K = _check_coverage(4000, 1000, "N=4000")
-    assert 60 < K < 95
-
-
-@pytest.mark.slow
-def test_error_bars_cover_small_runs():
-    """Small runs (500 trajectories, ~58 occupied states), 2000 seeds: the band is then tight
-    enough (1797..1998 of 2000) to catch both a 0.89 under-coverage and a 1.0 over-coverage.
-    Measured: S_obs 0.9345, Sigma 0.966, E_S 0.950, Sigma_tilde 0.955, S_sh 0.942."""
-    _check_coverage(500, 2000, "N=500")
-
-
-def test_coverage_would_catch_bad_error_bars():
-    """Power of the coverage test: halved SEs cover ~0.67, far outside the band."""
-    plan0 = engine.make_plan(COVERAGE_MODEL, trajectories=4000, seed=0, records=False)
-    exact = trajmc.solve(COVERAGE_MODEL).thermo().iloc[-1]
-    seeds, hits = 300, 0
-    for i in range(seeds):
-        plan = dataclasses.replace(plan0, entropy=20_000 + i)
-        acc = engine.new_accumulators(plan)
-        engine.run_plan(plan, acc, 1)
-        th = Ensemble(plan, acc, {}).thermo().iloc[-1]
-        hits += abs(th["S_obs"] - exact["S_obs"]) <= 1.96 * 0.5 * th["S_obs_se"]
-    kmin, _ = coverage_band(seeds)
-    assert hits < kmin
 
 
 # --------------------------------------------------------------------------- the implicit path (marginals only)

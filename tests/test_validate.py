@@ -107,7 +107,7 @@ UNDRIVEN = {"JarzynskiVsExact": (NA, "undriven"), "WorkDistributionVsExact": (NA
 NO_PAULI = {"PauliMarginalVsExact": (NA, "not an exponential bath")}
 IMPLICIT = {"GillespieVsExact": (NC, "marginals only"), "SteadyStateInShells": (NC, "marginals only"),
             "TrajectoryEntropyVsExact": (NC, "did not stream")}  # Delta s_obs needs the exact p_x(t) of each state
-NOT_CANONICAL = {"Eq60Decomposition": (NA, "canonical baths")}
+NOT_CANONICAL = {"Eq60Decomposition": (NA, "a reference beta for every bath")}
 NOT_RELAXED = {"SteadyStateInShells": (NA, "not relaxed")}
 NOT_COUNTED = {
     ("one", "enumerated"): UNDRIVEN | NO_PAULI,

@@ -25,6 +25,7 @@ import pandas as pd
 from . import fluctuations as fl
 from . import references
 from .references import work_beta
+from .rundir import atomic_text, load_run
 
 __all__ = ["analyze_run", "analyze", "sample_cumulants", "exchange_ft", "ft_slope"]
 
@@ -277,7 +278,6 @@ def analyze(ens, sol, times=None):
 
 def analyze_run(run_dir, times=None, quiet=False):
     """Analyze a run directory: writes ``analysis/*.csv``; returns (the dict of results, ensemble)."""
-    from .rundir import atomic_text, load_run
 
     run_dir = Path(run_dir)
     ens = load_run(run_dir)

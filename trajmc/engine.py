@@ -13,6 +13,7 @@ redone on ``resume``: a checkpoint always holds exactly the first ``chunks_done`
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import signal
@@ -40,6 +41,7 @@ from .tables import (
     initial_exit_rates,
     initial_windows,
     make_clock,
+    windows_from,
 )
 
 __all__ = ["Plan", "Accumulators", "make_plan", "new_accumulators", "run_plan", "Interrupted", "resolve_seed",
@@ -524,7 +526,6 @@ def canonical_windows(plan, acc):
     They depend on the samples only, never on when (in which wave, on which worker) a window had to grow,
     so the stored accumulators are the same arrays for any scheduling.
     """
-    from .tables import windows_from
 
     w0, w = plan.windows, acc.windows
     n_s = plan.n_levels
@@ -553,7 +554,6 @@ def canonicalize(plan, acc):
 
 def _merge_windows(a, b, n_s):
     """The smallest windows covering both ``a`` and ``b``."""
-    from .tables import windows_from
 
     lo = np.minimum(a.lo, b.lo)
     hi = np.maximum(a.lo + a.wid, b.lo + b.wid)
@@ -728,7 +728,6 @@ def run_plan(plan: Plan, acc: Accumulators, threads: int, progress=None, checkpo
 
 def worker_plan(plan) -> Plan:
     """A copy of ``plan`` without its networks: what a remote worker needs to run any chunk."""
-    import copy
 
     p = copy.copy(plan)
     p.segments = None
@@ -767,7 +766,6 @@ def simulate_chunk(plan, chunk, size, windows):
 
 def _chunk_acc(plan, windows, rows, chunk):
     """Zero accumulators for one chunk (records: ``rows`` of their own)."""
-    import copy
 
     p = copy.copy(plan)
     p.windows = windows

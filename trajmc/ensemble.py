@@ -6,7 +6,7 @@ import pandas as pd
 
 from . import _kernel as K
 from .errors import ModelError
-from .estimate import thermo_estimates
+from .estimate import marginals, thermo_estimates
 
 __all__ = ["Ensemble"]
 
@@ -107,7 +107,6 @@ class Ensemble:
 
     def bath_distribution(self, bath=0, t_index=-1) -> pd.Series:
         """``p(E)`` of one bath at ``times[t_index]`` (probabilities indexed by E, occupied energies only)."""
-        from .estimate import marginals
 
         nu = self._bath(bath)
         M = marginals(self.plan, self.acc)

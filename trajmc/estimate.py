@@ -29,7 +29,7 @@ import pandas as pd
 from scipy.special import xlogy
 
 from . import _kernel as K
-from .thermo import bath_observational_entropy, relative_entropy, shannon
+from .thermo import bath_observational_entropy, observational_entropy, relative_entropy, shannon
 
 __all__ = ["Estimate", "Marginals", "thermo_estimates", "entropy_bias", "BIAS_CORRECTION", "SE_METHOD"]
 
@@ -274,7 +274,6 @@ def _joint_estimates(counts, N, lnV_x, cross, g0, s_idx, E_idx, M, out):
     bx, mx = entropy_bias(counts)
     Kx = _occupied(counts)
     a = -(_log(p) - lnV_x)
-    from .thermo import observational_entropy
 
     S = observational_entropy(p, lnV_x) + bx
     var, _ = _var(p, a)

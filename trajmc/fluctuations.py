@@ -10,12 +10,19 @@
 """
 from __future__ import annotations
 
-import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.linalg import expm_multiply
-from scipy.special import comb
+from math import factorial
 
-from .network import Network
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+from scipy.sparse.linalg import expm_multiply
+from scipy.special import comb, ive, logsumexp
+
+from . import solver as so
+from .model import load_model
+from .network import Network, build_segments
+from .solver import _one_blas_thread, propagate_segments
 
 __all__ = [
     "block_scaled_v",
@@ -56,7 +63,6 @@ def counting_moments(net, weights, times, order=3, p0=None) -> np.ndarray:
     every sample time), and those whose series would be too long together with ``expm_multiply``.
     The moments carry over a switch unchanged.
     """
-    from .solver import _one_blas_thread
 
     with _one_blas_thread():
         return _counting_moments(_segments(net), weights, times, order, p0)
@@ -103,9 +109,7 @@ def _cheb_moments(net, w, order, blocks, rel):
     The derivative of the truncated series converges like the series with weights ``k^(2 order)``, which
     sets the number of terms.  Returns ``run(cur)``: sums over the classes' states at the relative times
     ``rel`` ((len(rel), order+1)), updating ``cur`` to the last of them."""
-    from math import factorial
 
-    from . import solver as so
 
     sh = so.shells_of(net)
     pos = np.empty(net.n_states, dtype=np.int64)
@@ -168,7 +172,6 @@ def _cheb_moments(net, w, order, blocks, rel):
 
 def _moment_coefficients(z, order, wmax, tol=1e-16):
     """Chebyshev coefficients (K+1, n_t) for the moments: the tail weighted by ``(k^2 2 wmax)^order`` < tol."""
-    from scipy.special import ive
 
     zmax = float(np.max(z))
     K = int(np.sqrt(2 * zmax * 40) + 20)
@@ -188,9 +191,7 @@ def _moment_coefficients(z, order, wmax, tol=1e-16):
 def _class_solvers(net, w, order, dense_max, rel=None):
     """Functions ``solve(cur, dt)`` advancing the augmented moments of each group of classes in place, and the
     Chebyshev series of the larger classes over the relative times ``rel`` (or None)."""
-    import scipy.linalg
 
-    from . import solver as so
 
     o1 = order + 1
     src, tgt, rate = net.source, net.target, net.rate
@@ -278,7 +279,6 @@ def heat_distribution(net, nu: int, times, progress=None):
     two-bath shell of m states carries about m / n_levels of them), and each class's final states are
     binned as soon as it is done.  ``net`` is a Network or the protocol segments.
     """
-    from .solver import propagate_segments
 
     segs = _segments(net)
     net = segs[0][1]
@@ -317,7 +317,6 @@ def heat_distribution(net, nu: int, times, progress=None):
 
 def _union_components(segs):
     """Connected components of the union of all segments' jump graphs (closed classes of the whole run)."""
-    from scipy.sparse.csgraph import connected_components
 
     n = segs[0][1].n_states
     src = np.concatenate([nt.source for _, nt in segs])
@@ -344,7 +343,6 @@ def ift_prediction(net, times, p_t=None) -> np.ndarray:
     irreversibility.  ``V`` is scaled per component of the union of all segments' graphs; on a component
     the start fills, ``P(t) V = V`` exactly, so only the partly filled ones are propagated.
     """
-    from .solver import propagate_segments
 
     segs = _segments(net)
     comp = _union_components(segs)
@@ -384,7 +382,6 @@ def work_distribution(segments, times):
     Propagates one column per accumulated work value and moves probability between columns at
     each switch (the work of a switch is fixed by the level occupied then).
     """
-    from .solver import propagate_segments
 
     steps = _level_steps(segments)
     wmax = int(sum(np.abs(d).max() for d in steps)) if steps else 0
@@ -408,7 +405,6 @@ def work_distribution(segments, times):
 def tilted_work_average(segments, times, beta):
     """Exact ``<exp(-beta W)>`` at ``times`` by tilting the distribution with ``exp(-beta dW)`` at
     every switch (independent of :func:`work_distribution`)."""
-    from .solver import propagate_segments
 
     steps = _level_steps(segments)
     pt, _, _ = propagate_segments(segments, segments[0][1].p0, times,
@@ -418,7 +414,6 @@ def tilted_work_average(segments, times, beta):
 
 def gibbs_ratio(segments, beta):
     """``Z(lambda_final) / Z(lambda_0)``, ``Z = sum_x V_x exp(-beta (eps_s + sum E))`` over the grid states."""
-    from scipy.special import logsumexp
 
     net = segments[0][1]
     Etot = net.states[:, 1:].sum(axis=1)
@@ -428,7 +423,6 @@ def gibbs_ratio(segments, beta):
 
 def global_gibbs_beta(model, net, tol=1e-12):
     """The beta at which the initial state is the global Gibbs state ``∝ V e^{-beta(eps + E)}``, else None."""
-    from scipy.special import logsumexp
 
     cands = {model.system_gibbs_beta} | {model.beta_ref(nu) for nu in range(model.n_baths)}
     for beta in cands:
@@ -448,7 +442,6 @@ def reversed_model(model, beta):
     Forward levels eps_0 on [0, t_1), ..., eps_K on [t_K, T]; reversed: eps_K on [0, T - t_K), ...,
     eps_0 on [T - t_1, T].
     """
-    from .model import load_model
 
     T = float(model.times[-1])
     steps = list(model.protocol)
@@ -457,6 +450,7 @@ def reversed_model(model, beta):
     levels = [list(map(int, model.energies))] + [list(s.energies) for s in steps]
     d = model.to_dict()
     d["system"]["energies"] = levels[-1]
+    d["system"].pop("given", None)  # the reversed levels are grid integers; the record was of the forward model
     d["protocol"] = [{"time": T - steps[k - 1].time, "energies": levels[k - 1]} for k in range(len(steps), 0, -1)]
     d["initial"] = {"system": {"gibbs": True, "beta": beta},
                     "baths": [{"state": "canonical", "beta": beta} for _ in model.baths]}
@@ -468,7 +462,6 @@ def reversed_model(model, beta):
 def crooks_exact(model, beta):
     """Exact forward and reversed work distributions for the Crooks relation
     ``P_F(W) / P_R(-W) = exp(beta (W - Delta F))``: (w, P_F(w) at T, P_R(-w) at T, Delta F) or None."""
-    from .network import build_segments
 
     rev = reversed_model(model, beta)
     if rev is None:

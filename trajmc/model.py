@@ -10,6 +10,7 @@ import csv
 import hashlib
 import os
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +125,7 @@ class Step:
 
     time: float
     energies: tuple
+    given: tuple | None = None  # the energies as written (energy units), when placed on the grid of step delta
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,6 +144,7 @@ class Model:
     simulation: dict
     protocol: tuple = ()
     source: str | None = None
+    given: dict | None = None  # the system as written when its levels were placed on the grid (see place_levels)
     _hash: str = field(default="", repr=False)
 
     @property
@@ -176,16 +179,29 @@ class Model:
         return float("nan")
 
     def canonical_pi(self, nu: int):
-        """The canonical reference ``pi_E`` of bath ``nu`` on its grid, or None."""
-        if self.bath_states is None or self.bath_states[nu].state != "canonical":
+        """The canonical reference ``pi_E`` of bath ``nu`` on its grid, or None.
+
+        A canonical start is its own reference; a microcanonical or table start with a reference ``beta``
+        has ``pi_E ∝ V_E exp(-beta E)`` normalised on the grid ``0..emax`` (the states a run can visit).
+        """
+        if self.bath_states is None:
             return None
-        return self.bath_states[nu].p
+        st = self.bath_states[nu]
+        if st.state == "canonical":
+            return st.p
+        if st.beta is None:
+            return None
+        b = self.baths[nu]
+        x = b.lnV - st.beta * np.arange(b.emax + 1)
+        return np.exp(x - logsumexp(x))
 
     def to_dict(self) -> dict:
         """The resolved model (every default filled in) as plain data; reloads identically."""
         d = {"name": self.name,
              "system": {"energies": self.energies.tolist(), "coupling": _matrices_to_list(self.coupling)},
              "baths": [b.to_dict() for b in self.baths]}
+        if self.given is not None:
+            d["system"]["given"] = copy.deepcopy(self.given)
         ini = {}
         if self.joint is not None:
             ini["joint"] = {"states": self.joint[0].tolist(), "p": self.joint[1].tolist()}
@@ -203,7 +219,9 @@ class Model:
             d["times"] = {"values": t.tolist()}
         d["simulation"] = {k: v for k, v in self.simulation.items() if v is not None}
         if self.protocol:
-            d["protocol"] = [{"time": s.time, "energies": list(s.energies)} for s in self.protocol]
+            d["protocol"] = [{"time": s.time, "energies": list(s.energies)}
+                             | ({"given_energies": list(s.given)} if s.given is not None else {})
+                             for s in self.protocol]
         return d
 
     def to_toml(self) -> str:
@@ -285,21 +303,23 @@ def load_model(source) -> Model:
 
 
 def _parse_model(d, base, src_name) -> Model:
-    v.check_table(d, "", {"name", "system", "baths", "initial", "times", "simulation", "protocol"},
+    v.check_table(d, "", {"name", "delta", "system", "baths", "initial", "times", "simulation", "protocol"},
                   required=("system", "baths", "initial"))
     name = v.as_str(d.get("name", "model"), "name")
     if not name or any(c in name for c in "/\\\0"):
         raise ModelError("name", f"must be a non-empty name without path separators, got {name!r}")
 
-    sysd = v.check_table(d["system"], "system", {"energies", "coupling"}, required=("energies", "coupling"))
-    energies = v.as_int_array(sysd["energies"], "system.energies", lo=-MAX_ENERGY, hi=MAX_ENERGY)
+    delta = v.as_float(d["delta"], "delta", positive=True) if "delta" in d else None
+    sysd = v.check_table(d["system"], "system", {"energies", "coupling", "hamiltonian", "given"},
+                         required=("coupling",))
+    energies, U, given = _parse_levels(sysd, delta)
     n_s = len(energies)
-    if n_s < 2:
-        raise ModelError("system.energies", f"needs at least 2 levels, got {n_s}")
-    coupling = _parse_coupling(sysd["coupling"], "system.coupling", n_s)
+    coupling = _parse_coupling(sysd["coupling"], "system.coupling", n_s, U)
+    if given is not None and "hamiltonian" in given and "coupling" not in given:
+        given["coupling"] = _matrices_to_list(_parse_coupling(sysd["coupling"], "system.coupling", n_s, check=False))
 
     baths_raw = v.as_list(d["baths"], "baths")
-    baths = [_parse_bath(b, f"baths[{i}]", n_s, base) for i, b in enumerate(baths_raw)]
+    baths = [_parse_bath(b, f"baths[{i}]", n_s, base, U) for i, b in enumerate(baths_raw)]
     names = [b.name for b in baths]
     for i, nm in enumerate(names):
         if names.index(nm) != i:
@@ -310,17 +330,114 @@ def _parse_model(d, base, src_name) -> Model:
     baths = [_resolve_eref(b, i, bath_states, joint) for i, b in enumerate(baths)]
     times = _parse_times(d.get("times", {}), "times")
     sim = _parse_simulation(d.get("simulation", {}), "simulation")
-    protocol = _parse_protocol(d.get("protocol", []), "protocol", n_s, times)
+    protocol = _parse_protocol(d.get("protocol", []), "protocol", n_s, times,
+                               given["delta"] if given is not None else None)
     if joint is None:
         for i, (b, st) in enumerate(zip(baths, bath_states, strict=True)):
             if not np.any(np.isfinite(b.lnV) & (st.p > 0)):
                 raise ModelError(f"initial.baths[{i}]", "puts no weight on a grid energy with microstates")
     return Model(name=name, energies=energies, coupling=coupling, baths=tuple(baths), p_system=p_sys,
                  system_gibbs_beta=gibbs_beta, bath_states=None if joint else tuple(bath_states),
-                 joint=joint, times=times, simulation=sim, protocol=tuple(protocol), source=src_name)
+                 joint=joint, times=times, simulation=sim, protocol=tuple(protocol), source=src_name, given=given)
 
 
-def _parse_coupling(raw, key, n_s):
+#: a given energy within this fraction of delta of a grid point is on the grid (no rounding reported)
+ON_GRID_TOL = 1e-9
+#: eigenvalues closer than this (relative to the spectrum's scale) are degenerate
+DEGENERATE_TOL = 1e-9
+#: entries of a rotated coupling operator below this (relative to its largest entry) are rounding: set to 0
+ROTATION_TOL = 1e-13
+
+
+def place_levels(values, delta, key):
+    """Place level energies (energy units) on the grid of step ``delta``: (grid integers, largest error).
+
+    Each level goes to the nearest multiple of ``delta``.  Two levels that differ but land on the same grid
+    point are refused (the grid would merge them); a rounding error above ``ON_GRID_TOL * delta`` is reported
+    as a warning, since the dynamics then uses the placed, not the given, gaps.
+    """
+    values = np.asarray(values, dtype=float)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = values / delta
+    if not np.all(np.abs(x) <= MAX_ENERGY):
+        i = int(np.flatnonzero(~(np.abs(x) <= MAX_ENERGY))[0])
+        raise ModelError(f"{key}[{i}]", f"{values[i]:g} is {x[i]:.3g} grid steps of delta = {delta:g}; at most "
+                                        f"{MAX_ENERGY:.0e} (a larger delta would do)")
+    k = np.rint(x).astype(np.int64)
+    err = np.abs(values - k * delta)
+    scale = max(float(np.max(np.abs(values))), delta)
+    for i in range(len(k)):
+        for j in range(i):
+            if k[i] == k[j] and abs(values[i] - values[j]) > DEGENERATE_TOL * scale:
+                raise ModelError(key, f"levels {j} and {i} ({values[j]:.6g} and {values[i]:.6g}) fall on the same "
+                                      f"grid point {k[i]} x delta (delta = {delta:g}): the grid would merge them; "
+                                      f"a delta below {abs(values[i] - values[j]):.3g} separates them")
+    worst = float(err.max()) if len(err) else 0.0
+    if worst > ON_GRID_TOL * delta:
+        i = int(np.argmax(err))
+        warnings.warn(f"{key}: levels placed on the grid of step delta = {delta:g}; the largest rounding error is "
+                      f"{worst:.3g} ({worst / delta:.2g} delta, level {i}: {values[i]:.6g} -> {k[i] * delta:.6g}); "
+                      f"the dynamics uses the placed values", stacklevel=4)
+    return k, worst
+
+
+def _parse_levels(sysd, delta):
+    """The system levels on the grid, the eigenbasis rotation (or None), and the record of what was given."""
+    if "hamiltonian" in sysd:
+        if "energies" in sysd:
+            raise ModelError("system.hamiltonian", "excludes 'energies' (the levels are its eigenvalues)")
+        if "given" in sysd:
+            raise ModelError("system.given", "is the record of a placed system; it excludes 'hamiltonian'")
+        H = _parse_matrices(sysd["hamiltonian"], "system.hamiltonian", None)
+        if len(H) != 1:
+            raise ModelError("system.hamiltonian", "must be one Hermitian matrix")
+        H = H[0]
+        dl = 1.0 if delta is None else delta
+        w, U = np.linalg.eigh(H)
+        scale = max(float(np.max(np.abs(w))), dl)
+        deg = np.flatnonzero(np.diff(w) <= DEGENERATE_TOL * scale)
+        if len(deg):
+            i = int(deg[0])
+            warnings.warn(f"system.hamiltonian: eigenvalues {i} and {i + 1} are degenerate ({w[i]:.6g}); the secular "
+                          "approximation behind the master equation assumes a non-degenerate spectrum, and the "
+                          "basis trajmc picks inside a degenerate eigenspace is arbitrary", stacklevel=3)
+        if np.all(H == np.diag(np.diag(H))):
+            U = None  # already diagonal: keep the given order and basis (eigh would sort the levels)
+            w = np.diag(H).real
+        k, worst = place_levels(w, dl, "system.hamiltonian")
+        given = {"delta": dl, "hamiltonian": _matrices_to_list(H[None]), "max_error": worst}
+        return k, U, given
+    if "energies" not in sysd:
+        raise ModelError("system.energies", "is required but missing (or give system.hamiltonian)")
+    if "given" in sysd:  # a resolved model: energies are grid integers, `given` the record; re-place and compare
+        if delta is not None:
+            raise ModelError("delta", "excludes system.given (the record of a placed system holds its own delta)")
+        energies = v.as_int_array(sysd["energies"], "system.energies", lo=-MAX_ENERGY, hi=MAX_ENERGY)
+        g = v.check_table(copy.deepcopy(sysd["given"]), "system.given",
+                          {"delta", "energies", "hamiltonian", "coupling", "max_error"}, required=("delta",))
+        redo = {"hamiltonian": g["hamiltonian"]} if "hamiltonian" in g else {"energies": g.get("energies", [])}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            placed, U, _ = _parse_levels(redo | {"coupling": sysd["coupling"]},
+                                         v.as_float(g["delta"], "system.given.delta", positive=True))
+        if not np.array_equal(placed, energies):
+            raise ModelError("system.given", f"places the levels at {placed.tolist()}, but system.energies is "
+                                             f"{energies.tolist()}: the two were edited apart")
+        return energies, None, g
+    if delta is None:
+        energies = v.as_int_array(sysd["energies"], "system.energies", lo=-MAX_ENERGY, hi=MAX_ENERGY)
+        if len(energies) < 2:
+            raise ModelError("system.energies", f"needs at least 2 levels, got {len(energies)}")
+        return energies, None, None
+    vals = v.as_float_array(sysd["energies"], "system.energies")
+    if len(vals) < 2:
+        raise ModelError("system.energies", f"needs at least 2 levels, got {len(vals)}")
+    k, worst = place_levels(vals, delta, "system.energies")
+    return k, None, {"delta": delta, "energies": vals.tolist(), "max_error": worst}
+
+
+def _parse_matrices(raw, key, n):
+    """One Hermitian matrix (a list of rows) or a list of them, each n x n (n = None: square, any size)."""
     items = v.as_list(raw, key)
     # one matrix (list of rows of numbers) or a list of matrices
     if all(isinstance(r, (list, tuple)) for r in items) and items and all(
@@ -330,8 +447,11 @@ def _parse_coupling(raw, key, n_s):
         mats = [(items, key)]
     out = []
     for m, k in mats:
-        rows = v.as_list(m, k, length=n_s)
-        M = np.array([[v.as_complex(z, f"{k}[{i}][{j}]") for j, z in enumerate(v.as_list(r, f"{k}[{i}]", length=n_s))]
+        size = n if n is not None else len(v.as_list(m, k))
+        if n is None and size < 2:
+            raise ModelError(k, f"needs at least 2 levels, got {size}")
+        rows = v.as_list(m, k, length=size)
+        M = np.array([[v.as_complex(z, f"{k}[{i}][{j}]") for j, z in enumerate(v.as_list(r, f"{k}[{i}]", length=size))]
                       for i, r in enumerate(rows)], dtype=np.complex128)
         scale = max(np.abs(M).max(), 1.0)
         if np.abs(M - M.conj().T).max() > 1e-12 * scale:
@@ -339,7 +459,19 @@ def _parse_coupling(raw, key, n_s):
             raise ModelError(k, f"must be Hermitian: S[{i}][{j}] = {M[i, j]} but conj(S[{j}][{i}]) = "
                                 f"{np.conj(M[j, i])}")
         out.append(M)
-    S = np.array(out)
+    return np.array(out)
+
+
+def _parse_coupling(raw, key, n_s, U=None, check=True):
+    """Coupling operators (n_ops, n_s, n_s), rotated into the eigenbasis ``U`` of a given hamiltonian."""
+    S = _parse_matrices(raw, key, n_s)
+    if U is not None:
+        top = float(np.abs(S).max())
+        S = np.einsum("ji,ajk,kl->ail", U.conj(), S, U)
+        S = 0.5 * (S + S.conj().transpose(0, 2, 1))  # Hermitian to the last bit
+        S[np.abs(S) <= ROTATION_TOL * top] = 0.0  # rounding of the rotation is not a coupling
+    if not check:
+        return S
     off = S.copy()
     for M in off:
         np.fill_diagonal(M, 0)
@@ -408,7 +540,7 @@ def _is_number(s):
         return False
 
 
-def _parse_bath(d, key, n_s, base):
+def _parse_bath(d, key, n_s, base, U=None):
     d = v.check_table(d, key, {"name", "dos", "emax", "kernel", "coupling"}, required=("dos", "emax", "kernel"))
     name = v.as_str(d.get("name", key.replace("[", "").replace("]", "")), f"{key}.name")
     if not name.isidentifier():
@@ -428,7 +560,7 @@ def _parse_bath(d, key, n_s, base):
     if not np.any(np.isfinite(lnV)):
         raise ModelError(f"{key}.emax", f"the grid 0..{emax} holds no bath microstates")
     kernel = _parse_kernel(d["kernel"], f"{key}.kernel", dos, emax, base)
-    coupling = _parse_coupling(d["coupling"], f"{key}.coupling", n_s) if "coupling" in d else None
+    coupling = _parse_coupling(d["coupling"], f"{key}.coupling", n_s, U) if "coupling" in d else None
     return Bath(name=name, dos=dos, emax=emax, kernel=kernel, coupling=coupling, lnV=lnV)
 
 
@@ -721,7 +853,7 @@ def _parse_simulation(d, key):
     return out
 
 
-def _parse_protocol(raw, key, n_s, times):
+def _parse_protocol(raw, key, n_s, times, delta=None):
     if isinstance(raw, dict):
         raw = [raw]
     items = v.as_list(raw, key, nonempty=False)
@@ -729,11 +861,27 @@ def _parse_protocol(raw, key, n_s, times):
     last = 0.0
     for i, s in enumerate(items):
         k = f"{key}[{i}]"
-        s = v.check_table(s, k, {"time", "energies"}, required=("time", "energies"))
+        s = v.check_table(s, k, {"time", "energies", "given_energies"}, required=("time", "energies"))
         t = v.as_float(s["time"], f"{k}.time", positive=True)
         if t <= last:
             raise ModelError(f"{k}.time", f"switch times must increase: {t} follows {last}")
         last = t
-        e = v.as_int_array(s["energies"], f"{k}.energies", length=n_s, lo=-MAX_ENERGY, hi=MAX_ENERGY)
-        steps.append(Step(t, tuple(int(x) for x in e)))
+        given = None
+        if "given_energies" in s:  # a resolved model: energies are placed, given_energies the record
+            if delta is None:
+                raise ModelError(f"{k}.given_energies", "needs system.given (the delta they were placed with)")
+            given = v.as_float_array(s["given_energies"], f"{k}.given_energies", length=n_s)
+            e = v.as_int_array(s["energies"], f"{k}.energies", length=n_s, lo=-MAX_ENERGY, hi=MAX_ENERGY)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                placed, _ = place_levels(given, delta, f"{k}.given_energies")
+            if not np.array_equal(placed, e):
+                raise ModelError(f"{k}.given_energies", f"places the levels at {placed.tolist()}, but "
+                                                        f"{k}.energies is {e.tolist()}: the two were edited apart")
+        elif delta is not None:
+            given = v.as_float_array(s["energies"], f"{k}.energies", length=n_s)
+            e, _ = place_levels(given, delta, f"{k}.energies")
+        else:
+            e = v.as_int_array(s["energies"], f"{k}.energies", length=n_s, lo=-MAX_ENERGY, hi=MAX_ENERGY)
+        steps.append(Step(t, tuple(int(x) for x in e), None if given is None else tuple(float(x) for x in given)))
     return steps

@@ -4,8 +4,13 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
+import io
+from pathlib import Path
+
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from .rundir import atomic_write
 
 
 def _text(s) -> str:
@@ -15,9 +20,7 @@ def _text(s) -> str:
 
 def _save(fig, path):
     """Render to memory, then write atomically: a figure on disk is never half written."""
-    import io
 
-    from .rundir import atomic_write
 
     buf = io.BytesIO()
     fig.savefig(buf, dpi=110, format="png")
@@ -59,7 +62,6 @@ def summary_figure(ens, path, exact=None):
 
 def validation_figures(ens, sol, outdir):
     """Monte Carlo (1.96 SE bars) over the exact solution: p_s(t), S_obs(t), Sigma vs Sigma_tilde, mean heat."""
-    from pathlib import Path
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +102,6 @@ def _slope_one(x, y, se, label, xlabel, ylabel, line_label, title, path):
 
 def analysis_figures(ens, res, outdir):
     """Heat distributions, trajectory entropy production and IFT, exchange FT, activity."""
-    from pathlib import Path
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import sys
 import time
 
+from tqdm import tqdm
+
 __all__ = ["Progress"]
 
 
@@ -47,7 +49,6 @@ class Progress:
         self._printed = False
         self.enabled = enabled is not False
         if self.enabled and _isatty(self.stream):
-            from tqdm import tqdm
 
             self._bar = tqdm(total=self.total, desc=desc, unit=unit, file=self.stream, delay=delay, leave=False,
                              unit_scale=True, dynamic_ncols=True)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time as _time
 import weakref
 
 import numba
@@ -44,7 +45,17 @@ from scipy.special import ive
 from threadpoolctl import ThreadpoolController
 
 from .model import load_model
-from .network import Network, _decode, build_segments, levels_at, reachable, segment_energies
+from .network import (
+    Network,
+    _decode,
+    _encode,
+    _radix,
+    build_segments,
+    initial_support,
+    levels_at,
+    reachable,
+    segment_energies,
+)
 from .progress import Progress
 from .resources import check_memory, memory_budget
 from .thermo import marginal_system, space_of, thermo_table
@@ -214,7 +225,6 @@ def build_checked_segments(model, budget=None):
 def _closed_support(model):
     """Every grid state when the initial support is the whole joint grid (then nothing else can be reached and
     the search is skipped), else None."""
-    from .network import _encode, _radix, initial_support
 
     space = int(np.prod(_radix(model).astype(float)))
     if space > 50_000_000:
@@ -245,7 +255,6 @@ def propagate_segments(segments, p0, times, at_switch=None, sink=None, progress=
     info["chebyshev_terms"] = 0
     at_sw = []
     bounds = [t0 for t0, _ in segments] + [np.inf]
-    import time as _time
 
     t_start = _time.perf_counter()
     with Progress(total=n * len(segments), desc=desc, unit="states", enabled=progress) as bar:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from . import _kernel as K
 from . import _rng
@@ -127,8 +129,6 @@ def enumerated_tables(segments, trajectories, exact_p=None):
 
 
 def _classes(segments):
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
 
     n = segments[0][1].n_states
     src = np.concatenate([nt.source for _, nt in segments])

@@ -114,7 +114,8 @@ def thermo_table(times, p, space: Space, levels=None, work=None) -> pd.DataFrame
 
     Columns: ``S_obs, Sigma, Sigma_tilde, S_sh, I, D, E_S``, per bath ``E_<b>, Q_<b>, S_B_<b>, D_<b>``,
     and ``lnV`` (mean ln V_x).  ``D = sum_nu D[p_E_nu || pi_nu]`` (NaN without a canonical reference);
-    ``Sigma - Sigma_tilde = -I - D`` for a product start with canonical baths (Eq. 60).
+    ``Sigma - Sigma_tilde = -I - D + D(0)`` for a product start with a reference beta for every bath (Eq. 60
+    when the baths start canonical, D(0) = 0).
     Driven models: ``levels`` (n_t, n_levels) are the energies in force at each time and ``work``
     the mean work so far; the table gains ``W`` and the first law ``dE_S + sum dE_<b> = W``.
     """

@@ -20,6 +20,7 @@ from scipy.stats import norm
 from . import engine, references
 from . import fluctuations as fl
 from .references import pauli_marginal, work_beta
+from .rundir import atomic_text, load_run
 from .stats import g_test, holm, z_pvalue
 
 __all__ = ["CHECKS", "CheckResult", "run_checks", "validate_run", "z_verdict", "g_verdict", "combine", "context",
@@ -328,8 +329,9 @@ def Eq60Decomposition(ctx):
     """Sigma - Sigma_tilde = -I - D + D(0) (exact; Eq. 60 when D(0) = 0) and the Monte Carlo gap against it."""
     name = "Eq60Decomposition"
     m = ctx["ens"].model
-    if m.bath_states is None or any(st.state != "canonical" for st in m.bath_states):
-        return skip(name, NA, "needs a product start with canonical baths")
+    if m.bath_states is None or any(m.canonical_pi(nu) is None for nu in range(m.n_baths)):
+        return skip(name, NA, "needs a product start with a reference beta for every bath (canonical, or given "
+                              "with a microcanonical or table state)")
     r = _needs(ctx, name)
     if r:
         return r
@@ -574,7 +576,6 @@ def validate_run(run_dir, alpha=1e-3, progress=None):
 
     Returns (passed, results, ensemble, exact solution or None).
     """
-    from .rundir import atomic_text, load_run
 
     run_dir = Path(run_dir)
     ens = load_run(run_dir)
