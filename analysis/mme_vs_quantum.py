@@ -199,13 +199,30 @@ def main(argv=None):
     print(f"exact dynamics: |<H>(t) - <H>(0)| <= {diag.energy_drift.max():.2e}, |sum p - 1| <= "
           f"{diag.norm_error.max():.2e}, eigh residual <= {diag.eigh_residual.max():.2e}, "
           f"most negative p (rounding) {diag.p_min.min():.1e}")
-    tab = fits[(fits.kernel == "table") & (fits.error == "max_dp_s")]
-    gold = fits[(fits.kernel == "golden") & (fits.error == "max_dp_s")]
-    verdict = bool((tab.exponent > 0.66).all()) and ok2
-    print(f"VERDICT: {'CONFIRMED' if verdict else 'NOT CONFIRMED'} - with the bath's own kernel the MME's p_s error "
-          f"falls as Gamma^{tab.exponent.min():.2f}..{tab.exponent.max():.2f}; nearest closed form (golden) "
-          f"Gamma^{gold.exponent.min():.2f}..{gold.exponent.max():.2f} (runtime {timer():.0f} s)")
+    print("not criteria (findings): the golden kernel's errors and exponents above; sqrt's p_s error levels off")
+
+    v = C.Verdict("mme_vs_quantum")
+    for name in inis:
+        g = err[(err.kernel == "table") & (err.start == name)].sort_values("Gamma", ascending=False)
+        for col, label in (("max_dp_s", "max |p_s^MME - p_s^exact|"), ("max_dp_E", "max |p_E^MME - p_E^exact|")):
+            for prev, r in zip(g.iloc[:-1].itertuples(), g.iloc[1:].itertuples(), strict=True):
+                v.check(f"{name} table Gamma={r.Gamma:g}", label, float(getattr(r, col)),
+                        getattr(r, col) < getattr(prev, col), f"< {getattr(prev, col):.4g} (Gamma={prev.Gamma:g})")
+        f = fits[(fits.kernel == "table") & (fits.start == name) & (fits.error == "max_dp_s")].iloc[0]
+        # first-order corrections give an exponent of 1; 2/3 is the threshold of the slow test (a 2.5x smaller
+        # error for a coupling half as strong, Gamma / 4): tests/test_microscopic.py
+        v.check(f"{name} table fit", f"exponent b of the p_s error (± {f.exponent_se:.3f})", float(f.exponent),
+                f.exponent > 2 / 3, "> 2/3")
+    for r in sec2.itertuples():
+        v.check(f"{r.start} Gamma={r.Gamma:g}", "min_{t>0} Delta S_obs (exact, Sec. II)",
+                float(r.min_Delta_S_obs_t_gt_0), r.holds, f">= -{SEC2_TOL:g}")
+    v.check("exact dynamics", "max |<H>(t) - tr{H rho(0)}|", float(diag.energy_drift.max()),
+            diag.energy_drift.max() <= 1e-10, "<= 1e-10")
+    v.check("exact dynamics", "max |sum p - 1|", float(diag.norm_error.max()), diag.norm_error.max() <= 1e-10,
+            "<= 1e-10")
+    code = v.report(f"  (runtime {timer():.0f} s)")
     print(f"outputs: {out}")
+    return code
 
 
 def figure(err, fits, ps_curves, sig_curves, exact, out):
@@ -274,4 +291,4 @@ def figure(err, fits, ps_curves, sig_curves, exact, out):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
