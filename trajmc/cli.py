@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._validate import show
 from .errors import TrajmcError
 
 EXIT_BAD_INPUT = 2
@@ -33,9 +34,9 @@ def _number(convert, ok, what):
         try:
             v = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be {what}, got {show(text)}") from None
         if not ok(v):
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be {what}, got {show(text)}")
         return v
 
     return parse

@@ -9,7 +9,10 @@ import copy
 import csv
 import hashlib
 import os
+import re
+import stat
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +30,10 @@ TRUNCATION_TOL = 1e-9
 #: bounds that keep every array trajmc allocates finite (a grid of 10^7 points is already huge)
 MAX_ENERGY = 10**7
 MAX_TIMES = 10**6
+#: a model or lnV table file larger than this cannot hold a model trajmc can run (lnV tables stop at MAX_ENERGY)
+MAX_FILE_BYTES = 512 * 2**20
+#: run-directory names are ``<name>-<timestamp>``: the name must fit a file name
+MAX_NAME = 100
 KERNELS = ("sqrt", "eth", "golden", "linear")
 SHAPES = ("flat", "gaussian", "exponential")
 
@@ -260,31 +267,126 @@ def load_model(source) -> Model:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
-            raise ModelError("", f"{str(path)!r} is a directory, not a model file")
+            raise ModelError("", f"{v.show(str(path))} is a directory, not a model file")
         if not path.is_file():
-            raise ModelError("", f"model file {str(path)!r} does not exist")
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            raise ModelError("", f"{path}: not valid TOML ({exc})") from None
-        except UnicodeDecodeError:
-            raise ModelError("", f"{path}: not a text (UTF-8 TOML) file") from None
+            raise ModelError("", f"model file {v.show(str(path))} does not exist")
+        data = _read_toml(path)
+        v.check_nesting(data)
         base = path.parent
         src_name = str(path)
     elif isinstance(source, dict):
+        v.check_nesting(source)  # before deepcopy, which recurses
         data = copy.deepcopy(source)
     else:
         raise ModelError("", f"a model must be a TOML path or a dict, got {type(source).__name__}")
     return _parse_model(data, base, src_name)
 
 
+def _read_toml(path):
+    """Parse a TOML model file; every failure is one ModelError (with the line and key where known)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ModelError("", f"{path}: {size / 2**20:.0f} MiB is too large for a model file (at most "
+                                 f"{MAX_FILE_BYTES // 2**20} MiB)")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ModelError("", f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModelError("", f"{path}: not a text (UTF-8 TOML) file (byte 0x{raw[exc.start]:02x} at offset "
+                             f"{exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ModelError("", f"{path}: not valid TOML ({v.show(str(exc))[1:-1]})") from None
+    except RecursionError:  # arrays or inline tables nested ~1000 deep
+        raise ModelError(_toml_key_at(text, _deep_position(text, v.MAX_DEPTH)),
+                         f"{path}: arrays or tables nested more than {v.MAX_DEPTH} deep (a model needs at most "
+                         "6 levels)") from None
+    except ValueError as exc:  # e.g. an integer literal longer than Python converts (4300 digits)
+        m = re.search(r"[0-9_]{4000,}", text)
+        where = _toml_key_at(text, m.start()) if m else ""
+        what = "an integer literal too long to convert" if m else v.show(str(exc))
+        raise ModelError(where, f"{path}: {what}") from None
+
+
+def _deep_position(text, limit):
+    """Offset where brackets (outside strings and comments) first nest deeper than ``limit``; best effort,
+    only used to name the key of a file tomllib could not parse."""
+    depth, i, n = 0, 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif c in "\"'":
+            q = text[i:i + 3] if text[i:i + 3] in ('"""', "'''") else c
+            j = i + len(q)
+            while j < n and text[j:j + len(q)] != q:
+                j += 2 if c == '"' and text[j] == "\\" else 1
+            i = j + len(q)
+            continue
+        elif c in "[{":
+            depth += 1
+            if depth > limit:
+                return i
+        elif c in "]}":
+            depth -= 1
+        i += 1
+    return 0
+
+
+def _toml_key_at(text, pos):
+    """The dotted key whose value is at ``pos`` in a TOML text: the last table header before it and the key
+    of its line (best effort, for messages)."""
+    head = text[:pos]
+    table = ""
+    seen = {}  # arrays of tables: [[baths]] -> baths[0], baths[1], ...
+    for m in re.finditer(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?\s*(?:#.*)?$", head, flags=re.M):
+        name = m.group(2).replace('"', "").replace("'", "").replace(" ", "")
+        if m.group(1) == "[[":
+            seen[name] = seen.get(name, -1) + 1
+        parts = name.split(".")  # [baths.dos] after the second [[baths]] is baths[1].dos
+        table = ""
+        for i, part in enumerate(parts):
+            table = f"{table}.{part}" if table else part
+            prefix = ".".join(parts[: i + 1])
+            if prefix in seen:
+                table += f"[{seen[prefix]}]"
+    start = head.rfind("\n") + 1
+    line = head[start:]
+    for m in re.finditer(r"^\s*([A-Za-z0-9_.\-\"' ]+?)\s*=", head, flags=re.M):  # the last key = before pos
+        line = m.group(1)
+    key = line.strip().replace('"', "").replace("'", "").replace(" ", "")
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,60}", key or "-"):
+        key = ""
+    full = f"{table}.{key}" if table and key else table or key
+    return full if len(full) <= 80 else full[:80] + "..."
+
+
+def check_name(name, key="name"):
+    """A model name names the run directory ``<name>-<timestamp>``: a visible, portable file name."""
+    if not name:
+        raise ModelError(key, "must be a non-empty name")
+    if len(name) > MAX_NAME:
+        raise ModelError(key, f"must be at most {MAX_NAME} characters (it names the run directory), got "
+                              f"{len(name)}")
+    if any(c in name for c in "/\\\0"):
+        raise ModelError(key, f"must be a name without path separators, got {v.show(name)}")
+    if name.startswith("."):
+        raise ModelError(key, f"must not start with '.' (it names the run directory, which would be hidden), got "
+                              f"{v.show(name)}")
+    if any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in name):
+        raise ModelError(key, f"must not contain control or unprintable characters, got {v.show(name)}")
+    return name
+
+
 def _parse_model(d, base, src_name) -> Model:
     v.check_table(d, "", {"name", "system", "baths", "initial", "times", "simulation", "protocol"},
                   required=("system", "baths", "initial"))
-    name = v.as_str(d.get("name", "model"), "name")
-    if not name or any(c in name for c in "/\\\0"):
-        raise ModelError("name", f"must be a non-empty name without path separators, got {name!r}")
+    name = check_name(v.as_str(d.get("name", "model"), "name"))
 
     sysd = v.check_table(d["system"], "system", {"energies", "coupling"}, required=("energies", "coupling"))
     energies = v.as_int_array(sysd["energies"], "system.energies", lo=-MAX_ENERGY, hi=MAX_ENERGY)
@@ -298,7 +400,7 @@ def _parse_model(d, base, src_name) -> Model:
     names = [b.name for b in baths]
     for i, nm in enumerate(names):
         if names.index(nm) != i:
-            raise ModelError(f"baths[{i}].name", f"duplicate bath name {nm!r}")
+            raise ModelError(f"baths[{i}].name", f"duplicate bath name {v.show(nm)}")
 
     p_sys, gibbs_beta, bath_states, joint = _parse_initial(d["initial"], "initial", energies, baths)
     # the golden kernel's reference energy defaults to the mean initial bath energy
@@ -365,9 +467,16 @@ def _parse_dos(d, key, base):
     if ("lnV" in d) == ("file" in d):
         raise ModelError(key, "a 'table' model needs exactly one of 'lnV' or 'file'")
     if "lnV" in d:
-        vals = v.as_float_array(d["lnV"], f"{key}.lnV", allow_neg_inf=True)
+        raw = v.as_list(d["lnV"], f"{key}.lnV")
+        if len(raw) > MAX_ENERGY + 1:
+            raise ModelError(f"{key}.lnV", f"at most {MAX_ENERGY + 1} entries (E = 0..{MAX_ENERGY}), got {len(raw)}")
+        vals = v.as_float_array(raw, f"{key}.lnV", allow_neg_inf=True)
     else:
         fname = v.as_str(d["file"], f"{key}.file")
+        if not fname or "\0" in fname:
+            raise ModelError(f"{key}.file", f"must be a file name, got {v.show(fname)}")
+        # relative to the model file's directory (a dict source: the working directory); absolute paths and
+        # symbolic links are followed (README, model-file reference: the numbers are copied into the run)
         p = Path(fname) if base is None or os.path.isabs(fname) else Path(base) / fname
         vals = _read_lnv_file(p, f"{key}.file")
     if not np.any(np.isfinite(vals)):
@@ -376,14 +485,39 @@ def _parse_dos(d, key, base):
 
 
 def _read_lnv_file(path, key):
-    if not path.is_file():
-        raise ModelError(key, f"file {str(path)!r} does not exist")
+    """The last column of a CSV (or one-column) text file: one ln V per energy 0, 1, ...; an optional header,
+    '#' comments; every failure is one ModelError naming ``key``."""
+    shown = v.show(str(path))
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ModelError(key, f"file {shown} does not exist") from None
+    except OSError as exc:
+        raise ModelError(key, f"file {shown} cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelError(key, f"{shown} is not a regular file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise ModelError(key, f"{shown}: {st.st_size / 2**20:.0f} MiB is too large for an lnV table (at most "
+                              f"{MAX_FILE_BYTES // 2**20} MiB)")
     rows = []
-    with open(path, newline="") as fh:
-        for row in csv.reader(fh):
-            if not row or row[0].strip().startswith("#"):
-                continue
-            rows.append(row)
+    reader = None
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            for row in reader:
+                if not row or row[0].strip().startswith("#"):
+                    continue
+                rows.append(row)
+                if len(rows) > MAX_ENERGY + 2:  # a header and E = 0..MAX_ENERGY
+                    raise ModelError(key, f"{shown}: more than {MAX_ENERGY + 1} lnV rows (E = 0..{MAX_ENERGY})")
+    except UnicodeDecodeError as exc:
+        raise ModelError(key, f"{shown}: not a UTF-8 text file (byte 0x{exc.object[exc.start]:02x} that UTF-8 "
+                              "cannot decode)") from None
+    except csv.Error as exc:
+        line = f"line {reader.line_num}: " if reader is not None else ""
+        raise ModelError(key, f"{shown}: not a readable CSV table ({line}{exc})") from None
+    except OSError as exc:
+        raise ModelError(key, f"file {shown} cannot be read ({exc.strerror or exc})") from None
     if rows and not _is_number(rows[0][-1]):
         rows = rows[1:]  # header
     try:
@@ -407,7 +541,7 @@ def _parse_bath(d, key, n_s, base):
     d = v.check_table(d, key, {"name", "dos", "emax", "kernel", "coupling"}, required=("dos", "emax", "kernel"))
     name = v.as_str(d.get("name", key.replace("[", "").replace("]", "")), f"{key}.name")
     if not name.isidentifier():
-        raise ModelError(f"{key}.name", f"must be an identifier (it names columns like E_<name>), got {name!r}")
+        raise ModelError(f"{key}.name", f"must be an identifier (it names columns like E_<name>), got {v.show(name)}")
     if name == "S":
         raise ModelError(f"{key}.name", "'S' is reserved (column E_S is the system energy)")
     dos = _parse_dos(d["dos"], f"{key}.dos", base)
@@ -618,6 +752,9 @@ def _parse_times(d, key):
     return t
 
 
+#: bounds on the Monte Carlo counts (chunk indices and trajectory numbers stay within int64)
+MAX_TRAJECTORIES = 2**62
+MAX_SEED = 2**256 - 1
 SIM_DEFAULTS = {"trajectories": 100_000, "seed": None, "chunk_size": 4096, "engine": None, "records": None,
                 "trajectory_entropy": None, "max_jumps": None}
 ENGINES = ("auto", "enumerated", "implicit")
@@ -627,9 +764,9 @@ def _parse_simulation(d, key):
     d = v.check_table(d, key, set(SIM_DEFAULTS))
     out = dict(SIM_DEFAULTS)
     if "trajectories" in d:
-        out["trajectories"] = v.as_int(d["trajectories"], f"{key}.trajectories", lo=1)
+        out["trajectories"] = v.as_int(d["trajectories"], f"{key}.trajectories", lo=1, hi=MAX_TRAJECTORIES)
     if "seed" in d:
-        out["seed"] = v.as_int(d["seed"], f"{key}.seed", lo=0)
+        out["seed"] = v.as_int(d["seed"], f"{key}.seed", lo=0, hi=MAX_SEED)
     if "chunk_size" in d:
         out["chunk_size"] = v.as_int(d["chunk_size"], f"{key}.chunk_size", lo=1, hi=2**31 - 1)
     if "engine" in d:
