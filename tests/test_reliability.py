@@ -5,7 +5,13 @@ Every test here failed before its fix (the comment above each group says how).
 """
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -279,3 +285,508 @@ def test_table_file_policy(tmp_path, monkeypatch):
     trajmc.simulate(_table_model(sub, "link.csv"), trajectories=200, seed=1, out=run)
     (shared / "dos.csv").unlink()
     assert trajmc.load_run(run).stats["trajectories"] == 200  # self-contained
+
+
+# --------------------------------------------------------------------------- the run-directory lock
+# (before: two `simulate --out D` started together both exited 0; D held one run, or a mixture)
+
+
+def _python(code, *args, **kw):
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+HOLDER = ("import sys\nfrom trajmc.runlock import RunLock\nlock = RunLock(sys.argv[1]).acquire()\n"
+          "print('locked', flush=True)\nsys.stdin.read()\nlock.release()\n")
+
+
+def _wait_for(proc, cond, what, deadline_s=600):
+    """Poll until ``cond()`` (the process must still run); the deadline only guards against a hung test."""
+    deadline = time.monotonic() + deadline_s
+    while not cond():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the process ended (status {proc.returncode}) before {what}:\n{err}")
+        assert time.monotonic() < deadline, f"waited {deadline_s} s for {what}"
+        time.sleep(0.02)
+
+
+def _snapshot(d: Path):
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def complete_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("done") / "run"
+    assert cli(["simulate", "--example", EXAMPLE, "--trajectories", "2000", "--seed", "3", "--out", d,
+                "--quiet"]) == 0
+    assert not (d / ".lock").exists()  # released (and removed) at the end
+    return d
+
+
+def _copy_run(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_a_second_writer_is_refused_while_one_holds_the_lock(complete_run, tmp_path, capsys):
+    d = _copy_run(complete_run, tmp_path / "run")
+    before = _snapshot(d)
+    holder = _python(HOLDER, d)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for argv in (["analyze", d], ["validate", d], ["simulate", "--resume", d],
+                     ["simulate", "--example", EXAMPLE, "--out", d, "--overwrite", "--quiet"]):
+            line = assert_bad_input(argv, capsys, match="in use by another trajmc process")
+            assert f"pid {holder.pid} on {socket.gethostname()}" in line, line
+        with pytest.raises(trajmc.RunError, match="in use"):
+            trajmc.simulate(get_model_dict(BASE), trajectories=10, out=d, overwrite=True)
+        after = _snapshot(d)
+        assert set(after) == set(before) | {".lock"}
+        assert all(after[k] == before[k] for k in before)  # nothing written
+    finally:
+        holder.communicate("")
+    assert holder.returncode == 0
+    assert not (d / ".lock").exists()
+    assert cli(["analyze", d, "--quiet"]) == 0  # free again
+
+
+def test_another_thread_of_the_same_process_is_refused(complete_run, tmp_path):
+    import threading
+
+    from trajmc.rundir import locked
+
+    d = _copy_run(complete_run, tmp_path / "run")
+    seen = []
+    with locked(d), locked(d):  # reentrant in one thread
+        def other():
+            try:
+                with locked(d):
+                    seen.append("got it")
+            except trajmc.RunError as exc:
+                seen.append(str(exc))
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+    assert len(seen) == 1 and "in use" in seen[0]
+    assert not (d / ".lock").exists()
+
+
+LONG = ["--trajectories", "1e11", "--chunk-size", "1e5", "--max-jumps", "1e13", "--threads", "1", "--quiet"]
+
+
+def _long_run(tmp_path, d):
+    f = tmp_path / "m.toml"
+    f.write_text(tomli_w.dumps(get_model_dict("two_baths")))
+    proc = subprocess.Popen([sys.executable, "-m", "trajmc", "simulate", str(f), "--out", str(d), "--seed", "5", *LONG],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(proc, lambda: (d / "provenance.json").is_file(), "the first checkpoint")
+    return f, proc
+
+
+@pytest.mark.filterwarnings("ignore:trajmc. the run will make")
+def test_two_simulates_into_one_directory(tmp_path):
+    """A long run writes D; a second `simulate --out D` (and --resume, analyze) started meanwhile is refused with
+    exit 2 and one line; the first run's directory is untouched and resumable."""
+    d = tmp_path / "D"
+    f, first = _long_run(tmp_path, d)
+    try:
+        for args in (["simulate", f, "--out", d, "--seed", "6", "--trajectories", "100", "--quiet"],
+                     ["simulate", f, "--out", d, "--overwrite", "--trajectories", "100", "--quiet"],
+                     ["simulate", "--resume", d, "--quiet"], ["analyze", d]):
+            r = subprocess.run([sys.executable, "-m", "trajmc", *map(str, args)], capture_output=True, text=True,
+                               timeout=300)
+            assert r.returncode == 2, r.stderr
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and "in use by another trajmc process" in lines[0], r.stderr
+            assert f"pid {first.pid} on {socket.gethostname()}" in lines[0]
+        first.send_signal(signal.SIGINT)
+        out, err = first.communicate(timeout=300)
+        assert first.returncode == 130, err
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    prov = json.loads((d / "provenance.json").read_text())
+    assert prov["seed"]["entropy"] == "5" and "--seed" in prov["command"]  # the first run's
+    assert not (d / ".lock").exists()
+    w, _ = trajmc.rundir.RunWriter.resume(d)
+    w.close()
+
+
+@pytest.mark.filterwarnings("ignore:trajmc. the run will make")
+def test_stale_lock_of_a_killed_run_is_taken_over(tmp_path):
+    d = tmp_path / "D"
+    _, proc = _long_run(tmp_path, d)
+    pid = proc.pid
+    proc.kill()  # SIGKILL: no cleanup, the lock file stays
+    proc.communicate()
+    rec = json.loads((d / ".lock").read_text())
+    assert rec["pid"] == pid and rec["host"] == socket.gethostname()
+    with pytest.warns(UserWarning, match=f"took over the lock left by pid {pid} on"):
+        w, _ = trajmc.rundir.RunWriter.resume(d)
+    assert json.loads((d / ".lock").read_text())["pid"] == os.getpid()
+    w.close()
+    assert not (d / ".lock").exists()
+
+
+def test_stale_lock_recorded_by_another_host_is_taken_over(complete_run, tmp_path, capsys):
+    """No process holds its flock (the kernel drops it with its process), so it is stale whatever it records."""
+    d = _copy_run(complete_run, tmp_path / "run")
+    (d / ".lock").write_text(json.dumps({"pid": 4242, "host": "elsewhere.example", "command": "trajmc simulate"}))
+    assert cli(["analyze", d, "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "took over the lock left by pid 4242 on elsewhere.example" in err and len(err.strip().splitlines()) == 1
+    assert not (d / ".lock").exists()
+
+
+class _NoFlock:
+    """fcntl on a file system without flock (NFS without lockd, some FUSE mounts)."""
+
+    LOCK_EX, LOCK_NB = 2, 4
+
+    @staticmethod
+    def flock(fd, op):
+        import errno
+
+        raise OSError(errno.ENOLCK, "No locks available")
+
+
+def test_without_flock_the_record_decides(complete_run, tmp_path, monkeypatch, capsys):
+    from trajmc import runlock
+
+    monkeypatch.setattr(runlock, "fcntl", _NoFlock)
+    d = _copy_run(complete_run, tmp_path / "run")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)  # a process of this host that has ended
+    host = socket.gethostname()
+    (d / ".lock").write_text(json.dumps({"pid": dead, "host": host}))
+    with pytest.warns(UserWarning, match=f"took over the lock left by pid {dead}"):
+        with runlock.run_lock(d):
+            assert json.loads((d / ".lock").read_text())["pid"] == os.getpid()
+    assert not (d / ".lock").exists()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        (d / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": host}))
+        assert_bad_input(["analyze", d], capsys, match=f"in use by another trajmc process (pid {sleeper.pid}")
+    finally:
+        sleeper.communicate(b"")
+    (d / ".lock").write_text(json.dumps({"pid": 1, "host": "elsewhere.example"}))
+    line = assert_bad_input(["analyze", d], capsys, match="elsewhere.example")
+    assert "remove" in line and ".lock" in line
+    (d / ".lock").unlink()
+    assert cli(["analyze", d, "--quiet"]) == 0  # O_EXCL lock, released and removed
+    assert not (d / ".lock").exists()
+
+
+def test_lock_file_that_is_a_symlink_is_not_followed(complete_run, tmp_path, capsys):
+    d = _copy_run(complete_run, tmp_path / "run")
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("precious")
+    (d / ".lock").symlink_to(target)
+    assert_bad_input(["analyze", d], capsys, match="symbolic link")
+    assert target.read_text() == "precious"
+
+
+# --------------------------------------------------------------------------- leftovers and --overwrite
+# (before: temporary files of a killed checkpoint write stayed for good; a directory left by a run killed before its
+# first checkpoint could be neither resumed nor reused)
+
+SIM = ["--example", EXAMPLE, "--trajectories", "4000", "--chunk-size", "500", "--seed", "9", "--records", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run every recovery must reproduce, and how often it writes each file."""
+    from trajmc import rundir
+
+    d = tmp_path_factory.mktemp("ref") / "run"
+    writes = []
+    real = rundir.atomic_write
+
+    def counting(path, write):
+        writes.append(Path(path).name)
+        return real(path, write)
+
+    rundir.atomic_write = counting
+    try:
+        assert cli(["simulate", *SIM, "--out", d]) == 0
+    finally:
+        rundir.atomic_write = real
+    return trajmc.load_run(d), writes
+
+
+def assert_same_run(a, b):
+    fa, fb = a.acc.arrays(), b.acc.arrays()
+    assert set(fa) == set(fb)
+    for k in fa:
+        np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
+
+
+def _tmp_files(d):
+    return [p for p in d.rglob("*.tmp")]
+
+
+def test_resume_removes_temporary_files_of_a_killed_write(tmp_path, reference):
+    from trajmc import engine, rundir
+
+    ref, _ = reference
+    d = tmp_path / "run"
+    plan = ref.plan
+    w = rundir.RunWriter.create(d, trajmc.simulation.plan_run(ref.model, records=True, paths=5))
+    engine.run_plan(w.plan, w.acc, 1, stop_after=3, checkpoint=w.checkpoint)
+    w.checkpoint(w.acc)
+    w.close()
+    (d / "figures").mkdir()
+    for name in (".accumulators.npz.k2j4_x9a.tmp", ".records.npz.0000abcd.tmp", "figures/.summary.png.zzzzzzzz.tmp"):
+        (d / name).write_bytes(b"half a file")
+    (d / "notes.tmp").write_text("not one of ours")  # not named like atomic_write's files: left alone
+    assert cli(["simulate", "--resume", d, "--quiet"]) == 0
+    assert [p.name for p in _tmp_files(d)] == ["notes.tmp"]
+    assert_same_run(trajmc.load_run(d), ref)
+    assert plan.n_chunks == 8
+
+
+KILLER = r'''
+import os, signal, sys
+from pathlib import Path
+import trajmc.rundir as rd
+from trajmc.cli import main
+name, nth, phase = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+real, seen = rd.atomic_write, []
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def atomic_write(path, write):
+    if Path(path).name == name:
+        seen.append(path)
+    if len(seen) != nth or Path(path).name != name:
+        return real(path, write)
+    if phase == "before":
+        die()
+    if phase == "tmp":  # the temporary file written in full, not yet renamed
+        def write_then_die(fh):
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+            die()
+        return real(path, write_then_die)
+    real(path, write)
+    die()
+
+rd.atomic_write = atomic_write
+sys.exit(main(sys.argv[4:]))
+'''
+
+# (file, its n-th write, when): before the rename's temporary file exists, with it written in full, after the rename
+KILL_POINTS = [("model.toml", 1, "before"), ("model.toml", 1, "tmp"), ("model.toml", 1, "after"),
+               ("entropy_reference.npz", 1, "tmp"), ("entropy_reference.npz", 1, "after"),
+               ("records.npz", 1, "tmp"), ("accumulators.npz", 1, "tmp"), ("accumulators.npz", 1, "after"),
+               ("provenance.json", 1, "tmp"), ("provenance.json", 1, "after"), ("records.npz", 2, "tmp"),
+               ("accumulators.npz", 2, "tmp"), ("provenance.json", 2, "tmp"), ("accumulators.npz", 3, "after"),
+               ("estimates.csv", 1, "tmp"), ("estimates.parquet", 1, "after"), ("p_system.csv", 1, "tmp"),
+               ("provenance.json", 3, "tmp"), ("provenance.json", 3, "after"), ("summary.png", 1, "tmp")]
+FAST_KILL_POINTS = [("model.toml", 1, "before"), ("accumulators.npz", 1, "tmp"), ("provenance.json", 2, "tmp"),
+                    ("estimates.parquet", 1, "after")]
+
+
+def _kill_and_recover(tmp_path, reference, point, capsys):
+    ref, writes = reference
+    name, nth, phase = point
+    assert writes.count(name) >= nth, (point, writes)
+    d = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-c", KILLER, name, str(nth), phase, "simulate", *SIM, "--out", str(d)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert d.is_dir()
+    leftovers = sorted(p.name for p in d.iterdir())
+    try:  # killed after the run was complete (only its figure missing)
+        done = trajmc.load_run(d)
+        how = "complete"
+    except trajmc.RunError:
+        rc = cli(["simulate", "--resume", d, "--quiet"])
+        err = capsys.readouterr().err
+        if rc == 0:
+            how = "resumed"
+        else:
+            lines = err.strip().splitlines()  # (after the warning that the killed writer's lock was taken over)
+            assert rc == 2 and "--overwrite" in lines[-1] and lines[-1].startswith("trajmc: error:"), err
+            assert all("took over the lock" in x for x in lines[:-1]), err
+            rc = cli(["simulate", *SIM, "--out", d])
+            err = capsys.readouterr().err
+            if all(n == ".lock" or n.endswith(".tmp") for n in leftovers):  # killed before its first file
+                assert rc == 0, err
+                how = "reused"
+            else:
+                assert rc == 2 and "--overwrite" in err, err  # not reused without being asked
+                assert cli(["simulate", *SIM, "--out", d, "--overwrite"]) == 0
+                how = "overwritten"
+        done = trajmc.load_run(d)
+    assert_same_run(done, ref)
+    if how != "complete":
+        assert _tmp_files(d) == [], _tmp_files(d)
+        assert not (d / ".lock").exists()
+    return how, leftovers
+
+
+@pytest.mark.parametrize("point", FAST_KILL_POINTS, ids=["-".join(map(str, p)) for p in FAST_KILL_POINTS])
+def test_sigkill_at_a_write_leaves_a_resumable_or_reusable_directory(tmp_path, reference, point, capsys):
+    how, leftovers = _kill_and_recover(tmp_path, reference, point, capsys)
+    expected = {("model.toml", 1, "before"): "reused", ("accumulators.npz", 1, "tmp"): "overwritten",
+                ("provenance.json", 2, "tmp"): "resumed", ("estimates.parquet", 1, "after"): "resumed"}[point]
+    assert how == expected, (how, leftovers)
+    assert ".lock" in leftovers  # the killed writer's lock, stale: taken over
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", KILL_POINTS, ids=["-".join(map(str, p)) for p in KILL_POINTS])
+def test_sigkill_at_every_write(tmp_path, reference, point, capsys):
+    """(slow: one killed subprocess per point) whatever write the kill interrupts, the directory is complete,
+    resumable, or refused with --overwrite in the message and then reused by --overwrite; the result is the
+    uninterrupted run's, and no temporary file or lock is left."""
+    _kill_and_recover(tmp_path, reference, point, capsys)
+
+
+@pytest.mark.filterwarnings("ignore:trajmc. the run will make")
+def test_sigterm_as_soon_as_the_directory_appears(tmp_path):
+    """The issue's case: SIGTERM right after the run directory is created.  Creation defers the signal to its
+    first checkpoint, so the directory is resumable (or, if the signal came first, was never made)."""
+    d = tmp_path / "D"
+    f = tmp_path / "m.toml"
+    f.write_text(tomli_w.dumps(get_model_dict("two_baths")))
+    proc = subprocess.Popen([sys.executable, "-m", "trajmc", "simulate", str(f), "--out", str(d), *LONG],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(proc, d.exists, "the run directory")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    if d.exists():
+        assert err.strip().endswith(f"--resume {d}"), err
+        w, _ = trajmc.rundir.RunWriter.resume(d)
+        w.close()
+        assert not (d / ".lock").exists()
+
+
+def test_overwrite_a_complete_run(complete_run, tmp_path, capsys):
+    d = _copy_run(complete_run, tmp_path / "run")
+    assert cli(["analyze", d, "--quiet"]) == 0
+    assert (d / "analysis").is_dir()
+    line = assert_bad_input(["simulate", "--example", EXAMPLE, "--trajectories", "500", "--out", d, "--quiet"],
+                            capsys, match="holds a complete run")
+    assert "--overwrite" in line
+    assert cli(["simulate", "--example", EXAMPLE, "--trajectories", "500", "--seed", "4", "--out", d, "--overwrite",
+                "--quiet"]) == 0
+    run = trajmc.load_run(d)
+    assert run.stats["trajectories"] == 500 and run.stats["seed_entropy"] == 4
+    assert not (d / "analysis").exists() and not (d / "validation.md").exists()  # nothing stale from the old run
+    assert (d / "figures" / "summary.png").is_file()
+
+
+def test_overwrite_of_an_interrupted_run_is_explicit(tmp_path, capsys):
+    from trajmc import engine, rundir
+
+    d = tmp_path / "run"
+    w = rundir.RunWriter.create(d, trajmc.simulation.plan_run(trajmc.get_example(EXAMPLE), trajectories=4000,
+                                                              chunk_size=500, seed=1))
+    engine.run_plan(w.plan, w.acc, 1, stop_after=2, checkpoint=w.checkpoint)
+    w.checkpoint(w.acc)
+    w.close()
+    line = assert_bad_input(["simulate", "--example", EXAMPLE, "--out", d, "--quiet"], capsys,
+                            match="interrupted run (2 of 8 chunks)")
+    assert f"--resume {d}" in line and "--overwrite" in line
+    assert_bad_input(["simulate", "--resume", d, "--overwrite"], capsys, match="--overwrite")  # not with --resume
+    assert cli(["simulate", "--example", EXAMPLE, "--trajectories", "300", "--out", d, "--overwrite",
+                "--quiet"]) == 0
+    assert trajmc.load_run(d).stats["trajectories"] == 300
+
+
+def test_overwrite_never_removes_what_trajmc_did_not_write(complete_run, tmp_path, capsys):
+    for extra in ("notes.txt", "figures/my-plot.pdf", "analysis/sub"):
+        d = _copy_run(complete_run, tmp_path / extra.replace("/", "_"))
+        p = d / extra
+        p.parent.mkdir(exist_ok=True)
+        if extra.endswith("sub"):
+            p.mkdir()
+        else:
+            p.write_text("mine")
+        before = _snapshot(d)
+        for flags in ([], ["--overwrite"]):
+            line = assert_bad_input(["simulate", "--example", EXAMPLE, "--trajectories", "100", "--out", d, "--quiet",
+                                     *flags], capsys, match="which trajmc did not write")
+            assert extra in line
+        assert _snapshot(d) == before
+
+
+def test_overwrite_refused_by_a_bad_option_changes_nothing(complete_run, tmp_path, capsys):
+    d = _copy_run(complete_run, tmp_path / "run")
+    before = _snapshot(d)
+    assert_bad_input(["simulate", "--example", EXAMPLE, "--trajectories", "100", "--engine", "implicit",
+                      "--records", "--memory-budget", "1KiB", "--out", d, "--overwrite", "--quiet"], capsys,
+                     match="memory_budget")
+    assert _snapshot(d) == before
+
+
+def test_overwrite_removes_a_symlinked_figures_dir_but_not_its_target(complete_run, tmp_path):
+    d = _copy_run(complete_run, tmp_path / "run")
+    import shutil
+
+    shutil.rmtree(d / "figures")
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep.png").write_bytes(b"png")
+    (d / "figures").symlink_to(target)
+    assert cli(["simulate", "--example", EXAMPLE, "--trajectories", "100", "--out", d, "--overwrite", "--quiet"]) == 0
+    assert not (d / "figures").is_symlink() and (d / "figures" / "summary.png").is_file()
+    assert sorted(p.name for p in target.iterdir()) == ["keep.png"]
+
+
+def test_a_directory_holding_only_leftovers_is_reused(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / ".lock").write_text(json.dumps({"pid": 1, "host": "elsewhere.example"}))
+    (d / ".model.toml.abcdefgh.tmp").write_text("half")
+    with pytest.warns(UserWarning, match="took over the lock"):
+        trajmc.simulate(get_model_dict(BASE), trajectories=100, seed=1, out=d)
+    assert sorted(p.name for p in d.iterdir()) == ["accumulators.npz", "entropy_reference.npz", "estimates.csv",
+                                                   "estimates.parquet", "model.toml", "p_system.csv",
+                                                   "provenance.json"]
+
+
+# --------------------------------------------------------------------------- symlinked output directories
+# (before: analyze wrote its figures through a symbolic link figures/ -> anywhere)
+
+
+@pytest.mark.parametrize("sub,argv", [("figures", ["analyze"]), ("analysis", ["analyze"]), ("figures", ["validate"]),
+                                      ("figures", ["simulate", "--resume"])])
+def test_symlinked_output_directory_is_refused(complete_run, tmp_path, capsys, sub, argv):
+    import shutil
+
+    d = _copy_run(complete_run, tmp_path / "run")  # (--resume checks its figures/ first: refused before anything)
+    shutil.rmtree(d / sub, ignore_errors=True)
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (d / sub).symlink_to(target)
+    before = _snapshot(d)
+    line = assert_bad_input([*argv, d], capsys, match="symbolic link")
+    assert f"{d / sub}" in line
+    assert list(target.iterdir()) == [] and _snapshot(d) == before and not (d / ".lock").exists()
+
+
+def test_analyze_run_api_refuses_a_symlinked_analysis_dir(complete_run, tmp_path):
+    from trajmc.analyze import analyze_run
+
+    d = _copy_run(complete_run, tmp_path / "run")
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (d / "analysis").symlink_to(target)
+    with pytest.raises(trajmc.RunError, match="symbolic link"):
+        analyze_run(d, quiet=True)
+    assert list(target.iterdir()) == []

@@ -574,9 +574,15 @@ def validate_run(run_dir, alpha=1e-3, progress=None):
 
     Returns (passed, results, ensemble, exact solution or None).
     """
+    from .rundir import locked
+
+    with locked(run_dir):  # a second writer is refused
+        return _validate_run(Path(run_dir), alpha, progress)
+
+
+def _validate_run(run_dir, alpha, progress):
     from .rundir import atomic_text, load_run
 
-    run_dir = Path(run_dir)
     ens = load_run(run_dir)
     sol = references.exact_reference(ens.model, ens.plan, progress=progress)
     results = run_checks(ens, sol, alpha)
