@@ -316,6 +316,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(text if text.startswith("trajmc:") else f"trajmc: warning: {text}", file=sys.stderr)
 
 
+def _resume_hint(args):
+    where = getattr(args, "run_dir", None)
+    if where is not None and (Path(where) / "provenance.json").is_file():
+        return f"; resume with: python -m trajmc simulate --resume {where}"
+    return ""
+
+
 def main(argv=None) -> int:
     from .engine import Interrupted
 
@@ -332,13 +339,13 @@ def main(argv=None) -> int:
             return args.func(args)
     except (Interrupted, KeyboardInterrupt) as exc:
         # the run directory (given or default) if it was created: it can be resumed from its last checkpoint
-        where = getattr(args, "run_dir", None)
-        hint = (f"; resume with: python -m trajmc simulate --resume {where}"
-                if where is not None and (Path(where) / "provenance.json").is_file() else "")
-        print(f"trajmc: {exc if isinstance(exc, Interrupted) else 'interrupted'}{hint}", file=sys.stderr)
+        print(f"trajmc: {exc if isinstance(exc, Interrupted) else 'interrupted'}{_resume_hint(args)}",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
-    except TrajmcError as exc:
-        print(f"trajmc: error: {exc}", file=sys.stderr)
+    except TrajmcError as exc:  # (a lost Dask cluster leaves a checkpoint: say how to go on)
+        hint = _resume_hint(args) if getattr(exc, "resumable", False) else ""
+        print(f"trajmc: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}{hint}",
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     except (OSError, MemoryError) as exc:  # a path we cannot write, a request too large to allocate
         msg = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
