@@ -395,3 +395,22 @@ def test_cli_survives_killing_its_only_worker(tmp_path, threaded):
     assert "Traceback" not in err
     assert done < plan.n_chunks
     assert_same_run(plan, load_run(out).acc, ref)
+
+
+def test_cli_reports_a_lost_cluster_in_one_line_with_the_resume_hint(tmp_path, monkeypatch, capsys):
+    from trajmc.cli import main
+
+    def lost(self, *a, **k):
+        self.close()
+        raise WorkerLost("dask: no worker left at tcp://x (waited 120 s for one to join); 0 of 4 chunks are in the "
+                         "checkpoint")
+
+    monkeypatch.setattr(RunWriter, "run", lost)
+    out = tmp_path / "run"
+    rc = main(["simulate", "--example", "qubit-linear-exact", "--trajectories", "400", "--chunk-size", "100", "--out",
+               str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("trajmc: error: dask: no worker left") and err.strip().endswith(f"--resume {out}"), err
+    monkeypatch.undo()
+    assert resume_run(out, threads=1).stats["trajectories"] == 400
