@@ -790,3 +790,57 @@ def test_analyze_run_api_refuses_a_symlinked_analysis_dir(complete_run, tmp_path
     with pytest.raises(trajmc.RunError, match="symbolic link"):
         analyze_run(d, quiet=True)
     assert list(target.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- found by the fuzzer (test_fuzz_inputs)
+
+
+@pytest.mark.regression
+def test_joint_state_beyond_int64_names_its_key():
+    """BUG: initial.joint.states took any integer; 2**63 raised OverflowError in np.array(int64)."""
+    d = get_model_dict("two_baths")
+    d["initial"] = {"joint": {"states": [[2**63, 3, 2], [2, 1, 1]], "p": [0.5, 0.5]}}
+    assert model_error(d).key == "initial.joint.states[0][0]"
+
+
+@pytest.mark.regression
+def test_solve_at_times_of_1e300():
+    """BUG: the Chebyshev term count for L t ~ 1e300 overflowed int64 to a negative number (IndexError)."""
+    d = get_model_dict(BASE)
+    d["times"] = {"stop": 1e300, "num": 5}
+    sol = trajmc.solve(d)
+    assert np.all(np.isfinite(sol.p)) and abs(sol.p[-1].sum() - 1) < 1e-9
+    with pytest.raises(trajmc.ModelError, match="times.stop"):  # the Monte Carlo refuses: steps below resolution
+        trajmc.simulate(d, trajectories=10, seed=1)
+
+
+@pytest.mark.regression
+@pytest.mark.parametrize("width", [1e300, 1e-300])
+def test_gaussian_width_at_the_ends_of_the_double_range(width, recwarn):
+    """BUG: width**2 of a Python float raised OverflowError at 1e300 (a RuntimeWarning leaked at 1e-300)."""
+    d = get_model_dict(BASE)
+    d["baths"][0]["kernel"]["spectral"] = {"shape": "gaussian", "width": width}
+    p = trajmc.solve(d).p_system()
+    assert np.all(np.isfinite(p))
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.regression
+@pytest.mark.parametrize("n,beta", [(2**31, 0.4), (10**12, -0.4), (10**9, 0.0)])
+def test_a_canonical_state_of_a_huge_bounded_bath_is_refused_quickly(n, beta):
+    """BUG: the canonical truncation of a spins bath summed over its whole range 0..n w: n = 2^31 allocated
+    17 GB (the process was killed); now it searches as for an unbounded bath and stops where the state peaks
+    beyond the grid."""
+    d = get_model_dict("three_spins_eth")
+    d["baths"][0]["dos"]["n"] = n
+    d["initial"]["baths"][0]["beta"] = beta
+    t0 = time.perf_counter()
+    exc = model_error(d)
+    assert exc.key == "baths[0].emax" and "beyond the grid" in str(exc)
+    assert time.perf_counter() - t0 < 10
+    d["baths"][0]["dos"]["n"] = 40  # a bath that fits its grid still loads, with its suggestion when it does not
+    d["initial"]["baths"][0]["beta"] = 0.4
+    d["baths"][0]["emax"] = 40
+    trajmc.load_model(d)
+    d["baths"][0]["dos"]["n"] = 400
+    assert "would do" in str(model_error(d))

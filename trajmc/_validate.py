@@ -183,7 +183,8 @@ def as_list(v, key, length=None, nonempty=True):
     return list(v)
 
 
-def as_int_array(v, key, length=None, lo=None, hi=None):
+def as_int_array(v, key, length=None, lo=-(2**63), hi=2**63 - 1):
+    """Integers into an int64 array (the bounds default to the int64 range, so nothing overflows)."""
     items = as_list(v, key, length)
     return np.array([as_int(x, f"{key}[{i}]", lo=lo, hi=hi) for i, x in enumerate(items)], dtype=np.int64)
 

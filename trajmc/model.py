@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import csv
 import hashlib
+import math
 import os
 import re
 import stat
@@ -48,10 +49,11 @@ class Spectral:
 
     def log_j(self, omega):
         omega = np.asarray(omega, dtype=float)
-        if self.shape == "gaussian":
-            return -(omega**2) / (2.0 * self.width**2)
-        if self.shape == "exponential":
-            return -np.abs(omega) / self.cutoff
+        with np.errstate(over="ignore"):  # a width or cutoff of 1e-300: ln J = -inf, the jump does not happen
+            if self.shape == "gaussian":  # (omega / width)^2: width**2 of a Python float overflowed at 1e300
+                return -0.5 * (omega / self.width) ** 2
+            if self.shape == "exponential":
+                return -np.abs(omega) / self.cutoff
         return np.zeros_like(omega)
 
     def to_dict(self):
@@ -642,6 +644,10 @@ def _parse_bath_state(d, key, bath):
         if beta is None:
             raise ModelError(f"{key}.beta", "is required for a canonical state")
         frac, suggest = canonical_truncation(bath.dos, beta, bath.emax, f"{key}.beta")
+        if frac == math.inf:
+            raise ModelError(f"{bath_key(key)}.emax", f"the canonical bath state at beta = {beta:g} peaks beyond the "
+                                                      f"grid 0..{bath.emax} (at least 1/(emax+2) of it is cut off); "
+                                                      "raise emax or beta")
         if frac > TRUNCATION_TOL:
             hint = f"; emax = {suggest} would do" if suggest is not None else ""
             raise ModelError(f"{bath_key(key)}.emax",
@@ -683,14 +689,14 @@ def bath_key(key):
 def canonical_truncation(dos, beta, emax, key):
     """Fraction of ``V_E e^{-beta E}`` beyond ``emax``, and the smallest ``emax`` keeping it <= TRUNCATION_TOL / 2."""
     top = dos.max_energy
-    if top is not None:
+    if top is not None and top <= max(2 * emax, 256):
         hi = top
-    else:
+    else:  # unbounded, or bounded far beyond the grid (spins n = 10^9): the tail is found by doubling
         if isinstance(dos, Exponential) and not beta > dos.beta:
             raise ModelError(key, f"a canonical state of an exponential(beta={dos.beta:g}) bath needs "
                                   f"beta > {dos.beta:g}, "
                                   f"got {beta:g} (not normalisable)")
-        if beta <= 0:
+        if beta <= 0 and top is None:
             raise ModelError(key, f"must be > 0 for an unbounded bath, got {beta:g}")
         hi = max(2 * emax, 256)
         while True:
@@ -699,7 +705,14 @@ def canonical_truncation(dos, beta, emax, key):
             last = x[np.isfinite(x)][-8:]
             if last[-1] < m - 80 and np.all(np.diff(last) <= 0):
                 break
+            if hi >= 1 << 20 and np.max(x[emax + 1:]) >= np.max(x[:emax + 1]):
+                # a weight beyond the grid is the largest on it: at least 1/(emax+2) of the state is cut off;
+                # no search on to 2^26 points (a bath of 10^12 oscillators) to say so
+                return math.inf, None
             hi *= 2
+            if top is not None and hi >= top:
+                hi = top
+                break
             if hi > 1 << 26:
                 raise ModelError(key, f"canonical state at beta = {beta:g} is too broad to normalise")
     E = np.arange(max(hi, emax) + 1)
@@ -717,8 +730,8 @@ def _parse_joint(d, key, n_s, baths):
     d = v.check_table(d, key, {"states", "p"}, required=("states", "p"))
     rows = v.as_list(d["states"], f"{key}.states")
     N = len(baths)
-    states = np.array([v.as_int_array(r, f"{key}.states[{i}]", length=1 + N) for i, r in enumerate(rows)],
-                      dtype=np.int64)
+    states = np.array([v.as_int_array(r, f"{key}.states[{i}]", length=1 + N, lo=-MAX_ENERGY, hi=MAX_ENERGY)
+                       for i, r in enumerate(rows)], dtype=np.int64)
     p = v.as_distribution(d["p"], f"{key}.p", len(rows))
     for i, row in enumerate(states):
         if not 0 <= row[0] < n_s:
