@@ -211,3 +211,28 @@ def signal_from_another_thread(sig=None):
     t = threading.Thread(target=send)
     t.start()
     t.join()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzzer's table (tests/test_fuzz_inputs.py): inputs per class, outcomes per stage."""
+    import sys
+
+    mod = sys.modules.get("test_fuzz_inputs")
+    if mod is None or not mod.TALLY:
+        return
+    tr = terminalreporter
+    tr.section("fuzzer: inputs per class and outcomes")
+    for cls, n in sorted(mod.INPUTS.items()):
+        tr.write_line(f"{cls:22s} {n:6d} inputs")
+    for (cls, stage, outcome), n in sorted(mod.TALLY.items()):
+        tr.write_line(f"  {cls:12s} {stage:9s} {outcome:34s} {n:6d}")
+    tr.write_line(f"broken contracts: {len(mod.FAILURES)}")
+    path = os.environ.get("TRAJMC_FUZZ_REPORT")
+    if path:
+        import json
+
+        with open(path, "w") as fh:
+            json.dump({"inputs": dict(mod.INPUTS),
+                       "outcomes": [[c, s, o, n] for (c, s, o), n in sorted(mod.TALLY.items())],
+                       "samples": [[c, s, o, m] for (c, s, o), m in sorted(mod.SAMPLES.items())],
+                       "failures": [list(f) for f in mod.FAILURES]}, fh, indent=1)

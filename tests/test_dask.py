@@ -17,7 +17,7 @@ from conftest import THREADS, get_model_dict, signal_from_another_thread
 
 import trajmc
 from trajmc import engine
-from trajmc.cluster import DaskSession, run_plan_dask
+from trajmc.cluster import DaskSession, WorkerLost, run_plan_dask
 from trajmc.ensemble import Ensemble
 from trajmc.rundir import RunWriter, load_run, resume_run
 from trajmc.simulation import make_stats, plan_run
@@ -183,6 +183,62 @@ def test_killing_a_worker_mid_run_keeps_the_result(session, threaded, path):
     session.client.wait_for_workers(2, timeout=120)  # the nanny restarts the killed worker
 
 
+@pytest.fixture
+def one_worker():
+    own = DaskSession(workers=1)
+    yield own
+    own.close()
+
+
+def _kill_the_worker_at(session, chunks):
+    """A progress callback that SIGKILLs the session's (only) worker once ``chunks`` chunks are done."""
+    victim = next(iter(session.client.run(os.getpid).values()))
+    killed = []
+
+    def progress(done):
+        if done >= chunks and not killed:
+            os.kill(victim, signal.SIGKILL)
+            killed.append(done)
+    return progress, killed
+
+
+# Regression test: BUG cluster.run_plan_dask scattered the plan once; a worker that died with the only copy
+# (--workers 1, or the last worker that had it) ended the run in FutureCancelledError ... (exit 1).  The plan is
+# now scattered again and the lost chunks resubmitted.
+@pytest.mark.regression
+@pytest.mark.filterwarnings("ignore:Port .* is already in use")
+@pytest.mark.parametrize("path", PATHS)
+def test_losing_the_only_worker_is_survived(one_worker, threaded, path):
+    _, ref = threaded(path, tiny_windows=path == "implicit")
+    plan = _plan(path, tiny_windows=path == "implicit")
+    progress, killed = _kill_the_worker_at(one_worker, 4)
+    acc = engine.new_accumulators(plan)
+    run_plan_dask(plan, acc, one_worker, progress=progress, max_inflight=6)
+    assert killed and killed[0] < plan.n_chunks
+    if path == "implicit":
+        acc, ref = _on_common_windows(plan, acc, ref)
+    assert_same_run(plan, acc, ref)
+
+
+@pytest.mark.filterwarnings("ignore:Port .* is already in use")
+def test_a_cluster_that_cannot_recover_stops_with_a_resumable_checkpoint(one_worker, threaded, tmp_path):
+    """With no recovery allowed, the same loss ends in one WorkerLost line; the checkpoint holds exactly the
+    chunks finished, and resuming on threads completes the run bit for bit."""
+    plan, ref = threaded("enumerated")
+    run = tmp_path / "run"
+    w = RunWriter.create(run, plan)
+    progress, killed = _kill_the_worker_at(one_worker, 3)
+    with pytest.raises(WorkerLost) as info:
+        run_plan_dask(plan, w.acc, one_worker, progress=progress, checkpoint=w.checkpoint, max_inflight=6,
+                      max_recoveries=0)
+    assert killed and len(str(info.value).splitlines()) == 1 and "checkpoint" in str(info.value)
+    w.close()
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["status"] == "running" and killed[0] <= prov["chunking"]["chunks_done"] < plan.n_chunks
+    ens = resume_run(run, threads=THREADS)
+    assert_same_run(plan, ens.acc, ref)
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_resume_after_stopping_the_client(tmp_path, session, threaded, path):
     plan, ref = threaded(path)
@@ -293,3 +349,68 @@ def test_unreachable_scheduler_writes_nothing(tmp_path):
         trajmc.simulate(get_model_dict(MODEL), trajectories=10, backend="dask", scheduler="tcp://127.0.0.1:1",
                         out=tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_cli_survives_killing_its_only_worker(tmp_path, threaded):
+    """(slow: a LocalCluster in a subprocess, ~20 s) `simulate --workers 1`, its worker process SIGKILLed once
+    the first checkpoint with finished chunks is on disk: the run completes (exit 0), identical to threads."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    n, cs = 30_000, 500
+    plan = plan_run(get_model_dict(MODEL), trajectories=n, seed=17, chunk_size=cs, engine_="enumerated", paths=5,
+                    threads=1)  # what the command line plans
+    ref = engine.run_plan(plan, engine.new_accumulators(plan), THREADS)
+    model = tmp_path / "m.toml"
+    model.write_text(trajmc.load_model(get_model_dict(MODEL)).to_toml())
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "trajmc", "simulate", str(model), "--trajectories", str(n),
+                             "--seed", "17", "--chunk-size", str(cs), "--engine", "enumerated", "--workers", "1",
+                             "--out", str(out), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline
+            try:
+                done = json.loads((out / "provenance.json").read_text())["chunking"]["chunks_done"]
+            except (OSError, ValueError, KeyError):
+                done = 0
+            if done > 0:
+                break
+            time.sleep(0.02)
+        # the worker: the client's child started by multiprocessing (its nanny runs in the client)
+        workers = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        assert len(workers) == 1, [c.cmdline() for c in psutil.Process(proc.pid).children()]
+        workers[0].kill()
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert done < plan.n_chunks
+    assert_same_run(plan, load_run(out).acc, ref)
+
+
+def test_cli_reports_a_lost_cluster_in_one_line_with_the_resume_hint(tmp_path, monkeypatch, capsys):
+    from trajmc.cli import main
+
+    def lost(self, *a, **k):
+        self.close()
+        raise WorkerLost("dask: no worker left at tcp://x (waited 120 s for one to join); 0 of 4 chunks are in the "
+                         "checkpoint")
+
+    monkeypatch.setattr(RunWriter, "run", lost)
+    out = tmp_path / "run"
+    rc = main(["simulate", "--example", "qubit-linear-exact", "--trajectories", "400", "--chunk-size", "100", "--out",
+               str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("trajmc: error: dask: no worker left") and err.strip().endswith(f"--resume {out}"), err
+    monkeypatch.undo()
+    assert resume_run(out, threads=1).stats["trajectories"] == 400

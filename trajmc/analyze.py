@@ -25,7 +25,7 @@ import pandas as pd
 from . import fluctuations as fl
 from . import references
 from .references import work_beta
-from .rundir import atomic_text, load_run
+from .rundir import atomic_text, load_run, locked, output_dir
 
 __all__ = ["analyze_run", "analyze", "sample_cumulants", "exchange_ft", "ft_slope"]
 
@@ -280,14 +280,15 @@ def analyze_run(run_dir, times=None, quiet=False):
     """Analyze a run directory: writes ``analysis/*.csv``; returns (the dict of results, ensemble)."""
 
     run_dir = Path(run_dir)
-    ens = load_run(run_dir)
-    sol = references.exact_reference(ens.model, ens.plan, progress=False if quiet else None)
-    res = analyze(ens, sol, times)
-    tdir = run_dir / "analysis"
-    tdir.mkdir(exist_ok=True)
-    for name, val in res.items():
-        if isinstance(val, pd.DataFrame):
-            atomic_text(tdir / f"{name}.csv", val.to_csv(index=False))
+    output_dir(run_dir, "analysis", create=False)  # a symbolic link there is refused before any work
+    with locked(run_dir):  # a second writer is refused
+        ens = load_run(run_dir)
+        sol = references.exact_reference(ens.model, ens.plan, progress=False if quiet else None)
+        res = analyze(ens, sol, times)
+        tdir = output_dir(run_dir, "analysis")
+        for name, val in res.items():
+            if isinstance(val, pd.DataFrame):
+                atomic_text(tdir / f"{name}.csv", val.to_csv(index=False))
     if not quiet:
         _print_summary(ens, res, run_dir, sol)
     return res, ens

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._validate import show
 from .errors import TrajmcError
 
 EXIT_BAD_INPUT = 2
@@ -33,9 +34,9 @@ def _number(convert, ok, what):
         try:
             v = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be {what}, got {show(text)}") from None
         if not ok(v):
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be {what}, got {show(text)}")
         return v
 
     return parse
@@ -81,6 +82,8 @@ def _add_sim_options(p):
     p.add_argument("--max-jumps", type=_positive_float, metavar="N",
                    help="refuse runs expected to make more jumps (default: the model's simulation.max_jumps, "
                         "else 1e13)")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace an existing run directory --out (only one that holds nothing but trajmc's files)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,7 +203,15 @@ def _simulate_into(model, args, paths, run_dir, threads):
     opts = _run_options(args)
     plan_run(model, opts["trajectories"], opts["seed"], None, opts["chunk_size"], opts["records"], paths,
              opts["engine"], threads, opts["memory_budget"], opts["max_jumps"])  # every option checked first
-    return simulate(model, threads=threads, paths=paths, out=run_dir, quiet=args.quiet, **opts, **_backend_args(args))
+    return simulate(model, threads=threads, paths=paths, out=run_dir, quiet=args.quiet,
+                    overwrite=bool(args.overwrite), **opts, **_backend_args(args))
+
+
+def _figures_dir(run_dir):
+    """Refuse a symbolic link (or a file) where the run's figures go, before any work (never written through)."""
+    from .rundir import output_dir
+
+    return output_dir(run_dir, "figures", create=False)
 
 
 def cmd_simulate(args):
@@ -209,26 +220,29 @@ def cmd_simulate(args):
     from .rundir import default_run_dir, resume_run
 
     threads = resolve_threads(args.threads)
+    from .plotting import summary_figure
+    from .rundir import locked, output_dir
+
+    def draw():
+        summary_figure(ens, output_dir(run_dir, "figures") / "summary.png")
     if args.resume:
         given = [f for f in ("model", "example", "trajectories", "seed", "chunk_size", "out", "paths", "records",
-                             "engine", "memory_budget", "max_jumps") if getattr(args, f) is not None]
+                             "engine", "memory_budget", "max_jumps", "overwrite") if getattr(args, f) is not None]
         if given:
             raise TrajmcError(f"--resume takes only --threads, --scheduler, --workers and --quiet (not "
-                              f"{given[0]}): the run's own settings are used")
+                              f"--{given[0].replace('_', '-')}): the run's own settings are used")
         args.run_dir = run_dir = Path(args.resume)
-        ens = resume_run(args.resume, threads, progress=not args.quiet,
-                         **_backend_args(args))
+        with locked(run_dir):  # one writer from the first checkpoint to the last figure
+            _figures_dir(run_dir)
+            ens = resume_run(args.resume, threads, progress=not args.quiet, **_backend_args(args))
+            _figures(draw, "summary")
     else:
         model = load_model(_model_source(args))
         paths = 5 if args.paths is None else args.paths
         args.run_dir = run_dir = Path(args.out) if args.out else default_run_dir(model.name)
         ens = _simulate_into(model, args, paths, run_dir, threads)
-    from .plotting import summary_figure
-
-    def draw():
-        (run_dir / "figures").mkdir(exist_ok=True)
-        summary_figure(ens, run_dir / "figures" / "summary.png")
-    _figures(draw, "summary")
+        with locked(run_dir):
+            _figures(draw, "summary")
     if not args.quiet:
         _summary(ens, run_dir)
     return 0
@@ -247,21 +261,24 @@ def cmd_validate(args):
     target = Path(args.target) if args.target else None
     if target is not None and target.is_dir():
         given = [f for f in ("trajectories", "seed", "chunk_size", "out", "scheduler", "workers", "records", "engine",
-                             "memory_budget", "max_jumps") if getattr(args, f) is not None]
+                             "memory_budget", "max_jumps", "overwrite") if getattr(args, f) is not None]
         if given:
             raise TrajmcError(f"--{given[0].replace('_', '-')}: applies only when validating a model file "
                               f"(a run directory is validated as it was run)")
         run_dir = target
+        _figures_dir(run_dir)
     else:
         from .examples import get_example
 
         model = load_model(get_example(args.example) if args.example else target)
         args.run_dir = run_dir = Path(args.out) if args.out else default_run_dir(model.name)
         _simulate_into(model, args, 0, run_dir, resolve_threads(args.threads))
-    ok, results, ens, sol = validate_run(run_dir, args.alpha, progress=not args.quiet)
     from .plotting import validation_figures
+    from .rundir import locked, output_dir
 
-    _figures(lambda: validation_figures(ens, sol, run_dir / "figures"), "validation")
+    with locked(run_dir):  # one writer from the report to the last figure
+        ok, results, ens, sol = validate_run(run_dir, args.alpha, progress=not args.quiet)
+        _figures(lambda: validation_figures(ens, sol, output_dir(run_dir, "figures")), "validation")
     if not args.quiet:
         for r in results:
             p = f"p_adj={r.adjusted_pvalue:.3g}" if r.kind == "statistical" else r.kind
@@ -275,12 +292,15 @@ def cmd_validate(args):
 def cmd_analyze(args):
     from .analyze import analyze_run
     from .plotting import analysis_figures
+    from .rundir import locked, output_dir
 
     path = Path(args.run_dir)
     if path.is_file():
         raise TrajmcError(f"{path}: analyze takes a run directory (written by `simulate`), not a file")
-    res, ens = analyze_run(path, quiet=args.quiet)
-    _figures(lambda: analysis_figures(ens, res, path / "figures"), "analysis")
+    _figures_dir(path)
+    with locked(path):  # one writer from the first table to the last figure
+        res, ens = analyze_run(path, quiet=args.quiet)
+        _figures(lambda: analysis_figures(ens, res, output_dir(path, "figures")), "analysis")
     if not args.quiet:
         print(f"figures in {path / 'figures'}")
     return 0
@@ -294,6 +314,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     """Warnings as one line (no source location or code line: they are meant for the user)."""
     text = str(message).splitlines()[0] if str(message) else category.__name__
     print(text if text.startswith("trajmc:") else f"trajmc: warning: {text}", file=sys.stderr)
+
+
+def _resume_hint(args):
+    where = getattr(args, "run_dir", None)
+    if where is not None and (Path(where) / "provenance.json").is_file():
+        return f"; resume with: python -m trajmc simulate --resume {where}"
+    return ""
 
 
 def main(argv=None) -> int:
@@ -312,13 +339,13 @@ def main(argv=None) -> int:
             return args.func(args)
     except (Interrupted, KeyboardInterrupt) as exc:
         # the run directory (given or default) if it was created: it can be resumed from its last checkpoint
-        where = getattr(args, "run_dir", None)
-        hint = (f"; resume with: python -m trajmc simulate --resume {where}"
-                if where is not None and (Path(where) / "provenance.json").is_file() else "")
-        print(f"trajmc: {exc if isinstance(exc, Interrupted) else 'interrupted'}{hint}", file=sys.stderr)
+        print(f"trajmc: {exc if isinstance(exc, Interrupted) else 'interrupted'}{_resume_hint(args)}",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
-    except TrajmcError as exc:
-        print(f"trajmc: error: {exc}", file=sys.stderr)
+    except TrajmcError as exc:  # (a lost Dask cluster leaves a checkpoint: say how to go on)
+        hint = _resume_hint(args) if getattr(exc, "resumable", False) else ""
+        print(f"trajmc: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}{hint}",
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     except (OSError, MemoryError) as exc:  # a path we cannot write, a request too large to allocate
         msg = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)

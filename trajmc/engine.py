@@ -27,8 +27,9 @@ import numpy as np
 
 from . import _kernel as K
 from . import _rng
+from ._validate import show
 from .errors import ModelError, TrajmcError
-from .model import load_model
+from .model import MAX_SEED, load_model
 from .network import segment_energies
 from .resources import check_memory, format_bytes
 from .resources import memory_budget as resolve_budget
@@ -106,8 +107,8 @@ def resolve_seed(seed) -> int:
         return int(seed.entropy)
     if seed is None:
         return int(np.random.SeedSequence().entropy)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ModelError("seed", f"must be a non-negative integer, None or a SeedSequence, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ModelError("seed", f"must be an integer in 0..2^256-1, None or a SeedSequence, got {show(seed)}")
     return int(seed)
 
 
@@ -116,7 +117,7 @@ def resolve_threads(threads) -> int:
     if threads is None:
         return min(limit, os.cpu_count() or 1)
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ModelError("threads", f"must be a positive integer, got {threads!r}")
+        raise ModelError("threads", f"must be a positive integer, got {show(threads)}")
     if threads > limit:
         raise ModelError("threads", f"{threads} exceeds numba's thread limit {limit} (set NUMBA_NUM_THREADS)")
     return int(threads)
@@ -124,7 +125,7 @@ def resolve_threads(threads) -> int:
 
 def _count(v, key, lo=1):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ModelError(key, f"must be an integer >= {lo}, got {v!r}")
+        raise ModelError(key, f"must be an integer >= {lo}, got {show(v)}")
     return int(v)
 
 
@@ -263,12 +264,12 @@ def make_plan(model, trajectories=None, seed=None, times=None, chunk_size=None, 
     trajectories = _count(sim["trajectories"] if trajectories is None else trajectories, "trajectories")
     chunk_size = _count(sim["chunk_size"] if chunk_size is None else chunk_size, "chunk_size")
     if isinstance(paths, bool) or not isinstance(paths, (int, np.integer)) or not 0 <= paths <= 1000:
-        raise ModelError("paths", f"must be an integer in 0..1000, got {paths!r}")
+        raise ModelError("paths", f"must be an integer in 0..1000, got {show(paths)}")
     if -(-trajectories // chunk_size) > MAX_CHUNKS:
-        raise ModelError("trajectories", f"{trajectories} trajectories make more than {MAX_CHUNKS:.0e} chunks of "
-                                         f"{chunk_size}; raise chunk_size")
+        raise ModelError("trajectories", f"{show(trajectories)} trajectories make more than {MAX_CHUNKS:.0e} "
+                                         f"chunks of {show(chunk_size)}; raise chunk_size")
     if chunk_size > 2**31 - 1:
-        raise ModelError("chunk_size", f"must be below 2^31, got {chunk_size}")
+        raise ModelError("chunk_size", f"must be below 2^31, got {show(chunk_size)}")
     entropy = resolve_seed(sim["seed"] if seed is None else seed)
     engine = (sim.get("engine") or "auto") if engine is None else engine
     records = sim.get("records") if records is None else records

@@ -13,9 +13,18 @@ class ModelError(TrajmcError, ValueError):
     """A model file or dict is invalid; the message names the key."""
 
     def __init__(self, key: str, problem: str):
-        self.key = key
-        self.problem = problem
+        self.key = key = _one_line(key, 160)
+        self.problem = problem = _one_line(problem, 1000)
         super().__init__(f"{key}: {problem}" if key else problem)
+
+
+def _one_line(text: str, limit: int) -> str:
+    """A message part on one line and at most ``limit`` characters (the middle elided): a safety net behind
+    the abbreviated values the validators echo."""
+    text = str(text).replace("\r", "\\r").replace("\n", "\\n")
+    if len(text) > limit:
+        text = text[: limit // 2 - 2] + " ... " + text[-(limit // 2 - 3):]
+    return text
 
 
 class RunError(TrajmcError):

@@ -8,8 +8,12 @@ from __future__ import annotations
 import copy
 import csv
 import hashlib
+import math
 import os
+import re
+import stat
 import tomllib
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +35,10 @@ MAX_TIMES = 10**6
 KERNELS = ("sqrt", "eth", "golden", "linear", "table")
 #: largest grid a table kernel may cover: its (emax+1)^2 entries are held in memory and written to model.toml
 MAX_TABLE_GRID = 4096
+#: a model or lnV table file larger than this cannot hold a model trajmc can run (lnV tables stop at MAX_ENERGY)
+MAX_FILE_BYTES = 512 * 2**20
+#: run-directory names are ``<name>-<timestamp>``: the name must fit a file name
+MAX_NAME = 100
 SHAPES = ("flat", "gaussian", "exponential")
 
 
@@ -44,10 +52,11 @@ class Spectral:
 
     def log_j(self, omega):
         omega = np.asarray(omega, dtype=float)
-        if self.shape == "gaussian":
-            return -(omega**2) / (2.0 * self.width**2)
-        if self.shape == "exponential":
-            return -np.abs(omega) / self.cutoff
+        with np.errstate(over="ignore"):  # a width or cutoff of 1e-300: ln J = -inf, the jump does not happen
+            if self.shape == "gaussian":  # (omega / width)^2: width**2 of a Python float overflowed at 1e300
+                return -0.5 * (omega / self.width) ** 2
+            if self.shape == "exponential":
+                return -np.abs(omega) / self.cutoff
         return np.zeros_like(omega)
 
     def to_dict(self):
@@ -283,31 +292,126 @@ def load_model(source) -> Model:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
-            raise ModelError("", f"{str(path)!r} is a directory, not a model file")
+            raise ModelError("", f"{v.show(str(path))} is a directory, not a model file")
         if not path.is_file():
-            raise ModelError("", f"model file {str(path)!r} does not exist")
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            raise ModelError("", f"{path}: not valid TOML ({exc})") from None
-        except UnicodeDecodeError:
-            raise ModelError("", f"{path}: not a text (UTF-8 TOML) file") from None
+            raise ModelError("", f"model file {v.show(str(path))} does not exist")
+        data = _read_toml(path)
+        v.check_nesting(data)
         base = path.parent
         src_name = str(path)
     elif isinstance(source, dict):
+        v.check_nesting(source)  # before deepcopy, which recurses
         data = copy.deepcopy(source)
     else:
         raise ModelError("", f"a model must be a TOML path or a dict, got {type(source).__name__}")
     return _parse_model(data, base, src_name)
 
 
+def _read_toml(path):
+    """Parse a TOML model file; every failure is one ModelError (with the line and key where known)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ModelError("", f"{path}: {size / 2**20:.0f} MiB is too large for a model file (at most "
+                                 f"{MAX_FILE_BYTES // 2**20} MiB)")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ModelError("", f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModelError("", f"{path}: not a text (UTF-8 TOML) file (byte 0x{raw[exc.start]:02x} at offset "
+                             f"{exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ModelError("", f"{path}: not valid TOML ({v.show(str(exc))[1:-1]})") from None
+    except RecursionError:  # arrays or inline tables nested ~1000 deep
+        raise ModelError(_toml_key_at(text, _deep_position(text, v.MAX_DEPTH)),
+                         f"{path}: arrays or tables nested more than {v.MAX_DEPTH} deep (a model needs at most "
+                         "6 levels)") from None
+    except ValueError as exc:  # e.g. an integer literal longer than Python converts (4300 digits)
+        m = re.search(r"[0-9_]{4000,}", text)
+        where = _toml_key_at(text, m.start()) if m else ""
+        what = "an integer literal too long to convert" if m else v.show(str(exc))
+        raise ModelError(where, f"{path}: {what}") from None
+
+
+def _deep_position(text, limit):
+    """Offset where brackets (outside strings and comments) first nest deeper than ``limit``; best effort,
+    only used to name the key of a file tomllib could not parse."""
+    depth, i, n = 0, 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif c in "\"'":
+            q = text[i:i + 3] if text[i:i + 3] in ('"""', "'''") else c
+            j = i + len(q)
+            while j < n and text[j:j + len(q)] != q:
+                j += 2 if c == '"' and text[j] == "\\" else 1
+            i = j + len(q)
+            continue
+        elif c in "[{":
+            depth += 1
+            if depth > limit:
+                return i
+        elif c in "]}":
+            depth -= 1
+        i += 1
+    return 0
+
+
+def _toml_key_at(text, pos):
+    """The dotted key whose value is at ``pos`` in a TOML text: the last table header before it and the key
+    of its line (best effort, for messages)."""
+    head = text[:pos]
+    table = ""
+    seen = {}  # arrays of tables: [[baths]] -> baths[0], baths[1], ...
+    for m in re.finditer(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?\s*(?:#.*)?$", head, flags=re.M):
+        name = m.group(2).replace('"', "").replace("'", "").replace(" ", "")
+        if m.group(1) == "[[":
+            seen[name] = seen.get(name, -1) + 1
+        parts = name.split(".")  # [baths.dos] after the second [[baths]] is baths[1].dos
+        table = ""
+        for i, part in enumerate(parts):
+            table = f"{table}.{part}" if table else part
+            prefix = ".".join(parts[: i + 1])
+            if prefix in seen:
+                table += f"[{seen[prefix]}]"
+    start = head.rfind("\n") + 1
+    line = head[start:]
+    for m in re.finditer(r"^\s*([A-Za-z0-9_.\-\"' ]+?)\s*=", head, flags=re.M):  # the last key = before pos
+        line = m.group(1)
+    key = line.strip().replace('"', "").replace("'", "").replace(" ", "")
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,60}", key or "-"):
+        key = ""
+    full = f"{table}.{key}" if table and key else table or key
+    return full if len(full) <= 80 else full[:80] + "..."
+
+
+def check_name(name, key="name"):
+    """A model name names the run directory ``<name>-<timestamp>``: a visible, portable file name."""
+    if not name:
+        raise ModelError(key, "must be a non-empty name")
+    if len(name) > MAX_NAME:
+        raise ModelError(key, f"must be at most {MAX_NAME} characters (it names the run directory), got "
+                              f"{len(name)}")
+    if any(c in name for c in "/\\\0"):
+        raise ModelError(key, f"must be a name without path separators, got {v.show(name)}")
+    if name.startswith("."):
+        raise ModelError(key, f"must not start with '.' (it names the run directory, which would be hidden), got "
+                              f"{v.show(name)}")
+    if any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in name):
+        raise ModelError(key, f"must not contain control or unprintable characters, got {v.show(name)}")
+    return name
+
+
 def _parse_model(d, base, src_name) -> Model:
     v.check_table(d, "", {"name", "delta", "system", "baths", "initial", "times", "simulation", "protocol"},
                   required=("system", "baths", "initial"))
-    name = v.as_str(d.get("name", "model"), "name")
-    if not name or any(c in name for c in "/\\\0"):
-        raise ModelError("name", f"must be a non-empty name without path separators, got {name!r}")
+    name = check_name(v.as_str(d.get("name", "model"), "name"))
 
     delta = v.as_float(d["delta"], "delta", positive=True) if "delta" in d else None
     sysd = v.check_table(d["system"], "system", {"energies", "coupling", "hamiltonian", "given"},
@@ -323,7 +427,7 @@ def _parse_model(d, base, src_name) -> Model:
     names = [b.name for b in baths]
     for i, nm in enumerate(names):
         if names.index(nm) != i:
-            raise ModelError(f"baths[{i}].name", f"duplicate bath name {nm!r}")
+            raise ModelError(f"baths[{i}].name", f"duplicate bath name {v.show(nm)}")
 
     p_sys, gibbs_beta, bath_states, joint = _parse_initial(d["initial"], "initial", energies, baths)
     # the golden kernel's reference energy defaults to the mean initial bath energy
@@ -502,9 +606,16 @@ def _parse_dos(d, key, base):
     if ("lnV" in d) == ("file" in d):
         raise ModelError(key, "a 'table' model needs exactly one of 'lnV' or 'file'")
     if "lnV" in d:
-        vals = v.as_float_array(d["lnV"], f"{key}.lnV", allow_neg_inf=True)
+        raw = v.as_list(d["lnV"], f"{key}.lnV")
+        if len(raw) > MAX_ENERGY + 1:
+            raise ModelError(f"{key}.lnV", f"at most {MAX_ENERGY + 1} entries (E = 0..{MAX_ENERGY}), got {len(raw)}")
+        vals = v.as_float_array(raw, f"{key}.lnV", allow_neg_inf=True)
     else:
         fname = v.as_str(d["file"], f"{key}.file")
+        if not fname or "\0" in fname:
+            raise ModelError(f"{key}.file", f"must be a file name, got {v.show(fname)}")
+        # relative to the model file's directory (a dict source: the working directory); absolute paths and
+        # symbolic links are followed (README, model-file reference: the numbers are copied into the run)
         p = Path(fname) if base is None or os.path.isabs(fname) else Path(base) / fname
         vals = _read_lnv_file(p, f"{key}.file")
     if not np.any(np.isfinite(vals)):
@@ -513,14 +624,39 @@ def _parse_dos(d, key, base):
 
 
 def _read_lnv_file(path, key):
-    if not path.is_file():
-        raise ModelError(key, f"file {str(path)!r} does not exist")
+    """The last column of a CSV (or one-column) text file: one ln V per energy 0, 1, ...; an optional header,
+    '#' comments; every failure is one ModelError naming ``key``."""
+    shown = v.show(str(path))
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ModelError(key, f"file {shown} does not exist") from None
+    except OSError as exc:
+        raise ModelError(key, f"file {shown} cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelError(key, f"{shown} is not a regular file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise ModelError(key, f"{shown}: {st.st_size / 2**20:.0f} MiB is too large for an lnV table (at most "
+                              f"{MAX_FILE_BYTES // 2**20} MiB)")
     rows = []
-    with open(path, newline="") as fh:
-        for row in csv.reader(fh):
-            if not row or row[0].strip().startswith("#"):
-                continue
-            rows.append(row)
+    reader = None
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            for row in reader:
+                if not row or row[0].strip().startswith("#"):
+                    continue
+                rows.append(row)
+                if len(rows) > MAX_ENERGY + 2:  # a header and E = 0..MAX_ENERGY
+                    raise ModelError(key, f"{shown}: more than {MAX_ENERGY + 1} lnV rows (E = 0..{MAX_ENERGY})")
+    except UnicodeDecodeError as exc:
+        raise ModelError(key, f"{shown}: not a UTF-8 text file (byte 0x{exc.object[exc.start]:02x} that UTF-8 "
+                              "cannot decode)") from None
+    except csv.Error as exc:
+        line = f"line {reader.line_num}: " if reader is not None else ""
+        raise ModelError(key, f"{shown}: not a readable CSV table ({line}{exc})") from None
+    except OSError as exc:
+        raise ModelError(key, f"file {shown} cannot be read ({exc.strerror or exc})") from None
     if rows and not _is_number(rows[0][-1]):
         rows = rows[1:]  # header
     try:
@@ -544,7 +680,7 @@ def _parse_bath(d, key, n_s, base, U=None):
     d = v.check_table(d, key, {"name", "dos", "emax", "kernel", "coupling"}, required=("dos", "emax", "kernel"))
     name = v.as_str(d.get("name", key.replace("[", "").replace("]", "")), f"{key}.name")
     if not name.isidentifier():
-        raise ModelError(f"{key}.name", f"must be an identifier (it names columns like E_<name>), got {name!r}")
+        raise ModelError(f"{key}.name", f"must be an identifier (it names columns like E_<name>), got {v.show(name)}")
     if name == "S":
         raise ModelError(f"{key}.name", "'S' is reserved (column E_S is the system energy)")
     dos = _parse_dos(d["dos"], f"{key}.dos", base)
@@ -654,6 +790,9 @@ def _read_matrix_file(path, key):
     if not path.is_file():
         raise ModelError(key, f"file {str(path)!r} does not exist")
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ModelError(key, f"{path}: larger than {MAX_FILE_BYTES // 2**20} MiB; a table kernel has at most "
+                                  f"{MAX_TABLE_GRID}^2 entries")
         if path.suffix == ".npy":
             M = np.load(path, allow_pickle=False)
         else:
@@ -719,6 +858,10 @@ def _parse_bath_state(d, key, bath):
         if beta is None:
             raise ModelError(f"{key}.beta", "is required for a canonical state")
         frac, suggest = canonical_truncation(bath.dos, beta, bath.emax, f"{key}.beta")
+        if frac == math.inf:
+            raise ModelError(f"{bath_key(key)}.emax", f"the canonical bath state at beta = {beta:g} peaks beyond the "
+                                                      f"grid 0..{bath.emax} (at least 1/(emax+2) of it is cut off); "
+                                                      "raise emax or beta")
         if frac > TRUNCATION_TOL:
             hint = f"; emax = {suggest} would do" if suggest is not None else ""
             raise ModelError(f"{bath_key(key)}.emax",
@@ -760,14 +903,14 @@ def bath_key(key):
 def canonical_truncation(dos, beta, emax, key):
     """Fraction of ``V_E e^{-beta E}`` beyond ``emax``, and the smallest ``emax`` keeping it <= TRUNCATION_TOL / 2."""
     top = dos.max_energy
-    if top is not None:
+    if top is not None and top <= max(2 * emax, 256):
         hi = top
-    else:
+    else:  # unbounded, or bounded far beyond the grid (spins n = 10^9): the tail is found by doubling
         if isinstance(dos, Exponential) and not beta > dos.beta:
             raise ModelError(key, f"a canonical state of an exponential(beta={dos.beta:g}) bath needs "
                                   f"beta > {dos.beta:g}, "
                                   f"got {beta:g} (not normalisable)")
-        if beta <= 0:
+        if beta <= 0 and top is None:
             raise ModelError(key, f"must be > 0 for an unbounded bath, got {beta:g}")
         hi = max(2 * emax, 256)
         while True:
@@ -776,7 +919,14 @@ def canonical_truncation(dos, beta, emax, key):
             last = x[np.isfinite(x)][-8:]
             if last[-1] < m - 80 and np.all(np.diff(last) <= 0):
                 break
+            if hi >= 1 << 20 and np.max(x[emax + 1:]) >= np.max(x[:emax + 1]):
+                # a weight beyond the grid is the largest on it: at least 1/(emax+2) of the state is cut off;
+                # no search on to 2^26 points (a bath of 10^12 oscillators) to say so
+                return math.inf, None
             hi *= 2
+            if top is not None and hi >= top:
+                hi = top
+                break
             if hi > 1 << 26:
                 raise ModelError(key, f"canonical state at beta = {beta:g} is too broad to normalise")
     E = np.arange(max(hi, emax) + 1)
@@ -794,8 +944,8 @@ def _parse_joint(d, key, n_s, baths):
     d = v.check_table(d, key, {"states", "p"}, required=("states", "p"))
     rows = v.as_list(d["states"], f"{key}.states")
     N = len(baths)
-    states = np.array([v.as_int_array(r, f"{key}.states[{i}]", length=1 + N) for i, r in enumerate(rows)],
-                      dtype=np.int64)
+    states = np.array([v.as_int_array(r, f"{key}.states[{i}]", length=1 + N, lo=-MAX_ENERGY, hi=MAX_ENERGY)
+                       for i, r in enumerate(rows)], dtype=np.int64)
     p = v.as_distribution(d["p"], f"{key}.p", len(rows))
     for i, row in enumerate(states):
         if not 0 <= row[0] < n_s:
@@ -829,6 +979,9 @@ def _parse_times(d, key):
     return t
 
 
+#: bounds on the Monte Carlo counts (chunk indices and trajectory numbers stay within int64)
+MAX_TRAJECTORIES = 2**62
+MAX_SEED = 2**256 - 1
 SIM_DEFAULTS = {"trajectories": 100_000, "seed": None, "chunk_size": 4096, "engine": None, "records": None,
                 "trajectory_entropy": None, "max_jumps": None}
 ENGINES = ("auto", "enumerated", "implicit")
@@ -838,9 +991,9 @@ def _parse_simulation(d, key):
     d = v.check_table(d, key, set(SIM_DEFAULTS))
     out = dict(SIM_DEFAULTS)
     if "trajectories" in d:
-        out["trajectories"] = v.as_int(d["trajectories"], f"{key}.trajectories", lo=1)
+        out["trajectories"] = v.as_int(d["trajectories"], f"{key}.trajectories", lo=1, hi=MAX_TRAJECTORIES)
     if "seed" in d:
-        out["seed"] = v.as_int(d["seed"], f"{key}.seed", lo=0)
+        out["seed"] = v.as_int(d["seed"], f"{key}.seed", lo=0, hi=MAX_SEED)
     if "chunk_size" in d:
         out["chunk_size"] = v.as_int(d["chunk_size"], f"{key}.chunk_size", lo=1, hi=2**31 - 1)
     if "engine" in d:

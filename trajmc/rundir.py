@@ -14,14 +14,22 @@ Layout::
 Every file is written to a temporary name and renamed, so a reader never sees half a file;
 ``provenance.json`` says ``complete`` only after the rest is written.  Figures are drawn by the
 command line (``trajmc.plotting``), never here.
+
+A process writes a run directory only while it holds its lock (``RUN/.lock``, :mod:`trajmc.runlock`);
+taking the lock removes the temporary files a killed writer left.  An existing directory is reused only
+when it holds nothing (or only such leftovers), or with ``overwrite=True`` when everything in it was
+written by trajmc.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,11 +46,12 @@ from ._version import __version__
 from .ensemble import Ensemble
 from .errors import RunError, TrajmcError
 from .model import load_model
+from .runlock import LOCK_NAME, run_lock
 from .simulation import execute, make_stats, plan_run
 from .tables import windows_from
 
 __all__ = ["RunWriter", "save_run", "load_run", "resume_run", "provenance", "default_run_dir", "atomic_write",
-           "atomic_text"]
+           "atomic_text", "locked", "output_dir", "remove_leftovers"]
 
 SCHEMA = 4
 _UMASK = os.umask(0)
@@ -52,6 +61,13 @@ os.umask(_UMASK)
 CHECKED_FILES = ("model.toml", "estimates.csv", "estimates.parquet", "p_system.csv", "accumulators.npz")
 STATUSES = ("running", "complete")
 BACKEND_KEYS = ("backend", "scheduler", "workers", "worker_compile_s")
+#: everything trajmc writes into a run directory (``overwrite`` removes these and nothing else)
+RUN_FILES = set(CHECKED_FILES) | {"provenance.json", "entropy_reference.npz", "records.npz", "validation.json",
+                                  "validation.md", LOCK_NAME}
+#: sub-directories of a run and the files trajmc writes into them
+RUN_SUBDIRS = {"figures": (".png",), "analysis": (".csv",)}
+#: the temporary files of atomic_write: ``.<name>.<8 random characters>.tmp`` (tempfile.mkstemp)
+_TMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 def atomic_write(path: Path, write):
@@ -199,33 +215,190 @@ def _expected_files(plan, status) -> set:
     return set(_fixed_files(plan) + CHECKED_FILES + (("records.npz",) if plan.record else ()))
 
 
-class RunWriter:
-    """Owns a run directory while a simulation fills it."""
+def output_dir(run_dir, name, create=True) -> Path:
+    """``RUN/<name>`` (``figures``, ``analysis``) as a real directory of the run, created if missing (unless
+    ``create`` is false: only the check).  A symbolic link there is refused, never followed: trajmc writes only
+    inside the run directory."""
+    d = Path(run_dir) / name
+    if d.is_symlink():
+        raise RunError(f"{d}: is a symbolic link; trajmc writes only inside the run directory and does not follow "
+                       "it (remove the link; a real directory is created in its place)")
+    if d.exists() and not d.is_dir():
+        raise RunError(f"{d}: exists and is not a directory")
+    if create:
+        d.mkdir(exist_ok=True)
+    return d
 
-    def __init__(self, run_dir, plan, acc):
+
+def remove_leftovers(run_dir) -> list:
+    """Remove the temporary files (``.<name>.XXXXXXXX.tmp``) of writes cut short by a kill; called with the run's
+    lock held (no other writer can be in the middle of a write).  Returns their paths within the run."""
+    run_dir = Path(run_dir)
+    gone = []
+    for d in [run_dir] + [run_dir / n for n in RUN_SUBDIRS]:
+        if d.is_symlink() or not d.is_dir():
+            continue
+        for p in d.iterdir():
+            if _TMP.match(p.name) and not p.is_dir():
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                gone.append(str(p.relative_to(run_dir)))
+    return gone
+
+
+@contextlib.contextmanager
+def locked(run_dir):
+    """Hold the run directory's lock for the ``with`` block (reentrant in a thread); the first holder removes the
+    temporary files a killed writer left."""
+    if not Path(run_dir).is_dir():
+        raise RunError(f"{run_dir}: no such run directory")
+    with run_lock(run_dir) as lock:
+        if not getattr(lock, "cleaned", False):
+            remove_leftovers(run_dir)
+            lock.cleaned = True
+        yield lock
+
+
+def _foreign(run_dir):
+    """The first entry of ``run_dir`` that trajmc did not write, or None."""
+    for p in sorted(Path(run_dir).iterdir()):
+        n = p.name
+        if n in RUN_SUBDIRS:
+            if p.is_symlink():  # overwrite removes the link, never what it points to
+                continue
+            if not p.is_dir():
+                return n
+            for q in sorted(p.iterdir()):
+                if q.is_dir() or not (q.name.endswith(RUN_SUBDIRS[n]) or _TMP.match(q.name)):
+                    return f"{n}/{q.name}"
+        elif (n not in RUN_FILES and not _TMP.match(n)) or (p.is_dir() and not p.is_symlink()):
+            return n
+    return None
+
+
+def _only_leftovers(run_dir) -> bool:
+    """Nothing but a lock file and temporary files: what a run killed before its first file leaves."""
+    return all(p.name == LOCK_NAME or _TMP.match(p.name) for p in Path(run_dir).iterdir())
+
+
+def _state(run_dir):
+    """What an existing run directory (trajmc's files only) holds: ('complete' | 'resumable' | 'damaged', detail)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plan, acc, prov = _read(run_dir, allow_partial=True)
+    except Exception as exc:  # noqa: BLE001 - whatever fails, the directory cannot be resumed
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return "damaged", text.removeprefix(f"{run_dir}: ").removeprefix(f"{run_dir}/")
+    if prov.get("status") == "complete":
+        return "complete", ""
+    return "resumable", f"{acc.chunks_done} of {plan.n_chunks} chunks"
+
+
+def _wipe(run_dir):
+    """Remove what trajmc wrote into ``run_dir`` (everything in it, as :func:`_foreign` checked), except the lock."""
+    for p in Path(run_dir).iterdir():
+        if p.name == LOCK_NAME:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _not_ours(run_dir, bad, overwrite):
+    extra = " (--overwrite replaces only run directories written by trajmc)" if overwrite else ""
+    return RunError(f"{run_dir}: run directory exists and is not empty: it holds {bad!r}, which trajmc did not "
+                    f"write; choose another --out{extra}")
+
+
+def _claim(run_dir, overwrite):
+    """With the lock held: make ``run_dir`` ready for a new run, or refuse with what it holds and what to do."""
+    bad = _foreign(run_dir)
+    if bad is not None:
+        raise _not_ours(run_dir, bad, overwrite)
+    if _only_leftovers(run_dir):
+        return
+    if not overwrite:
+        state, detail = _state(run_dir)
+        if state == "complete":
+            raise RunError(f"{run_dir}: holds a complete run; choose another --out, or replace it with --overwrite")
+        if state == "resumable":
+            raise RunError(f"{run_dir}: holds an interrupted run ({detail}); finish it with `python -m trajmc "
+                           f"simulate --resume {run_dir}`, or start afresh with --overwrite")
+        raise RunError(f"{run_dir}: holds an unfinished run that cannot be resumed ({detail}); reuse the "
+                       "directory with --overwrite")
+    _wipe(run_dir)
+
+
+class RunWriter:
+    """Owns a run directory while a simulation fills it: holds its lock from :meth:`create` or :meth:`resume`
+    until :meth:`run` ends (or :meth:`close`)."""
+
+    def __init__(self, run_dir, plan, acc, lock=None):
         self.dir = Path(run_dir)
         self.plan = plan
         self.acc = acc
         self._files = None
+        self._lock = lock if lock is not None else contextlib.ExitStack()
 
     @classmethod
-    def create(cls, run_dir, plan):
+    def create(cls, run_dir, plan, overwrite=False):
         run_dir = Path(run_dir)
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise RunError(f"{run_dir}: run directory exists and is not empty (choose another --out, or --resume it)")
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunError(f"{run_dir}: exists and is not a directory")
+        if run_dir.is_dir() and (bad := _foreign(run_dir)) is not None:  # refused without touching it
+            raise _not_ours(run_dir, bad, overwrite)
         acc = engine.new_accumulators(plan)  # allocate first: a request too large writes nothing
+        made = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
-        w = cls(run_dir, plan, acc)
-        atomic_text(run_dir / "model.toml", _resolved_model_toml(plan))
-        _save_reference(run_dir, plan)
-        w.checkpoint(w.acc)
+        lock = contextlib.ExitStack()
+        try:
+            lock.enter_context(locked(run_dir))
+            _claim(run_dir, overwrite)
+            w = cls(run_dir, plan, acc, lock)
+            with engine.StopFlag() as stop:  # Ctrl-C waits for the first checkpoint: the directory is resumable
+                atomic_text(run_dir / "model.toml", _resolved_model_toml(plan))
+                _save_reference(run_dir, plan)
+                w.checkpoint(w.acc)
+            if stop.set:
+                raise KeyboardInterrupt
+        except BaseException:
+            lock.close()
+            if made:
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()  # refused before anything was written: leave no empty directory
+            raise
         return w
 
     @classmethod
     def resume(cls, run_dir):
         run_dir = Path(run_dir)
-        plan, acc, prov = _read(run_dir, allow_partial=True)
-        return cls(run_dir, plan, acc), prov
+        lock = contextlib.ExitStack()
+        try:
+            lock.enter_context(locked(run_dir))
+            try:
+                plan, acc, prov = _read(run_dir, allow_partial=True)
+            except RunError as exc:
+                if _foreign(run_dir) is None:  # trajmc's files (or only the leftovers of a killed start)
+                    raise RunError(f"{exc}; nothing can be resumed: start afresh with `python -m trajmc simulate "
+                                   f"MODEL --out {run_dir} --overwrite`") from None
+                raise
+        except BaseException:
+            lock.close()
+            raise
+        return cls(run_dir, plan, acc, lock), prov
+
+    def close(self):
+        """Release the run directory's lock."""
+        self._lock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
     def checkpoint(self, acc):
         if self._files is None:  # written before the first checkpoint and never again: hash them once
@@ -234,11 +407,14 @@ class RunWriter:
         atomic_text(self.dir / "provenance.json", json.dumps(provenance(self.plan, acc, files=self._files), indent=2))
 
     def run(self, threads, progress=False, backend="threads", scheduler=None, workers=None) -> Ensemble:
-        ens = execute(self.plan, self.acc, threads, progress, checkpoint=self.checkpoint, backend=backend,
-                      scheduler=scheduler, workers=workers)
-        with engine.StopFlag():  # the run is finished: a late Ctrl-C must not leave half a directory
-            self.checkpoint(ens.acc)
-            save_run(ens, self.dir)
+        try:
+            ens = execute(self.plan, self.acc, threads, progress, checkpoint=self.checkpoint, backend=backend,
+                          scheduler=scheduler, workers=workers)
+            with engine.StopFlag():  # the run is finished: a late Ctrl-C must not leave half a directory
+                self.checkpoint(ens.acc)
+                save_run(ens, self.dir)
+        finally:
+            self.close()
         ens.stats["run_dir"] = str(self.dir)
         return ens
 
@@ -247,6 +423,11 @@ def save_run(ens: Ensemble, run_dir):
     """Write a finished ensemble's run directory (model, estimates, accumulators, provenance)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with locked(run_dir):
+        return _save_run(ens, run_dir)
+
+
+def _save_run(ens, run_dir):
     plan, acc = ens.plan, ens.acc
     if not (run_dir / "model.toml").exists():
         atomic_text(run_dir / "model.toml", _resolved_model_toml(plan))
@@ -448,17 +629,18 @@ def resume_run(run_dir, threads, progress=False, backend="threads", scheduler=No
     """Finish an interrupted run in place; the result is bit-identical to an uninterrupted run
     (on any backend: chunks are seeded by index and summed exactly)."""
     w, prov = RunWriter.resume(run_dir)
-    if prov.get("status") == "complete" and w.acc.chunks_done == w.plan.n_chunks:
-        raise RunError(f"{run_dir}: run is already complete")
-    if backend != "dask":
-        return w.run(threads, progress)
-    from .cluster import DaskSession
+    with w:
+        if prov.get("status") == "complete" and w.acc.chunks_done == w.plan.n_chunks:
+            raise RunError(f"{run_dir}: run is already complete")
+        if backend != "dask":
+            return w.run(threads, progress)
+        from .cluster import DaskSession
 
-    session = DaskSession(scheduler, workers)  # connect before the run directory is touched
-    try:
-        return w.run(threads, progress, backend=backend, scheduler=session)
-    finally:
-        session.close()
+        session = DaskSession(scheduler, workers)  # connect before the run directory is touched
+        try:
+            return w.run(threads, progress, backend=backend, scheduler=session)
+        finally:
+            session.close()
 
 
 def default_run_dir(name, root="runs"):

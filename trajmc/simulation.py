@@ -30,7 +30,7 @@ def plan_run(model, trajectories=None, seed=None, times=None, chunk_size=None, r
 
 def simulate(model, trajectories=None, seed=None, threads=None, times=None, chunk_size=None, records=None,
              paths=0, out=None, progress=None, quiet=True, backend="threads", scheduler=None, workers=None,
-             engine=None, memory_budget=None, max_jumps=None, trajectory_entropy=None) -> Ensemble:
+             engine=None, memory_budget=None, max_jumps=None, trajectory_entropy=None, overwrite=False) -> Ensemble:
     """Sample trajectories of the Pauli MME by exact Gillespie simulation.
 
     Parameters
@@ -45,7 +45,9 @@ def simulate(model, trajectories=None, seed=None, threads=None, times=None, chun
     records : bool, optional   keep each trajectory's state, jumps and work at every sample time
         (default: the model's ``simulation.records``, else off: every statistic is streamed)
     paths : int   keep the full jump paths of the first ``paths`` trajectories
-    out : path, optional   run directory: written as the run goes, so an interrupted run can be resumed
+    out : path, optional   run directory: written as the run goes, so an interrupted run can be resumed; locked
+        while it is written (a second writer is refused).  An existing directory is used only if it is empty
+    overwrite : bool   replace an existing run directory ``out`` (only one that holds nothing but trajmc's files)
     progress : bool, optional   report progress: a bar on a terminal, a status line every ~10 s otherwise
         (default: unless ``quiet``)
     backend : "threads" | "dask"   where chunks run; the result is bit-identical either way
@@ -78,7 +80,7 @@ def simulate(model, trajectories=None, seed=None, threads=None, times=None, chun
         if out is not None:
             from .rundir import RunWriter
 
-            writer = RunWriter.create(out, plan)
+            writer = RunWriter.create(out, plan, overwrite=overwrite)
             return writer.run(threads, progress=_progress_flag(progress, quiet), backend=backend,
                               scheduler=session)
         acc = eng.new_accumulators(plan)

@@ -462,7 +462,8 @@ def _cheb_terms(z, tol=CHEB_TOL):
     z = np.asarray(z, dtype=float)
     big = np.sqrt(2.0 * z * math.log(2.0 / tol)) + 12.0
     small = math.log(1.0 / tol) / np.maximum(np.log(2.0 / np.maximum(z, 1e-300)), 1.0) + 2.0
-    return np.ceil(np.where(z > 1.0, big, np.minimum(small, big))).astype(np.int64)
+    # capped before the cast: for L t ~ 1e300 the count overflowed int64 to a negative number of terms
+    return np.minimum(np.ceil(np.where(z > 1.0, big, np.minimum(small, big))), 2.0**62).astype(np.int64)
 
 
 def _plan(sh, Q, times, r):

@@ -20,7 +20,7 @@ from scipy.stats import norm
 from . import engine, references
 from . import fluctuations as fl
 from .references import pauli_marginal, work_beta
-from .rundir import atomic_text, load_run
+from .rundir import atomic_text, load_run, locked
 from .stats import g_test, holm, z_pvalue
 
 __all__ = ["CHECKS", "CheckResult", "run_checks", "validate_run", "z_verdict", "g_verdict", "combine", "context",
@@ -576,8 +576,12 @@ def validate_run(run_dir, alpha=1e-3, progress=None):
 
     Returns (passed, results, ensemble, exact solution or None).
     """
+    with locked(run_dir):  # a second writer is refused
+        return _validate_run(Path(run_dir), alpha, progress)
 
-    run_dir = Path(run_dir)
+
+def _validate_run(run_dir, alpha, progress):
+
     ens = load_run(run_dir)
     sol = references.exact_reference(ens.model, ens.plan, progress=progress)
     results = run_checks(ens, sol, alpha)
