@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -844,3 +845,35 @@ def test_a_canonical_state_of_a_huge_bounded_bath_is_refused_quickly(n, beta):
     trajmc.load_model(d)
     d["baths"][0]["dos"]["n"] = 400
     assert "would do" in str(model_error(d))
+
+
+@pytest.mark.regression
+@pytest.mark.parametrize("stop", [1e-3, 3.0, 1e300])
+def test_solve_with_rates_near_the_double_range(stop):
+    """BUG: rates of 1e304 (an exponential bath at beta = 700): scipy's expm returns NaN beyond a norm of ~1e40,
+    solve returned NaN probabilities without a word (and simulate failed with an IndexError building its
+    Delta s_obs reference); at t = 1e300 no route was priced (every cost inf) and eigh, inaccurate there, lost
+    a third of the probability.  Now expm is scaled and squared, and an unpriced class takes it."""
+    d = get_model_dict("two_baths")
+    d["baths"][0]["dos"] = {"model": "exponential", "beta": 700.0}
+    d["initial"] = {"system": [1 / 3] * 3, "baths": [{"state": "microcanonical", "energy": 0},
+                                                    {"state": "microcanonical", "energy": 1}]}
+    d["times"] = {"stop": stop, "num": 3}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no overflow warnings on the way
+        sol = trajmc.solve(d)
+    assert np.all(np.isfinite(sol.p))
+    np.testing.assert_allclose(sol.p.sum(axis=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(sol.p_system()[-1][0], 1.0, atol=1e-12)  # the stiff jumps relax at once
+    with pytest.raises(trajmc.ModelError, match="times.stop"):  # the Monte Carlo refuses: steps below resolution
+        trajmc.simulate(d, trajectories=10, seed=1)
+
+
+def test_scaled_expm_matches_the_closed_form():
+    from trajmc.solver import _stochastic_expm
+
+    for a in (1e10, 1e50, 1e300):
+        W = np.array([[[-a, 1.0], [a, -1.0]]])
+        for dt in (0.5, 1e300):
+            P = _stochastic_expm(W, dt)[0]
+            np.testing.assert_allclose(P, [[1 / (1 + a), 1 / (1 + a)], [a / (1 + a), a / (1 + a)]], rtol=1e-12)

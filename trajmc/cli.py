@@ -217,11 +217,10 @@ def _figures_dir(run_dir):
 def cmd_simulate(args):
     from .engine import resolve_threads
     from .model import load_model
-    from .rundir import default_run_dir, resume_run
+    from .plotting import summary_figure
+    from .rundir import default_run_dir, locked, output_dir, resume_run
 
     threads = resolve_threads(args.threads)
-    from .plotting import summary_figure
-    from .rundir import locked, output_dir
 
     def draw():
         summary_figure(ens, output_dir(run_dir, "figures") / "summary.png")
@@ -241,8 +240,11 @@ def cmd_simulate(args):
         paths = 5 if args.paths is None else args.paths
         args.run_dir = run_dir = Path(args.out) if args.out else default_run_dir(model.name)
         ens = _simulate_into(model, args, paths, run_dir, threads)
-        with locked(run_dir):
-            _figures(draw, "summary")
+
+        def draw_locked():  # the run is complete: a writer that took the directory meanwhile costs only the figure
+            with locked(run_dir):
+                draw()
+        _figures(draw_locked, "summary")
     if not args.quiet:
         _summary(ens, run_dir)
     return 0

@@ -44,6 +44,7 @@ import scipy.sparse as sp
 from scipy.special import ive
 from threadpoolctl import ThreadpoolController
 
+from .errors import UnsupportedError
 from .model import load_model
 from .network import (
     Network,
@@ -292,6 +293,11 @@ def propagate_segments(segments, p0, times, at_switch=None, sink=None, progress=
             if last:
                 cur = nxt
     info["seconds"] = _time.perf_counter() - t_start
+    if out is not None and not np.isfinite(out).all():  # never hand over NaN as a solution
+        raise UnsupportedError("the exact propagation of this model is not finite in double precision (rates "
+                               f"up to {max(float(np.max(nt.exit_rate, initial=0.0)) for _, nt in segments):.3g} "
+                               f"over times up to {float(times.max(initial=0.0)):.3g}); lower kernel.gamma or "
+                               "times.stop")
     if out is not None and vec:
         out = out[:, :, 0]
     return out, info, at_sw
@@ -482,6 +488,7 @@ def _plan(sh, Q, times, r):
         return route
     idx = np.flatnonzero(todo)
     base, shared = costs[:, idx], _shared_costs(sh, idx, times, r)
+    base[2, ~np.isfinite(base).any(axis=0)] = 0.0  # no route priced: expm (scaled and squared) is always accurate
     finite = np.isfinite(base)
     plans = [np.argmin(base + shared(np.ones(len(idx), bool)), axis=0)]
     for prefer in (0, 1):
@@ -555,7 +562,9 @@ def _route_costs(sh, Q, times, r):
     c_cheb = K * (_C_SP * (sh.nnz + 2 * m) * r + _C_MM * nt * m * r)
     dts = np.diff(np.concatenate([[0.0], times]))
     n_dt = max(len(np.unique(np.round(dts[dts > 0], 14))), 1)
-    sq = np.maximum(np.ceil(np.log2(np.maximum(2 * sh.L * max(dts.max(initial=0.0), 1e-300) / 5.4, 1.0))), 0)
+    # squarings, in log space (L dt of 1e304 x 1e300 is not a double; _stochastic_expm scales it)
+    sq = np.maximum(np.ceil(np.log2(np.maximum(2 * sh.L / 5.4, 1e-300)) + math.log2(max(dts.max(initial=0.0),
+                                                                                         1e-300))), 0)
     c_expm = n_dt * (_C_EXPM * m**3 * (sq + 7) + _C_EXPM0) + _C_MM * nt * m * m * r
     c_expm = np.where(dense_ok | ~cheb_ok, c_expm, np.inf)
     costs = np.stack([np.where(eigh_ok, c_eigh, np.inf), np.where(cheb_ok, c_cheb, np.inf), c_expm])
@@ -598,7 +607,8 @@ def _propagate_net_routes(net, Q, times, emit_out, bar):
             vals[zero] = Q[idx][None]
         emit_out(idx, vals)
 
-    route = _plan(sh, Qs, times, r)
+    with np.errstate(over="ignore", divide="ignore"):  # rates near 1e300 times long times: infinite costs
+        route = _plan(sh, Qs, times, r)
     info = {name: int(np.sum(route == i)) for i, name in enumerate(ROUTES + ("empty",))}
     info["chebyshev_terms"] = 0
     bar.update(int(sh.sizes[route == 4].sum()))
@@ -678,9 +688,13 @@ def _run_eigh(sh, blocks, m, Qs, times):
     nb = len(blocks)
     rows = _ranges(sh.starts[blocks], np.full(nb, m))
     half = sh.h[rows].reshape(nb, m)
-    q0 = Qs[rows].reshape(nb, m, -1) / half[:, :, None]
+    # a state whose sqrt(V / V_max) underflowed to 0 holds no probability here (eigh is not taken otherwise):
+    # 0, not 0 / 0
+    q0 = np.divide(Qs[rows].reshape(nb, m, -1), half[:, :, None], out=np.zeros((nb, m, Qs.shape[1])),
+                   where=half[:, :, None] > 0)
     c = np.matmul(U.transpose(0, 2, 1), q0)  # (nb, m, r)
-    expo = np.exp(lam[None, :, :] * times[:, None, None])  # (n_t, nb, m)
+    with np.errstate(over="ignore"):  # lam t of -1e304 x 1e300: -inf, exp 0
+        expo = np.exp(lam[None, :, :] * times[:, None, None])  # (n_t, nb, m)
     q = np.matmul(U[None], expo[..., None] * c[None])  # batched BLAS
     vals = np.maximum(q * half[None, :, :, None], 0.0)
     return rows, vals.reshape(len(times), nb * m, -1)
@@ -689,11 +703,31 @@ def _run_eigh(sh, blocks, m, Qs, times):
 # --------------------------------------------------------------------------- expm
 
 
-def _stochastic_expm(Wt):
-    """``expm`` of generators, each column renormalised to sum 1: scaling and squaring of a stiff
-    generator leaks probability (up to 1e-3 seen); the exact propagator conserves it."""
-    P = scipy.linalg.expm(Wt)
-    return P / P.sum(axis=-2, keepdims=True)
+#: scipy.linalg.expm returns NaN once the norm of its argument passes ~1e40 (measured, scipy 1.17): larger ones
+#: are scaled below this here and squared back
+EXPM_SAFE_NORM = 2.0**60
+
+
+def _stochastic_expm(W, dt):
+    """``expm(W dt)`` of generators, each column renormalised to sum 1: scaling and squaring of a stiff
+    generator leaks probability (up to 1e-3 seen); the exact propagator conserves it.  A norm beyond
+    EXPM_SAFE_NORM (rates near 1e300, or long times) is scaled by 2^-j first (in log space: W dt may not
+    even be finite), then squared j times, renormalised after each squaring."""
+    norm = float(np.abs(W).sum(axis=-2).max()) if W.size else 0.0
+    j = 0
+    if norm > 0 and math.log2(norm) + math.log2(dt) > math.log2(EXPM_SAFE_NORM):
+        j = int(math.ceil(math.log2(norm) + math.log2(dt) - math.log2(EXPM_SAFE_NORM)))
+    if j:  # W 2^-a (norm <= 2^30) times dt 2^(a-j): both factors stay within the double range
+        a = max(0, int(math.ceil(math.log2(norm))) - 30)
+        arg = np.ldexp(W, -a) * math.ldexp(dt, a - j)
+    else:
+        arg = W * dt
+    P = scipy.linalg.expm(arg)
+    P = P / P.sum(axis=-2, keepdims=True)
+    for _ in range(j):
+        P = np.matmul(P, P)
+        P /= P.sum(axis=-2, keepdims=True)
+    return P
 
 
 def _run_expm(sh, blocks, m, Qs, times):
@@ -708,9 +742,9 @@ def _run_expm(sh, blocks, m, Qs, times):
     for k, t in enumerate(times):
         dt = t - t_prev
         if dt > 0:
-            key = round(dt, 14)
+            key = round(float(dt), 14)  # (numpy float64 rounding overflows to inf beyond ~1e294)
             if key not in cache:
-                cache[key] = _stochastic_expm(W * dt)
+                cache[key] = _stochastic_expm(W, dt)
             cur = np.matmul(cache[key], cur)
         out[k] = cur
         t_prev = t
