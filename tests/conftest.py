@@ -23,6 +23,7 @@ from hypothesis import settings  # noqa: E402
 from scipy.special import gammaln  # noqa: E402
 
 import trajmc  # noqa: E402
+from trajmc.cli import main  # noqa: E402
 
 # CI runs property tests derandomised (the same examples every run: a red CI is reproducible); set CI=1
 settings.register_profile("ci", derandomize=True, deadline=None, database=None)
@@ -236,3 +237,25 @@ def pytest_terminal_summary(terminalreporter):
                        "outcomes": [[c, s, o, n] for (c, s, o), n in sorted(mod.TALLY.items())],
                        "samples": [[c, s, o, m] for (c, s, o), m in sorted(mod.SAMPLES.items())],
                        "failures": [list(f) for f in mod.FAILURES]}, fh, indent=1)
+
+
+# --------------------------------------------------------------------------- the command line, in process
+
+def cli(argv):
+    """``main(argv)`` -> exit status (argparse errors exit through SystemExit)."""
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as exc:
+        return exc.code
+
+
+def assert_bad_input(argv, capsys, match=None):
+    rc = cli(argv)
+    out, err = capsys.readouterr()
+    assert rc == 2, (rc, out, err)
+    assert "Traceback" not in err + out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    if match is not None:
+        assert match in lines[0], lines[0]
+    return lines[0]

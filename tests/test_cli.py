@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tomli_w
-from conftest import THREADS, get_model_dict
+from conftest import THREADS, assert_bad_input, cli, get_model_dict
 
 import trajmc
 from trajmc import engine, rundir
@@ -32,25 +32,6 @@ PATHS = ["enumerated", "implicit"]
 EXAMPLE = "qubit-linear-exact"  # 2 levels x 21 bath energies: fast on both paths, exact solution in ms
 ALPHA = "1e-6"
 
-
-def cli(argv):
-    """``main(argv)`` -> exit status (argparse errors exit through SystemExit)."""
-    try:
-        return main([str(a) for a in argv])
-    except SystemExit as exc:
-        return exc.code
-
-
-def assert_bad_input(argv, capsys, match=None):
-    rc = cli(argv)
-    out, err = capsys.readouterr()
-    assert rc == 2, (rc, out, err)
-    assert "Traceback" not in err + out
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    if match is not None:
-        assert match in lines[0], lines[0]
-    return lines[0]
 
 
 def _files(d: Path):

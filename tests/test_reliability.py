@@ -18,33 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomli_w
-from conftest import TABLE_LNV, get_model_dict
+from conftest import TABLE_LNV, assert_bad_input, cli, get_model_dict
 
 import trajmc
 from trajmc import model as model_mod
-from trajmc.cli import main
 
 BASE = "qubit_osc_sqrt"
 EXAMPLE = "qubit-linear-exact"  # 2 levels x 21 bath energies: fast on both paths
 
-
-def cli(argv):
-    try:
-        return main([str(a) for a in argv])
-    except SystemExit as exc:
-        return exc.code
-
-
-def assert_bad_input(argv, capsys, match=None):
-    rc = cli(argv)
-    out, err = capsys.readouterr()
-    assert rc == 2, (rc, out, err)
-    assert "Traceback" not in err + out
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    if match is not None:
-        assert match in lines[0], lines[0]
-    return lines[0]
 
 
 def model_error(source):
