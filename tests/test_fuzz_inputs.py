@@ -134,7 +134,7 @@ def worker():
 
 #: a key path as ModelError writes it: dotted names (quoted when not identifiers) with [i] indices, starting at
 #: the top level of the model
-KEYLIKE = re.compile(r"^(name|system|baths|initial|times|simulation|protocol|[A-Za-z_]\w*|'.*'|\".*\")([.\[]|$)")
+KEYLIKE = re.compile(r"^(name|system|baths|initial|times|simulation|protocol|[^\W\d]\w*|'.*'|\".*\")([.\[]|$)")
 
 
 def _check(cls, stage, res, file_level_ok=False):

@@ -98,7 +98,10 @@ def run_plan_dask(plan, acc, session: DaskSession, progress=None, checkpoint=Non
     client = session.client
     t_start = time.perf_counter()
     wall0 = acc.wall_s
-    compile_s = client.run(engine.compile_kernel)  # once per worker process; numba's cache makes it cheap
+    try:  # once per worker process (numba's cache makes it cheap); a worker that dies meanwhile compiles in its task
+        compile_s = client.run(engine.compile_kernel)
+    except Exception:  # noqa: BLE001 - only the timing is lost; the loss itself is handled below
+        compile_s = {}
     wplan = engine.worker_plan(plan)
     end = plan.n_chunks if stop_after is None else min(plan.n_chunks, stop_after)
     workers = max(session.n_workers(), 1)
