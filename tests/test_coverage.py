@@ -35,12 +35,10 @@ Measured coverages (slow tier, 2044 seeds each; the fast tier's 1000 seeds in br
   small_bath  S_obs 0.946  Sigma 0.948  Sigma_tilde 0.947  S_sh 0.945  I 0.966  D 0.946  E_S 0.947
   two_baths   S_obs 0.940  Sigma 0.952  Sigma_tilde 0.939  S_sh 0.949  I 0.996  D 0.958  E_S 0.954
 
-Known defect (issue 13 item 3): the error bar of the mutual information ``I`` is too wide wherever ``I`` is in
-its second-order regime (I ~ 0): coverage 0.989-0.998 (measured below).  The slow tier marks those columns
-``xfail(strict=True)`` (the powered test rejects them with probability >= 0.997; a fixed estimator makes
-them XPASS, which fails the suite until the mark is removed); the fast tier, without the power to reject
-0.99 reliably, checks only that those bars are not too narrow.  Where ``I`` is first order (the
-``small_bath`` configuration) it is tested like every other column.
+The mutual information ``I`` used to over-cover (0.989-0.998, the figures above) where it is in its
+second-order regime (I ~ 0): its jackknife correction left a bias and its error bar carried the
+jackknife/Miller-Madow disagreement.  With the independence-null correction (trajmc.estimate.independence_bias)
+it is tested like every other column, in both tiers.
 """
 from __future__ import annotations
 
@@ -170,9 +168,6 @@ FAST_CONFIG, FAST_SEED0 = "coverage3", 1_000_000
 FAST = design(tests=len(COLS), seeds=1000)
 POWERED = design(tests=len(COLS) * len(CONFIGS))
 
-#: columns whose bars are known to be too wide (issue 13 item 3); coverage measured on independent seeds
-#: (3000 for coverage3 and small_runs, 2000 for two_baths)
-KNOWN_TOO_WIDE = {("coverage3", "I"): 0.989, ("small_runs", "I"): 0.992, ("two_baths", "I"): 0.998}
 
 
 @dataclasses.dataclass
@@ -232,9 +227,6 @@ def test_design_false_alarm_and_power():
     # the smallest such design: one seed fewer loses the power at one of the alternatives
     fewer = design(d.tests, seeds=d.seeds - 1)
     assert min(fewer.p_fail(c) for c in ALTERNATIVES) < POWER
-    # the known too-wide columns are rejected by the powered test with probability >= 0.997
-    for c in KNOWN_TOO_WIDE.values():
-        assert d.p_fail(c) >= 0.997
 
 
 def test_fast_design_states_its_power():
@@ -292,15 +284,11 @@ def test_error_bars_cover_at_95_percent(col):
     893..988 hits; family-wise false alarm <= 1e-6 over the 7 columns.  Stated power per column (computed in
     test_fast_design_states_its_power): 0.59 at coverage 0.89, 0.70 at 0.99, 0.82 against bars x0.8 (coverage
     0.883) and 0.60 against bars x1.3 (0.989); 1.00 at 0.85 and at 1.0.  The powered version (>= 0.99) is
-    test_error_bars_cover_powered (slow).  For I (bars known to be too wide, KNOWN_TOO_WIDE) only the lower
-    edge is checked: I's bars must not be too narrow."""
+    test_error_bars_cover_powered (slow)."""
     r = _fast_runs()
     k = r.hits()[col]
     band = f"{k}/{FAST.seeds} intervals cover the exact value (band {FAST.kmin}..{FAST.kmax})"
-    if (FAST_CONFIG, col) in KNOWN_TOO_WIDE:
-        assert k >= FAST.kmin, band
-    else:
-        assert FAST.accepts(k), band
+    assert FAST.accepts(k), band
     assert 60 < r.occupied < 95
 
 
@@ -312,10 +300,9 @@ def test_coverage_test_catches_scaled_bars():
     1.000 and 0.976.  If the true coverage is at an edge of the null band, the worst case, the scaled bars
     cover 0.900 and 0.985 and one column is rejected with probability 0.21 and 0.15."""
     r = _fast_runs()
-    cols = [c for c in COLS if (FAST_CONFIG, c) not in KNOWN_TOO_WIDE]
     for scale in (0.8, 1.3):
         h = r.hits(scale)
-        rejected = [c for c in cols if not FAST.accepts(h[c])]
+        rejected = [c for c in COLS if not FAST.accepts(h[c])]
         assert rejected, f"bars x{scale} accepted for every column: {h}"
     assert FAST.p_fail(normal_coverage(0.8 * 1.05)) == pytest.approx(0.21, abs=0.01)
     assert FAST.p_fail(normal_coverage(1.3 * 0.95)) == pytest.approx(0.15, abs=0.01)
@@ -325,16 +312,8 @@ def test_coverage_test_catches_scaled_bars():
 
 
 def _powered_params():
-    out = []
-    for config in CONFIGS:
-        for col in COLS:
-            marks = [pytest.mark.slow]
-            if (config, col) in KNOWN_TOO_WIDE:
-                marks.append(pytest.mark.xfail(strict=True, reason=(
-                    f"issue 13 item 3: I's error bar is too wide in its second-order regime (measured coverage "
-                    f"{KNOWN_TOO_WIDE[config, col]})")))
-            out.append(pytest.param(config, col, marks=marks, id=f"{config}-{col}"))
-    return out
+    return [pytest.param(config, col, marks=[pytest.mark.slow], id=f"{config}-{col}")
+            for config in CONFIGS for col in COLS]
 
 
 @pytest.mark.parametrize("config, col", _powered_params())
@@ -355,10 +334,9 @@ def test_powered_test_catches_scaled_bars(config):
     column does, and one honest column alone is rejected with probability 0.9995 (x0.8, coverage 0.883) and
     0.998 (x1.3, coverage 0.989); in the worst case of the null band (coverage 0.900 / 0.985) with 0.80 / 0.81."""
     r = runs(config, POWERED.seeds, CONFIGS[config][2])
-    cols = [c for c in COLS if (config, c) not in KNOWN_TOO_WIDE]
     for scale in (0.8, 1.3):
         h = r.hits(scale)
-        rejected = [c for c in cols if not POWERED.accepts(h[c])]
+        rejected = [c for c in COLS if not POWERED.accepts(h[c])]
         print(f"\n{r.label}: bars x{scale}: " + ", ".join(f"{c} {h[c] / POWERED.seeds:.4f}" for c in COLS)
               + f"; rejected {rejected}")
         assert rejected, f"{r.label}: bars x{scale} accepted for every column: {h}"
@@ -375,12 +353,11 @@ def test_fast_scaled_bars_power_by_resampling():
     one-column bound 0.82 / 0.60).  Measured 1.000 (x0.8) and 0.976 (x1.3) (0.998 and 0.999 from 3000 other
     seeds); asserted >= 0.95, and honest bars (x1) rejected in < 1% of the sets (measured 0)."""
     r = runs(FAST_CONFIG, POWERED.seeds, CONFIGS[FAST_CONFIG][2])
-    keep = [j for j, c in enumerate(COLS) if (FAST_CONFIG, c) not in KNOWN_TOO_WIDE]
     rng = np.random.default_rng(2)
     idx = rng.integers(0, POWERED.seeds, size=(2000, FAST.seeds))
     power = {}
     for scale in (0.8, 1.0, 1.3):
-        cover = (np.abs(r.diff) <= Z95 * scale * r.se)[:, keep]
+        cover = np.abs(r.diff) <= Z95 * scale * r.se
         h = cover[idx].sum(axis=1)  # (sets, columns)
         power[scale] = float(np.mean(((h < FAST.kmin) | (h > FAST.kmax)).any(axis=1)))
     print(f"\nfast scaled-bars test, resampled: P(reject) = {power}")

@@ -238,9 +238,14 @@ def test_independence_bias_is_the_exact_expected_plugin_bias():
 
 
 def test_independence_bias_restricted_support():
-    """Cells outside the support get no null mass: a support of one cell per level has no bias at all."""
+    """On a support of one cell per level the level determines the bath energy: the restricted null
+    q ~ p_s p_E on the diagonal (q_i ~ p_i^2) is fully dependent, its I = H(q), and the bias is that of the
+    plug-in H(q) (negative), not clipped."""
     cells = np.array([(0, 0), (1, 1), (2, 2)])
-    assert independence_bias(np.array([[50.0, 30.0, 20.0]]), cells)[0] == pytest.approx(0.0, abs=1e-15)
+    c = np.array([[50.0, 30.0, 20.0]])
+    b = independence_bias(c, cells)
+    q = (c[0] / 100) ** 2 / np.sum((c[0] / 100) ** 2)
+    assert b[0] == pytest.approx(np.sum(cell_bias(100, q)), rel=1e-12) and b[0] < 0
 
 
 def test_standard_errors_match_trajectory_influences():
