@@ -6,6 +6,11 @@
   errors: the delta method (the variance of one trajectory's influence), plus the second-order
   chi-square term, plus the disagreement between the jackknife and Miller-Madow corrections (both first
   order: where they differ the run is too sparse to trust either, and the error bar says so).
+* The total correlation ``I`` (and each ``I_b``) on an enumerated network: the plug-in value minus its
+  exact expected bias under the independence null (the product of the observed marginals on the
+  reachable states, :func:`independence_bias`); the first-order corrections leave a bias of several
+  standard errors there, because its rare cells are many and ``I`` itself is small.  Its SE: the influence
+  variance less its null inflation, plus the chi-square term of the null.
 * ``Sigma`` and ``Sigma_tilde`` are differences of estimates from the same trajectories; their
   influence is ``phi_t(x_t) - phi_0(x_0)``, so the time correlation enters: for ``Sigma`` through the
   ``cross`` sums, for ``Sigma_tilde`` through the joint counts of the levels at 0 and t and the heat
@@ -34,7 +39,8 @@ from .thermo import bath_observational_entropy, observational_entropy, relative_
 
 __all__ = ["Estimate", "Marginals", "thermo_estimates", "entropy_bias", "BIAS_CORRECTION", "SE_METHOD"]
 
-BIAS_CORRECTION = "delete-one jackknife (exact from counts); its disagreement with Miller-Madow enters the SE"
+BIAS_CORRECTION = ("delete-one jackknife (exact from counts); its disagreement with Miller-Madow enters the SE. "
+                   "I on an enumerated network: the exact plug-in bias under the independence null")
 SE_METHOD = ("delta method (influence functions, time correlations included) + second-order chi-square term "
              "+ |jackknife - Miller-Madow| bias-correction uncertainty")
 
