@@ -7,7 +7,7 @@ from . import engine as eng
 from .ensemble import Ensemble
 from .errors import ModelError
 from .estimate import BIAS_CORRECTION, SE_METHOD
-from .progress import Progress
+from .progress import Progress, progress_mode
 from .solver import propagate_segments
 
 __all__ = ["simulate", "plan_run", "execute", "make_stats", "check_backend", "backend_kwargs"]
@@ -29,7 +29,7 @@ def plan_run(model, trajectories=None, seed=None, times=None, chunk_size=None, r
 
 
 def simulate(model, trajectories=None, seed=None, threads=None, times=None, chunk_size=None, records=None,
-             paths=0, out=None, progress=None, quiet=True, backend="threads", scheduler=None, workers=None,
+             paths=0, out=None, progress=None, quiet=None, backend="threads", scheduler=None, workers=None,
              engine=None, memory_budget=None, max_jumps=None, trajectory_entropy=None, overwrite=False) -> Ensemble:
     """Sample trajectories of the Pauli MME by exact Gillespie simulation.
 
@@ -48,8 +48,10 @@ def simulate(model, trajectories=None, seed=None, threads=None, times=None, chun
     out : path, optional   run directory: written as the run goes, so an interrupted run can be resumed; locked
         while it is written (a second writer is refused).  An existing directory is used only if it is empty
     overwrite : bool   replace an existing run directory ``out`` (only one that holds nothing but trajmc's files)
-    progress : bool, optional   report progress: a bar on a terminal, a status line every ~10 s otherwise
-        (default: unless ``quiet``)
+    progress : bool or str, optional   report progress on stderr: None, True or "auto" (default) a bar on a
+        terminal and a status line every ~10 s otherwise (batch jobs); "tqdm" always a bar, "text" always status
+        lines; False or "" nothing (see :mod:`trajmc.progress`)
+    quiet : bool, optional   True: no progress report (the same as ``progress=False``)
     backend : "threads" | "dask"   where chunks run; the result is bit-identical either way
     scheduler : str, optional   address of a running Dask scheduler (dask backend); None starts a
         LocalCluster of ``workers`` processes (default 2) and closes it afterwards
@@ -67,6 +69,7 @@ def simulate(model, trajectories=None, seed=None, threads=None, times=None, chun
     -------
     Ensemble
     """
+    progress = _progress_flag(progress, quiet)
     plan = plan_run(model, trajectories, seed, times, chunk_size, records, paths, engine, threads, memory_budget,
                     max_jumps, trajectory_entropy)
     threads = eng.resolve_threads(threads)
@@ -81,10 +84,10 @@ def simulate(model, trajectories=None, seed=None, threads=None, times=None, chun
             from .rundir import RunWriter
 
             writer = RunWriter.create(out, plan, overwrite=overwrite)
-            return writer.run(threads, progress=_progress_flag(progress, quiet), backend=backend,
+            return writer.run(threads, progress=progress, backend=backend,
                               scheduler=session)
         acc = eng.new_accumulators(plan)
-        return execute(plan, acc, threads, _progress_flag(progress, quiet), backend=backend, scheduler=session)
+        return execute(plan, acc, threads, progress, backend=backend, scheduler=session)
     finally:
         if session is not None:
             session.close()
@@ -110,24 +113,24 @@ def check_backend(backend, scheduler=None, workers=None):
 
 
 def _progress_flag(progress, quiet):
-    """A bar on a terminal, a status line every ~10 s otherwise (batch jobs), nothing when quiet."""
-    if progress is None:
-        return not quiet
-    return bool(progress)
+    """The ``progress=`` value to use: ``progress`` itself, or off when it is not given and ``quiet`` is."""
+    if progress is None and quiet:
+        return False
+    progress_mode(progress)  # a bad value is refused before any work
+    return progress
 
 
 def execute(plan, acc, threads, show_progress=False, checkpoint=None, backend="threads", scheduler=None,
             workers=None) -> Ensemble:
     """Run the remaining chunks of ``plan`` into ``acc`` and wrap the result."""
     compile_s = eng.compile_kernel()
-    bar = Progress(plan.n_chunks, desc=f"{plan.model.name} ({plan.path})", unit="chunks", enabled=show_progress)
-    bar.update(acc.chunks_done)
-
-    def cb(k):
-        bar.update(k - bar.done)
     t0 = time.perf_counter()
     info = {"backend": "threads"}
-    try:
+    with Progress(plan.n_chunks, desc=f"simulate {plan.model.name} ({plan.path})", unit="chunks",
+                  enabled=show_progress, initial=acc.chunks_done) as bar:
+
+        def cb(k):
+            bar.update(k - bar.done)
         if backend == "dask":
             from .cluster import DaskSession, run_plan_dask
 
@@ -141,8 +144,6 @@ def execute(plan, acc, threads, show_progress=False, checkpoint=None, backend="t
             threads = info["workers"]
         else:
             eng.run_plan(plan, acc, threads, progress=cb, checkpoint=checkpoint)
-    finally:
-        bar.close()
     stats = make_stats(plan, acc, threads, compile_s, time.perf_counter() - t0)
     stats.update(info)
     return Ensemble(plan, acc, stats)
