@@ -25,7 +25,7 @@ import pandas as pd
 from . import fluctuations as fl
 from . import references
 from .errors import ModelError, RunError
-from .progress import Progress, progress_mode
+from .progress import Progress, use_progress
 from .references import work_beta
 from .rundir import atomic_text, load_run, locked, output_dir
 
@@ -57,7 +57,7 @@ def _choose_times(times, chosen=None):
     return [i for i in idx if 0 < i < n]  # (a run sampled at t = 0 only has no heat yet)
 
 
-def heat_tables(ens, sol, idx, baths=None):
+def heat_tables(ens, sol, idx, baths=None, progress=False):
     """Per bath (every one, or those named in ``baths``): distribution table and cumulant table (MC ± SE,
     exact when the solution exists)."""
     if not idx:
@@ -72,7 +72,7 @@ def heat_tables(ens, sol, idx, baths=None):
         q = np.arange(w.qlo[nu], w.qlo[nu] + w.qwid[nu])
         exact_d = exact_k = None
         if sol is not None:
-            exact_d = fl.heat_distribution(sol.segments, nu, ens.times[idx])
+            exact_d = fl.heat_distribution(sol.segments, nu, ens.times[idx], progress=progress)
             if exact_d is not None:  # the exact distribution has every moment; no second propagation
                 exact_k = fl.cumulants_from_distribution(*exact_d)
             elif 4 * sol.network.n_states <= COUNTING_LIMIT:
@@ -309,13 +309,13 @@ def analyze(ens, sol, times=None, bath=None, progress=False):
     baths, times = check_selection(ens.model, ens.times, bath, times)
     idx = _choose_times(ens.times, times)
     with Progress(5, desc="analyze", unit="steps", enabled=progress) as bar:
-        return _analyze(ens, sol, idx, baths, bar)
+        return _analyze(ens, sol, idx, baths, bar, progress)
 
 
-def _analyze(ens, sol, idx, baths, bar):
+def _analyze(ens, sol, idx, baths, bar, progress):
     out = {}
     bar.set_description("analyze (heat)")
-    out["heat_distribution"], out["heat_cumulants"] = heat_tables(ens, sol, idx, baths)
+    out["heat_distribution"], out["heat_cumulants"] = heat_tables(ens, sol, idx, baths, progress)
     bar.update(1)
     bar.set_description("analyze (activity)")
     out["activity"] = activity_table(ens, sol)
@@ -375,7 +375,14 @@ def analyze_run(run_dir, times=None, quiet=False, progress=None, bath=None, out=
     """
     if progress is None and quiet:
         progress = False
-    progress_mode(progress)  # a bad value is refused before any work
+    with use_progress(progress):  # (a bad value is refused before any work)
+        res, ens, sol, tdir = _analyze_run(Path(run_dir), times, progress, bath, out)
+    if not quiet:
+        _print_summary(ens, res, tdir, sol)
+    return res, ens
+
+
+def _analyze_run(run_dir, times, progress, bath, out):
     run_dir = Path(run_dir)
     if out is None:
         output_dir(run_dir, "analysis", create=False)  # a symbolic link there is refused before any work
@@ -399,9 +406,7 @@ def analyze_run(run_dir, times=None, quiet=False, progress=None, bath=None, out=
         for name, val in res.items():
             if isinstance(val, pd.DataFrame):
                 atomic_text(tdir / f"{name}.csv", val.to_csv(index=False))
-    if not quiet:
-        _print_summary(ens, res, tdir, sol)
-    return res, ens
+    return res, ens, sol, tdir
 
 
 def _print_summary(ens, res, tdir, sol):

@@ -13,6 +13,10 @@ values of :data:`PROGRESS_CHOICES`, in the spirit of QuTiP's ``progress_bar``:
 False, ``""``      nothing
 =================  =================================================================================
 
+Inside :func:`use_progress` (which those entry points apply to their own ``progress=``), a ``None`` given to
+the work they call means the entry point's choice: ``validate_run(run, progress=False)`` silences every
+step below it.
+
 Short work prints nothing: a bar appears only after ``delay`` seconds, the first status line after
 ``interval`` seconds.  Between updates a background thread keeps the status lines coming (a single
 chunk of a simulation may run for hours: the log still shows that the job is alive).
@@ -23,6 +27,8 @@ chunk of a simulation may run for hours: the log still shows that the job is ali
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import sys
 import threading
 import time
@@ -31,10 +37,34 @@ from tqdm import tqdm
 
 from .errors import ModelError
 
-__all__ = ["Progress", "progress_mode", "PROGRESS_CHOICES"]
+__all__ = ["Progress", "progress_mode", "use_progress", "PROGRESS_CHOICES"]
 
 #: the values ``progress=`` accepts, besides None, True and False
 PROGRESS_CHOICES = ("auto", "tqdm", "text", "")
+#: what ``progress=None`` means here (set by :func:`use_progress`)
+_CURRENT = contextvars.ContextVar("trajmc_progress", default="auto")
+
+
+@contextlib.contextmanager
+def use_progress(progress):
+    """Within the ``with`` block, ``progress=None`` means ``progress`` (None: keep the enclosing choice).
+
+    Parameters
+    ----------
+    progress : bool, str or None
+        A ``progress=`` value (see :func:`progress_mode`).
+
+    Yields
+    ------
+    str
+        The mode now in force: ``"auto"``, ``"tqdm"``, ``"text"`` or ``"off"``.
+    """
+    mode = progress_mode(progress)
+    token = _CURRENT.set(mode)
+    try:
+        yield mode
+    finally:
+        _CURRENT.reset(token)
 
 
 def progress_mode(progress) -> str:
@@ -43,8 +73,9 @@ def progress_mode(progress) -> str:
     Parameters
     ----------
     progress : bool, str or None
-        None, True or ``"auto"``: a bar on a terminal, status lines otherwise; ``"tqdm"``: a bar;
-        ``"text"``: status lines; False or ``""``: nothing.
+        True or ``"auto"``: a bar on a terminal, status lines otherwise; ``"tqdm"``: a bar;
+        ``"text"``: status lines; False or ``""``: nothing; None: the choice of the enclosing
+        :func:`use_progress` (``"auto"`` outside any).
 
     Returns
     -------
@@ -56,7 +87,9 @@ def progress_mode(progress) -> str:
     ModelError
         For any other value; the message lists the valid ones.
     """
-    if progress is None or progress is True:
+    if progress is None:
+        return _CURRENT.get()
+    if progress is True:
         return "auto"
     if progress is False or progress == "":
         return "off"
@@ -78,7 +111,8 @@ class Progress:
     unit : str
         Name of a unit, e.g. ``"chunks"``.
     enabled : bool, str or None
-        A ``progress=`` value (see :func:`progress_mode`); None means "auto".
+        A ``progress=`` value (see :func:`progress_mode`); None means the enclosing :func:`use_progress`'s
+        choice, "auto" outside any.
     stream : file, optional
         Where to write (default ``sys.stderr``).
     interval : float

@@ -1,6 +1,7 @@
 """Public Monte Carlo API: :func:`simulate` (plan, run on threads or Dask, write a run directory)."""
 from __future__ import annotations
 
+import functools
 import time
 
 from . import engine as eng
@@ -13,19 +14,20 @@ from .solver import propagate_segments
 __all__ = ["simulate", "plan_run", "execute", "make_stats", "check_backend", "backend_kwargs"]
 
 
-def exact_p(segments, times):
+def exact_p(segments, times, progress=False):
     """The exact ``p_x(t)`` on the plan's network (the reference of the streamed ``Delta s_obs``)."""
-    p, _, _ = propagate_segments(segments, segments[0][1].p0, times)
+    p, _, _ = propagate_segments(segments, segments[0][1].p0, times, progress=progress,
+                                 desc="exact p_x(t) (entropy reference)")
     return p
 
 
 def plan_run(model, trajectories=None, seed=None, times=None, chunk_size=None, records=None, paths=0, engine_=None,
-             threads=None, memory_budget=None, max_jumps=None, trajectory_entropy=None) -> eng.Plan:
-    """:func:`trajmc.eng.make_plan` with the exact solver as the entropy reference."""
+             threads=None, memory_budget=None, max_jumps=None, trajectory_entropy=None, progress=False) -> eng.Plan:
+    """:func:`trajmc.eng.make_plan` with the exact solver as the entropy reference (``progress``: its report)."""
     return eng.make_plan(model, trajectories, seed, times, chunk_size, records, paths, engine=engine_,
                             memory_budget=memory_budget, max_jumps=max_jumps,
                             threads=eng.resolve_threads(threads), trajectory_entropy=trajectory_entropy,
-                            exact=exact_p)
+                            exact=functools.partial(exact_p, progress=progress))
 
 
 def simulate(model, trajectories=None, seed=None, threads=None, times=None, chunk_size=None, records=None,
@@ -71,7 +73,7 @@ def simulate(model, trajectories=None, seed=None, threads=None, times=None, chun
     """
     progress = _progress_flag(progress, quiet)
     plan = plan_run(model, trajectories, seed, times, chunk_size, records, paths, engine, threads, memory_budget,
-                    max_jumps, trajectory_entropy)
+                    max_jumps, trajectory_entropy, progress=progress)
     threads = eng.resolve_threads(threads)
     backend = check_backend(backend, scheduler, workers)
     session = None

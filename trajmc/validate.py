@@ -19,7 +19,7 @@ from scipy.stats import norm
 
 from . import engine, references
 from . import fluctuations as fl
-from .progress import Progress, progress_mode
+from .progress import Progress, use_progress
 from .references import pauli_marginal, work_beta
 from .rundir import atomic_text, load_run, locked
 from .stats import g_test, holm, z_pvalue
@@ -613,8 +613,7 @@ def validate_run(run_dir, alpha=1e-3, progress=None):
     tuple
         (passed : bool, results : list of CheckResult, ensemble : Ensemble, exact solution : Solution or None).
     """
-    progress_mode(progress)  # a bad value is refused before any work
-    with locked(run_dir):  # a second writer is refused
+    with use_progress(progress), locked(run_dir):  # (a bad progress value is refused first); one writer
         return _validate_run(Path(run_dir), alpha, progress)
 
 
