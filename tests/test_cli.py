@@ -817,3 +817,12 @@ def test_commands_report_progress_unless_quiet(status_at_every_update, tmp_path,
         q = [a if a != d or argv[0] != "simulate" else quiet_dir for a in argv]
         assert cli([*q, "--quiet"]) in (0, 1)
         assert capsys.readouterr().err == "", argv
+
+
+def test_import_loads_neither_dask_nor_matplotlib():
+    """``import trajmc`` and the command line's module leave the optional and the slow packages unloaded."""
+    code = ("import sys, trajmc, trajmc.cli; print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'dask', 'distributed', 'matplotlib'}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

@@ -4,9 +4,9 @@ One parser, one small function per subcommand calling the public API.  Any
 user error prints one line to stderr and exits with status 2.  Long work reports progress on stderr (a bar
 on a terminal, a status line every ~10 s otherwise); ``--quiet`` silences it.
 
-The plotting, validation and analysis modules are imported by the commands that use them (matplotlib and
-scipy.stats would slow down ``--help`` and every other command); the Dask backend only with
-``--backend dask`` (an optional dependency).
+The plotting and validation modules are imported by the commands that use them (matplotlib and scipy.stats
+would slow down ``--help`` and every other command by ~2 s); the Dask packages only for the Dask backend
+(an optional dependency, :func:`trajmc.cluster.require_dask`).
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import pandas as pd
 from . import cluster
 from ._validate import show
 from ._version import __version__
+from .analyze import analyze_run
 from .engine import Interrupted, resolve_threads
 from .errors import TrajmcError
 from .examples import DEFAULT_EXAMPLE, get_example, list_examples
@@ -96,8 +97,8 @@ def _add_sim_options(p):
                    help="enumerated network (full joint p_x(t)) or implicit per-bath rate tables (marginals; any "
                         "size); default: the model's simulation.engine, else auto")
     p.add_argument("--records", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep every trajectory's state at every sample time (default: off; all statistics are "
-                        "streamed)")
+                   help="keep every trajectory's state at every sample time in records.npz, or not (default: the "
+                        "model's simulation.records, else off: all statistics are streamed)")
     p.add_argument("--memory-budget", metavar="SIZE",
                    help="refuse runs estimated to need more memory, e.g. 4GiB (default: TRAJMC_MEMORY_BUDGET or half "
                         "the RAM)")
@@ -370,7 +371,6 @@ def cmd_validate(args):
 
 
 def cmd_analyze(args):
-    from .analyze import analyze_run  # scipy.stats: keeps --help and the other commands fast
     from .plotting import analysis_figures  # matplotlib: keeps --help and the other commands fast
 
     path = Path(args.run_dir)

@@ -5,6 +5,7 @@ import functools
 import time
 
 from . import engine as eng
+from .cluster import DaskSession, run_plan_dask
 from .ensemble import Ensemble
 from .errors import ModelError
 from .estimate import BIAS_CORRECTION, SE_METHOD
@@ -78,12 +79,10 @@ def simulate(model, trajectories=None, seed=None, threads=None, times=None, chun
     backend = check_backend(backend, scheduler, workers)
     session = None
     if backend == "dask":  # connect (or start the cluster) before anything is written
-        from .cluster import DaskSession
-
         session = DaskSession(scheduler, workers)
     try:
         if out is not None:
-            from .rundir import RunWriter
+            from .rundir import RunWriter  # circular: rundir imports this module
 
             writer = RunWriter.create(out, plan, overwrite=overwrite)
             return writer.run(threads, progress=progress, backend=backend,
@@ -134,8 +133,6 @@ def execute(plan, acc, threads, show_progress=False, checkpoint=None, backend="t
         def cb(k):
             bar.update(k - bar.done)
         if backend == "dask":
-            from .cluster import DaskSession, run_plan_dask
-
             own = not isinstance(scheduler, DaskSession)  # a session passed in stays open for its owner
             session = DaskSession(scheduler, workers) if own else scheduler
             try:
