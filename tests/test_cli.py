@@ -805,14 +805,14 @@ def test_commands_report_progress_unless_quiet(status_at_every_update, tmp_path,
     d = tmp_path / "r"
     name = trajmc.get_example(EXAMPLE)["name"]
     for argv, what in ((["simulate", "--example", EXAMPLE, "--trajectories", 2000, "--chunk-size", 500, "--out", d],
-                        f"trajmc: simulate {name} (enumerated): 4/4 chunks (100%)"),
-                       (["validate", d, "--alpha", ALPHA], "trajmc: validate ("),
-                       (["analyze", d], "trajmc: analyze (exchange FT): 5/5 steps (100%)"),
-                       (["solve", "--example", EXAMPLE], f"trajmc: solve {name}: ")):
+                        f"simulate {name} (enumerated): 4/4 chunks (100%)"),
+                       (["validate", d, "--alpha", ALPHA], "validate ("),
+                       (["analyze", d], "analyze (exchange FT): 5/5 steps (100%)"),
+                       (["solve", "--example", EXAMPLE], f"solve {name}: ")):
         assert cli(argv) in (0, 1)
         out, err = capsys.readouterr()
         assert what in err, (argv, err)
-        assert "trajmc: " not in out  # progress goes to stderr only
+        assert what not in out  # progress goes to stderr only
         quiet_dir = tmp_path / f"q-{argv[0]}"
         q = [a if a != d or argv[0] != "simulate" else quiet_dir for a in argv]
         assert cli([*q, "--quiet"]) in (0, 1)

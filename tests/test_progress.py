@@ -61,17 +61,17 @@ def test_a_status_line_every_interval_then_a_last_one():
     assert lines(out) == []
     clock.t += 0.1  # 10 s since the start
     bar.update(10)
-    assert lines(out) == ["trajmc: work: 20/100 chunks (20%), 10 s elapsed, ~40 s left"]
+    assert lines(out) == ["work: 20/100 chunks (20%), 10 s elapsed, ~40 s left"]
     clock.t += 5
     bar.update(5)
     assert len(lines(out)) == 1  # 5 s since the last line
     clock.t += 5
     bar.set_description("work (stage 2)")
     bar.update(5)
-    assert lines(out)[-1] == "trajmc: work (stage 2): 30/100 chunks (30%), 20 s elapsed, ~47 s left"
+    assert lines(out)[-1] == "work (stage 2): 30/100 chunks (30%), 20 s elapsed, ~47 s left"
     clock.t += 180
     bar.close()
-    assert lines(out)[-1] == "trajmc: work (stage 2): 100/100 chunks (100%), 3 min 20 s done after"
+    assert lines(out)[-1] == "work (stage 2): 100/100 chunks (100%), 3 min 20 s done after"
     assert len(lines(out)) == 3
 
 
@@ -82,7 +82,7 @@ def test_poll_reports_without_an_update():
     assert lines(out) == []
     clock.t += 3 * 3600 + 120
     bar.poll()
-    assert lines(out) == ["trajmc: work: 0/100 chunks (0%), 3 h 02 min elapsed"]
+    assert lines(out) == ["work: 0/100 chunks (0%), 3 h 02 min elapsed"]
 
 
 def test_the_time_left_comes_from_this_session_s_pace():
@@ -90,7 +90,7 @@ def test_the_time_left_comes_from_this_session_s_pace():
     bar, clock, out = text_progress(initial=50)
     clock.t += 10
     bar.update(10)
-    assert lines(out) == ["trajmc: work: 60/100 chunks (60%), 10 s elapsed, ~40 s left"]
+    assert lines(out) == ["work: 60/100 chunks (60%), 10 s elapsed, ~40 s left"]
 
 
 def test_work_cut_short_says_stopped():
@@ -99,7 +99,7 @@ def test_work_cut_short_says_stopped():
         clock.t += 11
         bar.update(3)
         raise KeyboardInterrupt
-    assert lines(out)[-1] == "trajmc: work: 3/100 chunks (3%), 11 s stopped after"
+    assert lines(out)[-1] == "work: 3/100 chunks (3%), 11 s stopped after"
 
 
 @pytest.mark.parametrize("off", [False, ""])
@@ -158,8 +158,8 @@ def test_heartbeat_reports_while_no_update_arrives():
     thread = bar._thread
     bar.close()
     assert not thread.is_alive()
-    assert re.match(r"trajmc: alive: 0/5 chunks \(0%\), \d+ s elapsed", lines(log)[0])
-    assert re.match(r"trajmc: alive: 5/5 chunks \(100%\), \d+ s done after", lines(log)[-1])
+    assert re.match(r"alive: 0/5 chunks \(0%\), \d+ s elapsed", lines(log)[0])
+    assert re.match(r"alive: 5/5 chunks \(100%\), \d+ s done after", lines(log)[-1])
 
 
 def test_a_broken_stream_never_fails_the_work():
@@ -187,14 +187,14 @@ def every_update(monkeypatch):
 
 
 def _status(err, what):
-    return [ln for ln in err.splitlines() if ln.startswith(f"trajmc: {what}")]
+    return [ln for ln in err.splitlines() if ln.startswith(what)]
 
 
 def test_simulate_progress(every_update, capsys, tmp_path):
     md = trajmc.get_example(EXAMPLE)
     trajmc.simulate(md, trajectories=2000, chunk_size=500, seed=1, threads=THREADS, progress="text")
     st = _status(capsys.readouterr().err, f"simulate {md['name']}")
-    assert st and st[-1].startswith(f"trajmc: simulate {md['name']} (enumerated): 4/4 chunks (100%)")
+    assert st and st[-1].startswith(f"simulate {md['name']} (enumerated): 4/4 chunks (100%)")
     for quiet in ({"progress": False}, {"quiet": True}, {"progress": ""}):
         trajmc.simulate(md, trajectories=2000, chunk_size=500, seed=1, threads=THREADS, **quiet)
         assert capsys.readouterr().err == "", quiet
@@ -219,7 +219,7 @@ def test_validate_and_analyze_progress(every_update, capsys, tmp_path):
     validate.validate_run(d, 1e-6, progress="text")
     err = capsys.readouterr().err
     checks = _status(err, "validate")
-    assert checks[-1].startswith(f"trajmc: validate ({list(validate.CHECKS)[-1]}): {len(validate.CHECKS)}/"
+    assert checks[-1].startswith(f"validate ({list(validate.CHECKS)[-1]}): {len(validate.CHECKS)}/"
                                  f"{len(validate.CHECKS)} checks (100%)")
     assert _status(err, "solve")  # the exact reference reports too
     validate.validate_run(d, 1e-6, progress=False)
@@ -227,7 +227,7 @@ def test_validate_and_analyze_progress(every_update, capsys, tmp_path):
 
     analyze.analyze_run(d, quiet=True, progress="text")
     out, err = capsys.readouterr()
-    assert out == "" and _status(err, "analyze (")[-1].startswith("trajmc: analyze (exchange FT): 5/5 steps (100%)")
+    assert out == "" and _status(err, "analyze (")[-1].startswith("analyze (exchange FT): 5/5 steps (100%)")
     analyze.analyze_run(d, quiet=True)  # quiet: no progress unless asked for
     assert capsys.readouterr().err == ""
     with pytest.raises(ModelError, match="progress"):

@@ -52,8 +52,9 @@ def require_dask():
         import distributed  # (optional dependency, trajmc[cluster]: imported only for the Dask backend)
     except ImportError as exc:
         missing = exc.name or "dask"
-        raise TrajmcError(f"backend: the Dask backend (--backend dask, --workers, --scheduler) needs the optional "
-                          f"packages dask and distributed ({missing!r} is not installed): {INSTALL_HINT}") from None
+        raise TrajmcError(f"backend: the Dask backend (backend='dask'; --backend dask, --workers or --scheduler) "
+                          f"needs the optional packages dask and distributed ({missing!r} is not installed): "
+                          f"{INSTALL_HINT}") from None
     return distributed
 
 

@@ -214,7 +214,7 @@ class Progress:
                if new > 0 and frac < 1 and final is None else "")
         state = {None: "elapsed", True: "done after", False: "stopped after"}[final]
         try:
-            print(f"trajmc: {self.desc}: {self.done:,}/{self.total:,} {self.unit} ({100 * frac:.0f}%), "
+            print(f"{self.desc}: {self.done:,}/{self.total:,} {self.unit} ({100 * frac:.0f}%), "
                   f"{_duration(el)} {state}{eta}", file=self.stream, flush=True)
         except (OSError, ValueError):  # a closed or broken stream: progress is never worth failing the work
             self.mode = "off"
