@@ -261,8 +261,72 @@ def test_analyze_bad_input(tmp_path, capsys):
     assert_bad_input(["analyze", tmp_path], capsys, match="not a trajmc run directory")
     f = tmp_path / "m.toml"
     f.write_text("x = 1")
-    assert_bad_input(["analyze", f], capsys, match="run directory")
+    err = assert_bad_input(["analyze", f], capsys, match="run directory")
+    assert "model file" in err and f"trajmc simulate {f} --out RUN_DIR" in err  # says what it needs
+    g = tmp_path / "notes.txt"
+    g.write_text("x")
+    assert_bad_input(["analyze", g], capsys, match="not a file")
     assert_bad_input(["analyze"], capsys)
+
+
+@pytest.fixture(scope="module")
+def two_bath_run(tmp_path_factory):
+    """A run of the two-bath test model (baths A and C)."""
+    base = tmp_path_factory.mktemp("two")
+    f = _model_file(base, get_model_dict("two_baths"))
+    d = base / "run"
+    assert cli(["simulate", f, "--trajectories", 1500, "--seed", 4, "--engine", "enumerated", "--out", d,
+                "--quiet"]) == 0
+    return d
+
+
+def _copy(run, tmp_path):
+    import shutil
+
+    d = tmp_path / "run"
+    shutil.copytree(run, d)
+    return d
+
+
+def test_analyze_bath_and_times(two_bath_run, tmp_path, capsys):
+    d = _copy(two_bath_run, tmp_path)
+    times = trajmc.load_run(d).times
+    asked = [times[2] + 0.01, times[-1]]  # read at the nearest sample times
+    assert cli(["analyze", d, "--bath", "C", "--times", *asked, "--quiet"]) == 0
+    cum = pd.read_csv(d / "analysis" / "heat_cumulants.csv")
+    assert set(cum.bath) == {"C"}
+    np.testing.assert_allclose(sorted(set(cum.t)), [times[2], times[-1]])
+    dist = pd.read_csv(d / "analysis" / "heat_distribution.csv")
+    assert set(dist.bath) == {"C"}
+    assert cli(["analyze", d, "--bath", "A", "--bath", "C", "--quiet"]) == 0  # both, default times
+    cum = pd.read_csv(d / "analysis" / "heat_cumulants.csv")
+    assert set(cum.bath) == {"A", "C"} and len(set(cum.t)) == 3
+
+
+def test_analyze_bad_bath_and_times_list_what_is_valid(two_bath_run, tmp_path, capsys):
+    d = _copy(two_bath_run, tmp_path)
+    err = assert_bad_input(["analyze", d, "--bath", "B"], capsys, match="bath")
+    assert "'B'" in err and "A, C" in err
+    t_end = trajmc.load_run(d).times[-1]
+    err = assert_bad_input(["analyze", d, "--times", 2 * t_end + 1], capsys, match="times")
+    assert f"0 .. {t_end:g}" in err
+    assert not (d / "analysis").exists()  # refused before anything was written
+
+
+def test_analyze_out_folder(two_bath_run, tmp_path, capsys):
+    d = _copy(two_bath_run, tmp_path)
+    before = _files(d)
+    o = tmp_path / "elsewhere" / "an"
+    assert cli(["analyze", d, "--out", o]) == 0
+    out = capsys.readouterr().out
+    assert f"tables in {o}" in out and f"figures in {o / 'figures'}" in out
+    assert (o / "heat_cumulants.csv").is_file() and (o / "activity.csv").is_file()
+    assert any(p.suffix == ".png" for p in (o / "figures").iterdir())
+    assert _files(d) == before  # nothing written into the run directory
+    assert_bad_input(["analyze", d, "--out", d / "mine"], capsys, match="inside the run directory")
+    (tmp_path / "file").write_text("x")
+    assert_bad_input(["analyze", d, "--out", tmp_path / "file"], capsys, match="not a directory")
+    assert _files(d) == before
 
 
 # --------------------------------------------------------------------------- examples, solve
@@ -278,16 +342,39 @@ def test_examples_lists_names(capsys):
         trajmc.load_model(trajmc.get_example(n))
 
 
-def test_solve_prints_table(capsys):
-    assert cli(["solve", "--example", "qubit-oscillators"]) == 0
-    out = capsys.readouterr().out
+def _printed_table(out):
+    """The table ``solve`` prints: (columns, times, values (n_rows, n_columns))."""
     lines = out.strip().splitlines()
-    for c in ("S_obs", "Sigma", "Sigma_tilde", "E_S"):
-        assert c in lines[0]
-    rows = [ln for ln in lines if ln.strip()[:1].isdigit()]
-    assert len(rows) >= 5
-    first = rows[0].split()
-    assert float(first[0]) == 0.0 and float(first[2]) == 0.0  # t = 0: Sigma = 0
+    cols = lines[0].split()
+    assert lines[1].split() == ["t"]
+    rows = np.array([[float(v) for v in ln.split()] for ln in lines[2:]])
+    assert rows.shape[1] == len(cols) + 1
+    return cols, rows[:, 0], rows[:, 1:]
+
+
+@pytest.mark.parametrize("example", ["two-baths", "driven-qubit"])
+def test_solve_prints_every_time_with_p_s_heat_and_work(capsys, example):
+    assert cli(["solve", "--example", example]) == 0
+    cols, t, vals = _printed_table(capsys.readouterr().out)
+    sol = trajmc.solve(trajmc.get_example(example), progress=False)
+    th, ps = sol.thermo(), np.asarray(sol.p_system())
+    driven = bool(sol.model.protocol)
+    assert cols == ([f"p_{s}" for s in range(ps.shape[1])] + ["S_obs", "Sigma", "Sigma_tilde", "S_sh", "I", "D", "E_S"]
+                    + [f"Q_{b}" for b in sol.model.bath_names] + (["W"] if driven else []))
+    np.testing.assert_allclose(t, sol.times, rtol=1e-5)  # every time, the last included
+    want = np.column_stack([ps] + [th[c].to_numpy() for c in cols[ps.shape[1]:]])
+    np.testing.assert_allclose(vals, want, rtol=1e-5, atol=1e-12)  # printed to 6 significant digits
+    if driven:
+        assert vals[-1, cols.index("W")] > 0  # the driven example does work on the system
+
+
+@pytest.mark.parametrize("every", [1, 3, 7, 1000])
+def test_solve_every_keeps_the_last_time(capsys, every):
+    assert cli(["solve", "--example", "two-baths", "--every", every, "--quiet"]) == 0
+    _, t, _ = _printed_table(capsys.readouterr().out)
+    times = trajmc.load_model(trajmc.get_example("two-baths")).times
+    want = list(times[::every]) + ([] if (len(times) - 1) % every == 0 else [times[-1]])
+    np.testing.assert_allclose(t, want, rtol=1e-5)
 
 
 def test_solve_csv(tmp_path):
@@ -335,6 +422,11 @@ def test_solve_csv(tmp_path):
     (["validate", "--example", EXAMPLE, "--trajectories", "1.5"], "1.5"),
     (["validate", "nosuch.toml", "--example", EXAMPLE], "not two"),
     (["solve", "--example", "nosuch"], "nosuch"),
+    (["solve", "--example", EXAMPLE, "--every", "0"], "--every"),
+    (["solve", "--example", EXAMPLE, "--every", "2.5"], "--every"),
+    (["simulate", "--example", EXAMPLE, "--backend", "threads", "--workers", "2"], "--backend dask"),
+    (["analyze", "somewhere", "--times", "x"], "--times"),
+    (["analyze", "somewhere", "--times", "-1"], "--times"),
     (["nosuchcommand"], None),
     ([], None),
 ])
@@ -450,14 +542,52 @@ def test_model_and_example_together(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def _actions(parser, name="trajmc"):
+    import argparse
+
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sub, p in a.choices.items():
+                yield from _actions(p, sub)
+        else:
+            yield name, a
+
+
+def test_every_argument_has_help_text():
+    import argparse
+
+    seen = 0
+    for cmd, a in _actions(build_parser()):
+        assert a.help and a.help != argparse.SUPPRESS and len(a.help) > 10, (cmd, a.option_strings or a.dest)
+        seen += 1
+    assert seen > 40
+
+
+def test_example_choices_are_listed(capsys):
+    """An unknown example, in every command that takes one, is refused with the list of the known ones."""
+    for cmd in ("simulate", "validate", "solve"):
+        err = assert_bad_input([cmd, "--example", "nosuch"], capsys, match="nosuch")
+        for name in trajmc.list_examples():
+            assert name in err, (cmd, name)
+    for opt, choices in (("--engine", ("auto", "enumerated", "implicit")), ("--backend", ("threads", "dask"))):
+        err = assert_bad_input(["simulate", "--example", EXAMPLE, opt, "nosuch"], capsys, match=opt)
+        for c in choices:
+            assert f"'{c}'" in err
+
+
 def test_parser_lists_subcommands_and_options():
     ap = build_parser()
     text = ap.format_help()
     for c in ("simulate", "validate", "analyze", "examples", "solve", "--version"):
         assert c in text
     sim = ap._subparsers._group_actions[0].choices["simulate"].format_help()
-    for o in ("--engine", "--records", "--no-records", "--memory-budget", "--max-jumps", "--resume", "--workers"):
+    for o in ("--engine", "--records", "--no-records", "--memory-budget", "--max-jumps", "--resume", "--workers",
+              "--backend"):
         assert o in sim, o
+    for cmd, opts in (("analyze", ("--bath", "--times", "--out", "--quiet")), ("solve", ("--every", "--csv"))):
+        text = ap._subparsers._group_actions[0].choices[cmd].format_help()
+        for o in opts:
+            assert o in text, (cmd, o)
 
 
 # --------------------------------------------------------------------------- as a program
@@ -583,3 +713,116 @@ def test_sigterm_inside_an_hours_long_chunk_then_resumable(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+# --------------------------------------------------------------------------- the optional cluster extra
+
+HINT = "pip install 'trajmc[cluster]'"
+
+
+@pytest.fixture
+def without_dask(monkeypatch):
+    """As if dask and distributed were not installed: importing them fails (sys.modules entries of None)."""
+    for name in ("dask", "distributed"):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_dask_backend_without_the_extra_is_one_line(without_dask, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "r"
+    for argv in (["simulate", "--example", EXAMPLE, "--backend", "dask", "--out", d],
+                 ["simulate", "--example", EXAMPLE, "--workers", 2, "--out", d],
+                 ["simulate", "--example", EXAMPLE, "--scheduler", "tcp://127.0.0.1:1", "--out", d],
+                 ["validate", "--example", EXAMPLE, "--workers", 2, "--out", d],
+                 ["simulate", "--resume", d, "--backend", "dask"]):
+        err = assert_bad_input(argv, capsys, match=HINT)
+        assert "dask" in err and "distributed" in err
+    assert _files(tmp_path) == []  # refused before anything was written
+    with pytest.raises(trajmc.TrajmcError, match=HINT.replace("[", r"\[").replace("]", r"\]")):
+        trajmc.simulate(trajmc.get_example(EXAMPLE), trajectories=100, backend="dask", out=d)
+    assert not d.exists()
+
+
+def test_everything_else_works_without_dask(without_dask, tmp_path, capsys):
+    d = tmp_path / "r"
+    assert cli(["simulate", "--example", EXAMPLE, "--trajectories", 500, "--backend", "threads", "--out", d,
+                "--quiet"]) == 0
+    assert cli(["validate", d, "--alpha", ALPHA, "--quiet"]) == 0
+    assert cli(["analyze", d, "--quiet"]) == 0
+    assert cli(["solve", "--example", EXAMPLE, "--quiet"]) == 0
+    assert cli(["examples"]) == 0
+
+
+_NO_DASK = """
+import sys
+
+class NoDask:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("dask", "distributed"):
+            raise ImportError(f"No module named {name!r} (blocked by the test)", name=name)
+
+sys.meta_path.insert(0, NoDask())
+import trajmc
+from trajmc.cli import main
+
+for argv in (["examples"], ["solve", "--example", sys.argv[1], "--quiet"],
+             ["simulate", "--example", sys.argv[1], "--trajectories", "500", "--out", sys.argv[2], "--quiet"],
+             ["validate", sys.argv[2], "--alpha", "1e-6", "--quiet"], ["analyze", sys.argv[2], "--quiet"]):
+    rc = main(argv)
+    assert rc == 0, (argv, rc)
+rc = main(["simulate", "--example", sys.argv[1], "--workers", "2", "--quiet"])
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("dask", "distributed"))
+print("rc", rc, "loaded", loaded)
+"""
+
+
+def test_a_fresh_interpreter_without_dask(tmp_path):
+    """``import trajmc`` and every command but the Dask backend, in a process where dask cannot be imported."""
+    r = subprocess.run([sys.executable, "-c", _NO_DASK, EXAMPLE, str(tmp_path / "r")], capture_output=True,
+                       text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "rc 2 loaded []"
+    assert r.stderr.strip().splitlines()[-1].startswith("trajmc: error: backend:") and HINT in r.stderr
+    trajmc.load_run(tmp_path / "r")
+
+
+# --------------------------------------------------------------------------- progress of the commands
+
+
+@pytest.fixture
+def status_at_every_update(monkeypatch):
+    """Status lines at every update (interval 0) so that short work shows them (stderr is not a terminal)."""
+    import functools
+
+    from trajmc import analyze, progress, simulation, solver, validate
+
+    fast = functools.partial(progress.Progress, interval=0.0, heartbeat=False)
+    for mod in (simulation, solver, validate, analyze):
+        monkeypatch.setattr(mod, "Progress", fast)
+
+
+def test_commands_report_progress_unless_quiet(status_at_every_update, tmp_path, capsys):
+    d = tmp_path / "r"
+    name = trajmc.get_example(EXAMPLE)["name"]
+    for argv, what in ((["simulate", "--example", EXAMPLE, "--trajectories", 2000, "--chunk-size", 500, "--out", d],
+                        f"simulate {name} (enumerated): 4/4 chunks (100%)"),
+                       (["validate", d, "--alpha", ALPHA], "validate ("),
+                       (["analyze", d], "analyze (exchange FT): 5/5 steps (100%)"),
+                       (["solve", "--example", EXAMPLE], f"solve {name}: ")):
+        assert cli(argv) in (0, 1)
+        out, err = capsys.readouterr()
+        assert what in err, (argv, err)
+        assert what not in out  # progress goes to stderr only
+        quiet_dir = tmp_path / f"q-{argv[0]}"
+        q = [a if a != d or argv[0] != "simulate" else quiet_dir for a in argv]
+        assert cli([*q, "--quiet"]) in (0, 1)
+        assert capsys.readouterr().err == "", argv
+
+
+def test_import_loads_neither_dask_nor_matplotlib():
+    """``import trajmc`` and the command line's module leave the optional and the slow packages unloaded."""
+    code = ("import sys, trajmc, trajmc.cli; print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'dask', 'distributed', 'matplotlib'}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

@@ -24,6 +24,8 @@ import pandas as pd
 
 from . import fluctuations as fl
 from . import references
+from .errors import ModelError, RunError
+from .progress import Progress, use_progress
 from .references import work_beta
 from .rundir import atomic_text, load_run, locked, output_dir
 
@@ -55,8 +57,9 @@ def _choose_times(times, chosen=None):
     return [i for i in idx if 0 < i < n]  # (a run sampled at t = 0 only has no heat yet)
 
 
-def heat_tables(ens, sol, idx):
-    """Per bath: distribution table and cumulant table (MC ± SE, exact when the solution exists)."""
+def heat_tables(ens, sol, idx, baths=None, progress=False):
+    """Per bath (every one, or those named in ``baths``): distribution table and cumulant table (MC ± SE,
+    exact when the solution exists)."""
     if not idx:
         return (pd.DataFrame(columns=["bath", "t", "Q", "P_mc", "P_mc_se"]),
                 pd.DataFrame(columns=["bath", "t", "k1_mc", "k1_se", "k2_mc", "k2_se", "k3_mc", "k3_se"]))
@@ -64,10 +67,12 @@ def heat_tables(ens, sol, idx):
     w = ens.acc.windows
     dists, cums = [], []
     for nu, name in enumerate(ens.model.bath_names):
+        if baths is not None and name not in baths:
+            continue
         q = np.arange(w.qlo[nu], w.qlo[nu] + w.qwid[nu])
         exact_d = exact_k = None
         if sol is not None:
-            exact_d = fl.heat_distribution(sol.segments, nu, ens.times[idx])
+            exact_d = fl.heat_distribution(sol.segments, nu, ens.times[idx], progress=progress)
             if exact_d is not None:  # the exact distribution has every moment; no second propagation
                 exact_k = fl.cumulants_from_distribution(*exact_d)
             elif 4 * sol.network.n_states <= COUNTING_LIMIT:
@@ -262,12 +267,73 @@ def crooks_table(ens, beta):
                          "Delta_F": dF, "beta": beta})
 
 
-def analyze(ens, sol, times=None):
-    """All fluctuation statistics of an ensemble as a dict of DataFrames (and FT slope); ``sol`` may be None."""
+def check_selection(model, times_all, bath=None, times=None):
+    """Refuse a bath name the model does not have, or a time outside the sample times (one clear line each).
+
+    Parameters
+    ----------
+    model : Model
+    times_all : ndarray, shape (n_t,), float64
+        The run's sample times.
+    bath : str or list of str, optional
+    times : array_like of float, optional
+
+    Returns
+    -------
+    tuple
+        (the bath names as a list or None, the times as a float64 array or None).
+    """
+    baths = None
+    if bath is not None:
+        baths = [bath] if isinstance(bath, str) else list(bath)
+        for b in baths:
+            if b not in model.bath_names:
+                raise ModelError("bath", f"unknown bath {b!r} (this model's baths: {', '.join(model.bath_names)})")
+    if times is not None:
+        times = np.atleast_1d(np.asarray(times, dtype=float))
+        lo, hi = float(times_all[0]), float(times_all[-1])
+        for t in times:
+            if not np.isfinite(t) or t < lo - 1e-12 * max(1.0, abs(hi)) or t > hi * (1 + 1e-12) + 1e-12:
+                raise ModelError("times", f"{t:g} is outside the run's sample times ({lo:g} .. {hi:g})")
+    return baths, times
+
+
+def analyze(ens, sol, times=None, bath=None, progress=False):
+    """All fluctuation statistics of an ensemble as a dict of DataFrames (and FT slope).
+
+    Parameters
+    ----------
+    ens : Ensemble
+    sol : Solution or None
+        The exact solution (None: Monte Carlo values only).
+    times : array_like of float, optional
+        Times of the heat distributions and cumulants (each read at the nearest sample time; default: a
+        quarter, half and all of the run).
+    bath : str or list of str, optional
+        Heat statistics of these baths only (default: every bath).
+    progress : bool or str, optional
+        Report the steps done (see :mod:`trajmc.progress`; default: nothing).
+
+    Returns
+    -------
+    dict
+        Table name -> DataFrame (and a few scalars: ``ft_slope``, ``gibbs_start``, ...).
+    """
+    baths, times = check_selection(ens.model, ens.times, bath, times)
     idx = _choose_times(ens.times, times)
+    with Progress(5, desc="analyze", unit="steps", enabled=progress) as bar:
+        return _analyze(ens, sol, idx, baths, bar, progress)
+
+
+def _analyze(ens, sol, idx, baths, bar, progress):
     out = {}
-    out["heat_distribution"], out["heat_cumulants"] = heat_tables(ens, sol, idx)
+    bar.set_description("analyze (heat)")
+    out["heat_distribution"], out["heat_cumulants"] = heat_tables(ens, sol, idx, baths, progress)
+    bar.update(1)
+    bar.set_description("analyze (activity)")
     out["activity"] = activity_table(ens, sol)
+    bar.update(1)
+    bar.set_description("analyze (work)")
     if sol is not None:
         out["absolute_irreversibility"] = fl.absolute_irreversibility(sol.segments)
     wt = work_tables(ens, sol)
@@ -279,37 +345,86 @@ def analyze(ens, sol, times=None):
             cr = crooks_table(ens, beta)
             if cr is not None:
                 out["crooks"] = cr
+    bar.update(1)
+    bar.set_description("analyze (entropy production)")
     ep = entropy_production_table(ens, sol)
     if ep is not None:
         out["entropy_production"] = ep
         out["delta_s_histogram"], out["delta_s_under"], out["delta_s_over"] = delta_s_histogram(ens)
+    bar.update(1)
+    bar.set_description("analyze (exchange FT)")
     r = exchange_ft(ens, sol=sol)
     if r is not None:
         out["exchange_ft"], out["ft_slope"], out["ft_slope_se"] = r
         if "slope_exact" in r[0].attrs:
             out["ft_slope_exact"] = r[0].attrs["slope_exact"]
+    bar.update(1)
     return out
 
 
-def analyze_run(run_dir, times=None, quiet=False):
-    """Analyze a run directory: writes ``analysis/*.csv``; returns (the dict of results, ensemble)."""
+def analyze_run(run_dir, times=None, quiet=False, progress=None, bath=None, out=None):
+    """Analyze a run directory: writes the tables as CSV files; returns (the dict of results, ensemble).
 
-    run_dir = Path(run_dir)
-    output_dir(run_dir, "analysis", create=False)  # a symbolic link there is refused before any work
-    with locked(run_dir):  # a second writer is refused
-        ens = load_run(run_dir)
-        sol = references.exact_reference(ens.model, ens.plan, progress=False if quiet else None)
-        res = analyze(ens, sol, times)
-        tdir = output_dir(run_dir, "analysis")
-        for name, val in res.items():
-            if isinstance(val, pd.DataFrame):
-                atomic_text(tdir / f"{name}.csv", val.to_csv(index=False))
+    Parameters
+    ----------
+    run_dir : str or Path
+        A run directory written by :func:`trajmc.simulate` (``out=``) or ``trajmc simulate``.
+    times : array_like of float, optional
+        Times of the heat statistics (see :func:`analyze`).
+    quiet : bool
+        No printed summary, and no progress report unless ``progress`` is given.
+    progress : bool or str, optional
+        Report the exact solution and the steps on stderr: None, True or ``"auto"`` (default unless ``quiet``)
+        a bar on a terminal and a status line every ~10 s otherwise; ``"tqdm"``, ``"text"``; False or ``""``
+        nothing (see :mod:`trajmc.progress`).
+    bath : str or list of str, optional
+        Heat statistics of these baths only (default: every bath); an unknown name is refused with the list
+        of the model's baths.
+    out : str or Path, optional
+        Folder for the tables (created if missing; default ``RUN/analysis``).
+
+    Returns
+    -------
+    tuple
+        (results : dict of DataFrames and scalars, ensemble : Ensemble).
+    """
+    if progress is None and quiet:
+        progress = False
+    with use_progress(progress):  # (a bad value is refused before any work)
+        res, ens, sol, tdir = _analyze_run(Path(run_dir), times, progress, bath, out)
     if not quiet:
-        _print_summary(ens, res, run_dir, sol)
+        _print_summary(ens, res, tdir, sol)
     return res, ens
 
 
-def _print_summary(ens, res, run_dir, sol):
+def _analyze_run(run_dir, times, progress, bath, out):
+    run_dir = Path(run_dir)
+    if out is None:
+        output_dir(run_dir, "analysis", create=False)  # a symbolic link there is refused before any work
+    else:
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise RunError(f"{out}: exists and is not a directory")
+        if out.resolve().is_relative_to(run_dir.resolve()):
+            raise RunError(f"{out}: is inside the run directory; give a folder outside it (without an output "
+                           f"folder the tables go to {run_dir / 'analysis'})")
+    with locked(run_dir):  # a second writer is refused
+        ens = load_run(run_dir)
+        check_selection(ens.model, ens.times, bath, times)  # before the exact solution
+        sol = references.exact_reference(ens.model, ens.plan, progress=progress)
+        res = analyze(ens, sol, times, bath, progress=progress)
+        if out is None:
+            tdir = output_dir(run_dir, "analysis")
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            tdir = out
+        for name, val in res.items():
+            if isinstance(val, pd.DataFrame):
+                atomic_text(tdir / f"{name}.csv", val.to_csv(index=False))
+    return res, ens, sol, tdir
+
+
+def _print_summary(ens, res, tdir, sol):
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 4):
         print(f"{ens.model.name}: {ens.trajectories} trajectories ({ens.plan.path} path)")
         if sol is None:
@@ -347,4 +462,4 @@ def _print_summary(ens, res, run_dir, sol):
         act = res["activity"].iloc[-1]
         print(f"activity at t={act.t:g}: mean jumps {act.mean_mc:.4f} ± {act.mean_se:.4f}"
               + (f" (exact {act.mean_exact:.4f})" if "mean_exact" in act else ""))
-    print(f"tables in {run_dir / 'analysis'}")
+    print(f"tables in {tdir}")

@@ -1,7 +1,12 @@
 """Command line: ``python -m trajmc simulate | validate | analyze | examples | solve``.
 
 One parser, one small function per subcommand calling the public API.  Any
-user error prints one line to stderr and exits with status 2.
+user error prints one line to stderr and exits with status 2.  Long work reports progress on stderr (a bar
+on a terminal, a status line every ~10 s otherwise); ``--quiet`` silences it.
+
+The plotting and validation modules are imported by the commands that use them (matplotlib and scipy.stats
+would slow down ``--help`` and every other command by ~2 s); the Dask packages only for the Dask backend
+(an optional dependency, :func:`trajmc.cluster.require_dask`).
 """
 from __future__ import annotations
 
@@ -14,8 +19,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import cluster
 from ._validate import show
+from ._version import __version__
+from .analyze import analyze_run
+from .engine import Interrupted, resolve_threads
 from .errors import TrajmcError
+from .examples import DEFAULT_EXAMPLE, get_example, list_examples
+from .model import load_model
+from .rundir import default_run_dir, locked, output_dir, resume_run
+from .simulation import backend_kwargs, plan_run, simulate
+from .solver import solve
+from .thermo import marginal_system, space_of
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -56,17 +71,25 @@ def _integer(text):
 _positive_int = _number(_integer, lambda v: v >= 1, "a positive integer")
 _nonneg_int = _number(_integer, lambda v: v >= 0, "a non-negative integer")
 _positive_float = _number(float, lambda v: np.isfinite(v) and v > 0, "a positive number")
+_nonneg_float = _number(float, lambda v: np.isfinite(v) and v >= 0, "a non-negative number")
 _alpha = _number(float, lambda v: 0 < v < 1, "a number in (0, 1)")
 
 
 def _add_sim_options(p):
-    p.add_argument("--example", metavar="NAME", help="run a built-in example (see `examples`)")
-    p.add_argument("--trajectories", type=_positive_int, metavar="N", help="number of trajectories")
+    p.add_argument("--example", metavar="NAME", help=f"a built-in example instead of a model file: "
+                                                     f"{', '.join(list_examples())} (see `examples`)")
+    p.add_argument("--trajectories", type=_positive_int, metavar="N",
+                   help="number of trajectories, e.g. 1e6 (default: the model's simulation.trajectories)")
     p.add_argument("--seed", type=_nonneg_int, metavar="S", help="seed (default: the model's, else fresh entropy)")
     p.add_argument("--threads", type=_positive_int, metavar="T", help="numba threads (never changes the result)")
     p.add_argument("--chunk-size", type=_positive_int, metavar="C", help="trajectories per chunk (default 4096)")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<model>-<timestamp>)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress report (a bar on a terminal, a status line every ~10 s otherwise) and no summary")
+    p.add_argument("--backend", choices=("threads", "dask"),
+                   help="where chunks run: numba threads on this machine, or Dask tasks (needs the extra: "
+                        f"{cluster.INSTALL_HINT}); the result is bit-identical. Default: dask when --scheduler or "
+                        "--workers is given, else threads")
     p.add_argument("--scheduler", metavar="ADDRESS", help="run chunks on this Dask scheduler (dask backend)")
     p.add_argument("--workers", type=_positive_int, metavar="N",
                    help="run chunks on a Dask LocalCluster of N processes (or wait for N workers at --scheduler)")
@@ -74,8 +97,8 @@ def _add_sim_options(p):
                    help="enumerated network (full joint p_x(t)) or implicit per-bath rate tables (marginals; any "
                         "size); default: the model's simulation.engine, else auto")
     p.add_argument("--records", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep every trajectory's state at every sample time (default: off; all statistics are "
-                        "streamed)")
+                   help="keep every trajectory's state at every sample time in records.npz, or not (default: the "
+                        "model's simulation.records, else off: all statistics are streamed)")
     p.add_argument("--memory-budget", metavar="SIZE",
                    help="refuse runs estimated to need more memory, e.g. 4GiB (default: TRAJMC_MEMORY_BUDGET or half "
                         "the RAM)")
@@ -87,8 +110,12 @@ def _add_sim_options(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._version import __version__
+    """The ``trajmc`` argument parser (every subcommand and option).
 
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
     ap = _Parser(prog="trajmc", description="Trajectory Monte Carlo of the Pauli microcanonical master equation.")
     ap.add_argument("--version", action="version", version=f"trajmc {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -99,21 +126,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paths", type=_nonneg_int, metavar="K", help="keep full jump paths of K trajectories (default 5)")
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("validate", help="compare a run (or a fresh simulation of a model) with the exact solver")
-    p.add_argument("target", nargs="?", help="run directory or model TOML file (or give --example)")
+    p.add_argument("target", nargs="?",
+                   help="a run directory (validated as it was run), or a model TOML file (simulated into --out, "
+                        "then validated); or give --example NAME")
     _add_sim_options(p)
-    p.add_argument("--alpha", type=_alpha, default=1e-3, help="family-wise false-alarm rate (default 1e-3)")
+    p.add_argument("--alpha", type=_alpha, default=1e-3,
+                   help="family-wise false-alarm rate of the statistical checks, Holm-corrected (default 1e-3)")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("analyze", help="fluctuation statistics, tables and figures of a run directory")
-    p.add_argument("run_dir", help="a run directory written by `simulate`")
-    p.add_argument("--quiet", action="store_true", help="no summary")
+    p.add_argument("run_dir", metavar="RUN_DIR",
+                   help="a run directory written by `simulate` (a model file must be simulated first: "
+                        "trajmc simulate MODEL.toml --out RUN_DIR)")
+    p.add_argument("--bath", metavar="NAME", action="append",
+                   help="heat statistics of this bath only (repeat for several; default: every bath)")
+    p.add_argument("--times", metavar="T", type=_nonneg_float, nargs="+", action="extend",
+                   help="times of the heat distributions and cumulants, each read at the nearest sample time "
+                        "(default: a quarter, half and all of the run)")
+    p.add_argument("--out", metavar="DIR",
+                   help="folder for the tables, with the figures in DIR/figures (default: RUN_DIR/analysis and "
+                        "RUN_DIR/figures)")
+    p.add_argument("--quiet", action="store_true", help="no progress report and no summary")
     p.set_defaults(func=cmd_analyze)
     p = sub.add_parser("examples", help="list the built-in models")
     p.set_defaults(func=cmd_examples)
     p = sub.add_parser("solve", help="exact rate-equation solution: print the thermodynamics table")
     p.add_argument("model", nargs="?", help="model TOML file (default: the built-in default example)")
-    p.add_argument("--example", metavar="NAME")
-    p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
-    p.add_argument("--quiet", action="store_true", help="no progress reports (the table is still printed)")
+    p.add_argument("--example", metavar="NAME", help=f"a built-in example instead of a model file: "
+                                                     f"{', '.join(list_examples())}")
+    p.add_argument("--every", type=_positive_int, metavar="K",
+                   help="print every K-th sample time (the last time is always printed; default: every time)")
+    p.add_argument("--csv", metavar="FILE", help="also write the full table (every column and time) as CSV")
+    p.add_argument("--quiet", action="store_true", help="no progress report (the table is still printed)")
     p.add_argument("--memory-budget", metavar="SIZE",
                    help="memory the exact solution may use, e.g. 4GiB (default: TRAJMC_MEMORY_BUDGET or half the RAM)")
     p.set_defaults(func=cmd_solve)
@@ -121,8 +164,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _model_source(args):
-    from .examples import DEFAULT_EXAMPLE, get_example
-
     if args.model and args.example:
         raise TrajmcError("give a model file or --example, not both")
     if args.model:
@@ -131,23 +172,59 @@ def _model_source(args):
 
 
 def cmd_examples(args):
-    from .examples import DEFAULT_EXAMPLE, list_examples
-
     for name, desc in list_examples().items():
         mark = " (default)" if name == DEFAULT_EXAMPLE else ""
         print(f"{name:22s} {desc}{mark}")
     return 0
 
 
-def cmd_solve(args):
-    from .solver import solve
+def thinned(n, every=None) -> np.ndarray:
+    """Row indices ``0, K, 2K, ...`` of ``n`` rows, always with the last one.
 
-    sol = solve(_model_source(args), memory_budget=args.memory_budget, progress=False if args.quiet else None)
+    Parameters
+    ----------
+    n : int
+        Number of rows.
+    every : int, optional
+        K (default 1: every row).
+
+    Returns
+    -------
+    ndarray, shape (m,), int64
+    """
+    idx = np.arange(0, n, every or 1, dtype=np.int64)
+    return idx if n == 0 or idx[-1] == n - 1 else np.append(idx, np.int64(n - 1))
+
+
+def solve_table(sol, every=None) -> pd.DataFrame:
+    """What ``solve`` prints: ``p_<s>``, the entropies, ``E_S``, ``Q_<bath>`` (and ``W`` when driven) by time.
+
+    Parameters
+    ----------
+    sol : Solution
+    every : int, optional
+        Keep every ``every``-th time (and the last).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``t``.
+    """
     th = sol.thermo()
+    ps = marginal_system(sol.p, space_of(sol.network))
+    out = pd.DataFrame({f"p_{s}": ps[:, s] for s in range(ps.shape[1])}, index=th.index)
+    cols = ["S_obs", "Sigma", "Sigma_tilde", "S_sh", "I", "D", "E_S"] + [f"Q_{b}" for b in sol.model.bath_names]
+    if sol.model.protocol:
+        cols.append("W")
+    out = pd.concat([out, th[cols]], axis=1) + 0.0  # + 0.0: no "-0" printed for a zero heat
+    return out.iloc[thinned(len(out), every)]
+
+
+def cmd_solve(args):
+    sol = solve(_model_source(args), memory_budget=args.memory_budget, progress=False if args.quiet else None)
     if args.csv:
-        th.to_csv(args.csv)
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(th[["S_obs", "Sigma", "Sigma_tilde", "S_sh", "I", "D", "E_S"]].iloc[:: max(1, len(th) // 10)])
+        sol.thermo().to_csv(args.csv)
+    print(solve_table(sol, args.every).to_string(float_format=lambda v: f"{v:.6g}"))
     return 0
 
 
@@ -176,9 +253,17 @@ def _summary(ens, run_dir):
 
 
 def _backend_args(args):
-    from .simulation import backend_kwargs
-
-    return backend_kwargs(args.scheduler, args.workers)
+    """The backend keyword arguments of the command; the Dask backend's packages are checked here, before any
+    work (a missing ``trajmc[cluster]`` extra is one line)."""
+    kw = backend_kwargs(args.scheduler, args.workers)
+    if args.backend == "threads" and kw:
+        raise TrajmcError(f"--{'scheduler' if args.scheduler is not None else 'workers'}: needs --backend dask "
+                          "(the threads backend runs on this machine only)")
+    if args.backend == "dask":
+        kw = {"backend": "dask", "scheduler": args.scheduler, "workers": args.workers}
+    if kw:
+        cluster.require_dask()
+    return kw
 
 
 def _figures(draw, what):
@@ -197,30 +282,29 @@ def _run_options(args):
             "max_jumps": args.max_jumps}
 
 
-def _simulate_into(model, args, paths, run_dir, threads):
-    from .simulation import plan_run, simulate
-
+def _simulate_into(model, args, paths, run_dir, threads, backend):
     opts = _run_options(args)
     plan_run(model, opts["trajectories"], opts["seed"], None, opts["chunk_size"], opts["records"], paths,
              opts["engine"], threads, opts["memory_budget"], opts["max_jumps"])  # every option checked first
-    return simulate(model, threads=threads, paths=paths, out=run_dir, quiet=args.quiet,
-                    overwrite=bool(args.overwrite), **opts, **_backend_args(args))
+    return simulate(model, threads=threads, paths=paths, out=run_dir, progress=_progress(args),
+                    overwrite=bool(args.overwrite), **opts, **backend)
+
+
+def _progress(args):
+    """The ``progress=`` of the API for a command: off with ``--quiet``, else auto (bar or status lines)."""
+    return False if args.quiet else None
 
 
 def _figures_dir(run_dir):
     """Refuse a symbolic link (or a file) where the run's figures go, before any work (never written through)."""
-    from .rundir import output_dir
-
     return output_dir(run_dir, "figures", create=False)
 
 
 def cmd_simulate(args):
-    from .engine import resolve_threads
-    from .model import load_model
-    from .plotting import summary_figure
-    from .rundir import default_run_dir, locked, output_dir, resume_run
+    from .plotting import summary_figure  # matplotlib: keeps --help and the other commands fast
 
     threads = resolve_threads(args.threads)
+    backend = _backend_args(args)
 
     def draw():
         summary_figure(ens, output_dir(run_dir, "figures") / "summary.png")
@@ -228,18 +312,18 @@ def cmd_simulate(args):
         given = [f for f in ("model", "example", "trajectories", "seed", "chunk_size", "out", "paths", "records",
                              "engine", "memory_budget", "max_jumps", "overwrite") if getattr(args, f) is not None]
         if given:
-            raise TrajmcError(f"--resume takes only --threads, --scheduler, --workers and --quiet (not "
+            raise TrajmcError(f"--resume takes only --threads, --backend, --scheduler, --workers and --quiet (not "
                               f"--{given[0].replace('_', '-')}): the run's own settings are used")
         args.run_dir = run_dir = Path(args.resume)
         with locked(run_dir):  # one writer from the first checkpoint to the last figure
             _figures_dir(run_dir)
-            ens = resume_run(args.resume, threads, progress=not args.quiet, **_backend_args(args))
+            ens = resume_run(args.resume, threads, progress=_progress(args), **backend)
             _figures(draw, "summary")
     else:
         model = load_model(_model_source(args))
         paths = 5 if args.paths is None else args.paths
         args.run_dir = run_dir = Path(args.out) if args.out else default_run_dir(model.name)
-        ens = _simulate_into(model, args, paths, run_dir, threads)
+        ens = _simulate_into(model, args, paths, run_dir, threads, backend)
 
         def draw_locked():  # the run is complete: a writer that took the directory meanwhile costs only the figure
             with locked(run_dir):
@@ -251,10 +335,8 @@ def cmd_simulate(args):
 
 
 def cmd_validate(args):
-    from .engine import resolve_threads
-    from .model import load_model
-    from .rundir import default_run_dir
-    from .validate import validate_run
+    from .plotting import validation_figures  # matplotlib: keeps --help and the other commands fast
+    from .validate import validate_run  # scipy.stats: keeps --help and the other commands fast
 
     if args.target and args.example:
         raise TrajmcError("give a run directory, a model file or --example, not two of them")
@@ -262,24 +344,21 @@ def cmd_validate(args):
         raise TrajmcError("validate needs a run directory, a model file or --example NAME")
     target = Path(args.target) if args.target else None
     if target is not None and target.is_dir():
-        given = [f for f in ("trajectories", "seed", "chunk_size", "out", "scheduler", "workers", "records", "engine",
-                             "memory_budget", "max_jumps", "overwrite") if getattr(args, f) is not None]
+        given = [f for f in ("trajectories", "seed", "chunk_size", "out", "backend", "scheduler", "workers", "records",
+                             "engine", "memory_budget", "max_jumps", "overwrite") if getattr(args, f) is not None]
         if given:
             raise TrajmcError(f"--{given[0].replace('_', '-')}: applies only when validating a model file "
                               f"(a run directory is validated as it was run)")
         run_dir = target
         _figures_dir(run_dir)
     else:
-        from .examples import get_example
-
+        threads = resolve_threads(args.threads)
+        backend = _backend_args(args)
         model = load_model(get_example(args.example) if args.example else target)
         args.run_dir = run_dir = Path(args.out) if args.out else default_run_dir(model.name)
-        _simulate_into(model, args, 0, run_dir, resolve_threads(args.threads))
-    from .plotting import validation_figures
-    from .rundir import locked, output_dir
-
+        _simulate_into(model, args, 0, run_dir, threads, backend)
     with locked(run_dir):  # one writer from the report to the last figure
-        ok, results, ens, sol = validate_run(run_dir, args.alpha, progress=not args.quiet)
+        ok, results, ens, sol = validate_run(run_dir, args.alpha, progress=_progress(args))
         _figures(lambda: validation_figures(ens, sol, output_dir(run_dir, "figures")), "validation")
     if not args.quiet:
         for r in results:
@@ -292,19 +371,31 @@ def cmd_validate(args):
 
 
 def cmd_analyze(args):
-    from .analyze import analyze_run
-    from .plotting import analysis_figures
-    from .rundir import locked, output_dir
+    from .plotting import analysis_figures  # matplotlib: keeps --help and the other commands fast
 
     path = Path(args.run_dir)
     if path.is_file():
+        if path.suffix.lower() == ".toml":
+            raise TrajmcError(f"{path}: is a model file; analyze takes a run directory: first run `trajmc simulate "
+                              f"{path} --out RUN_DIR`, then `trajmc analyze RUN_DIR`")
         raise TrajmcError(f"{path}: analyze takes a run directory (written by `simulate`), not a file")
-    _figures_dir(path)
+    out = Path(args.out) if args.out else None
+    if out is None:
+        _figures_dir(path)
+    elif (out / "figures").exists() and not (out / "figures").is_dir():
+        raise TrajmcError(f"{out / 'figures'}: exists and is not a directory")
     with locked(path):  # one writer from the first table to the last figure
-        res, ens = analyze_run(path, quiet=args.quiet)
-        _figures(lambda: analysis_figures(ens, res, output_dir(path, "figures")), "analysis")
+        res, ens = analyze_run(path, times=args.times, quiet=args.quiet, progress=_progress(args), bath=args.bath,
+                               out=out)
+
+        def figdir():
+            if out is None:
+                return output_dir(path, "figures")
+            (out / "figures").mkdir(parents=True, exist_ok=True)
+            return out / "figures"
+        _figures(lambda: analysis_figures(ens, res, figdir()), "analysis")
     if not args.quiet:
-        print(f"figures in {path / 'figures'}")
+        print(f"figures in {(out or path) / 'figures'}")
     return 0
 
 
@@ -326,8 +417,18 @@ def _resume_hint(args):
 
 
 def main(argv=None) -> int:
-    from .engine import Interrupted
+    """Run the command line.
 
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Exit status: 0 success, 1 a validation that failed, 2 bad input, 130 interrupted.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     old = signal.getsignal(signal.SIGTERM)

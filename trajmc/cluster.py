@@ -1,5 +1,10 @@
 """Dask backend: chunks become Dask tasks on a LocalCluster or an existing scheduler.
 
+The backend is the optional extra ``trajmc[cluster]`` (the packages ``dask`` and ``distributed``): this
+module imports them only when a Dask session is opened, so ``import trajmc`` and every other command work
+without them, and :func:`require_dask` turns their absence into one line naming ``pip install
+'trajmc[cluster]'``.
+
 * The plan (its kernel tables, without the networks) is scattered to every worker once (``broadcast=True``);
   tasks carry only the chunk index.  Each worker process compiles (or loads from numba's cache) the kernel once.
 * A task returns its chunk's integer accumulators; results are added in chunk order as they
@@ -18,21 +23,55 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import CancelledError
 
 from . import engine
 from .errors import TrajmcError
 
-__all__ = ["run_plan_dask", "DaskSession", "WorkerLost"]
+__all__ = ["run_plan_dask", "DaskSession", "WorkerLost", "require_dask", "INSTALL_HINT"]
+
+#: how to get the optional dependencies of the Dask backend
+INSTALL_HINT = "pip install 'trajmc[cluster]'"
+
+
+def require_dask():
+    """The ``distributed`` module, or a one-line error saying how to install the ``cluster`` extra.
+
+    Returns
+    -------
+    module
+        ``distributed`` (``dask`` is imported too).
+
+    Raises
+    ------
+    TrajmcError
+        When ``dask`` or ``distributed`` cannot be imported.
+    """
+    try:
+        import dask  # noqa: F401  (optional dependency, trajmc[cluster]: imported only for the Dask backend)
+        import distributed  # (optional dependency, trajmc[cluster]: imported only for the Dask backend)
+    except ImportError as exc:
+        missing = exc.name or "dask"
+        raise TrajmcError(f"backend: the Dask backend (backend='dask'; --backend dask, --workers or --scheduler) "
+                          f"needs the optional packages dask and distributed ({missing!r} is not installed): "
+                          f"{INSTALL_HINT}") from None
+    return distributed
 
 
 class DaskSession:
-    """A client to ``scheduler`` (an address), or to a LocalCluster of ``workers`` processes that it owns."""
+    """A client to ``scheduler`` (an address), or to a LocalCluster of ``workers`` processes that it owns.
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        Address of a running Dask scheduler; None starts a LocalCluster.
+    workers : int, optional
+        LocalCluster size (default 2), or the number of workers to wait for at ``scheduler``.
+    """
 
     def __init__(self, scheduler=None, workers=None):
-        try:
-            from distributed import Client, LocalCluster
-        except ImportError:  # pragma: no cover - dask is a dependency
-            raise TrajmcError("the dask backend needs the 'distributed' package") from None
+        distributed = require_dask()
+        Client, LocalCluster = distributed.Client, distributed.LocalCluster
         self.cluster = None
         if scheduler is None:
             try:
@@ -91,9 +130,8 @@ def run_plan_dask(plan, acc, session: DaskSession, progress=None, checkpoint=Non
     or a chunk whose workers keep dying (``KilledWorker``), the run stops with :class:`WorkerLost` and a
     checkpoint of the chunks finished.
     """
-    from concurrent.futures import CancelledError
-
-    from distributed import KilledWorker, as_completed
+    distributed = require_dask()
+    KilledWorker, as_completed = distributed.KilledWorker, distributed.as_completed
 
     client = session.client
     t_start = time.perf_counter()

@@ -1,35 +1,38 @@
 """Public Monte Carlo API: :func:`simulate` (plan, run on threads or Dask, write a run directory)."""
 from __future__ import annotations
 
+import functools
 import time
 
 from . import engine as eng
+from .cluster import DaskSession, run_plan_dask
 from .ensemble import Ensemble
 from .errors import ModelError
 from .estimate import BIAS_CORRECTION, SE_METHOD
-from .progress import Progress
+from .progress import Progress, progress_mode
 from .solver import propagate_segments
 
 __all__ = ["simulate", "plan_run", "execute", "make_stats", "check_backend", "backend_kwargs"]
 
 
-def exact_p(segments, times):
+def exact_p(segments, times, progress=False):
     """The exact ``p_x(t)`` on the plan's network (the reference of the streamed ``Delta s_obs``)."""
-    p, _, _ = propagate_segments(segments, segments[0][1].p0, times)
+    p, _, _ = propagate_segments(segments, segments[0][1].p0, times, progress=progress,
+                                 desc="exact p_x(t) (entropy reference)")
     return p
 
 
 def plan_run(model, trajectories=None, seed=None, times=None, chunk_size=None, records=None, paths=0, engine_=None,
-             threads=None, memory_budget=None, max_jumps=None, trajectory_entropy=None) -> eng.Plan:
-    """:func:`trajmc.eng.make_plan` with the exact solver as the entropy reference."""
+             threads=None, memory_budget=None, max_jumps=None, trajectory_entropy=None, progress=False) -> eng.Plan:
+    """:func:`trajmc.eng.make_plan` with the exact solver as the entropy reference (``progress``: its report)."""
     return eng.make_plan(model, trajectories, seed, times, chunk_size, records, paths, engine=engine_,
                             memory_budget=memory_budget, max_jumps=max_jumps,
                             threads=eng.resolve_threads(threads), trajectory_entropy=trajectory_entropy,
-                            exact=exact_p)
+                            exact=functools.partial(exact_p, progress=progress))
 
 
 def simulate(model, trajectories=None, seed=None, threads=None, times=None, chunk_size=None, records=None,
-             paths=0, out=None, progress=None, quiet=True, backend="threads", scheduler=None, workers=None,
+             paths=0, out=None, progress=None, quiet=None, backend="threads", scheduler=None, workers=None,
              engine=None, memory_budget=None, max_jumps=None, trajectory_entropy=None, overwrite=False) -> Ensemble:
     """Sample trajectories of the Pauli MME by exact Gillespie simulation.
 
@@ -48,8 +51,10 @@ def simulate(model, trajectories=None, seed=None, threads=None, times=None, chun
     out : path, optional   run directory: written as the run goes, so an interrupted run can be resumed; locked
         while it is written (a second writer is refused).  An existing directory is used only if it is empty
     overwrite : bool   replace an existing run directory ``out`` (only one that holds nothing but trajmc's files)
-    progress : bool, optional   report progress: a bar on a terminal, a status line every ~10 s otherwise
-        (default: unless ``quiet``)
+    progress : bool or str, optional   report progress on stderr: None, True or "auto" (default) a bar on a
+        terminal and a status line every ~10 s otherwise (batch jobs); "tqdm" always a bar, "text" always status
+        lines; False or "" nothing (see :mod:`trajmc.progress`)
+    quiet : bool, optional   True: no progress report (the same as ``progress=False``)
     backend : "threads" | "dask"   where chunks run; the result is bit-identical either way
     scheduler : str, optional   address of a running Dask scheduler (dask backend); None starts a
         LocalCluster of ``workers`` processes (default 2) and closes it afterwards
@@ -67,24 +72,23 @@ def simulate(model, trajectories=None, seed=None, threads=None, times=None, chun
     -------
     Ensemble
     """
+    progress = _progress_flag(progress, quiet)
     plan = plan_run(model, trajectories, seed, times, chunk_size, records, paths, engine, threads, memory_budget,
-                    max_jumps, trajectory_entropy)
+                    max_jumps, trajectory_entropy, progress=progress)
     threads = eng.resolve_threads(threads)
     backend = check_backend(backend, scheduler, workers)
     session = None
     if backend == "dask":  # connect (or start the cluster) before anything is written
-        from .cluster import DaskSession
-
         session = DaskSession(scheduler, workers)
     try:
         if out is not None:
-            from .rundir import RunWriter
+            from .rundir import RunWriter  # circular: rundir imports this module
 
             writer = RunWriter.create(out, plan, overwrite=overwrite)
-            return writer.run(threads, progress=_progress_flag(progress, quiet), backend=backend,
+            return writer.run(threads, progress=progress, backend=backend,
                               scheduler=session)
         acc = eng.new_accumulators(plan)
-        return execute(plan, acc, threads, _progress_flag(progress, quiet), backend=backend, scheduler=session)
+        return execute(plan, acc, threads, progress, backend=backend, scheduler=session)
     finally:
         if session is not None:
             session.close()
@@ -110,27 +114,25 @@ def check_backend(backend, scheduler=None, workers=None):
 
 
 def _progress_flag(progress, quiet):
-    """A bar on a terminal, a status line every ~10 s otherwise (batch jobs), nothing when quiet."""
-    if progress is None:
-        return not quiet
-    return bool(progress)
+    """The ``progress=`` value to use: ``progress`` itself, or off when it is not given and ``quiet`` is."""
+    if progress is None and quiet:
+        return False
+    progress_mode(progress)  # a bad value is refused before any work
+    return progress
 
 
 def execute(plan, acc, threads, show_progress=False, checkpoint=None, backend="threads", scheduler=None,
             workers=None) -> Ensemble:
     """Run the remaining chunks of ``plan`` into ``acc`` and wrap the result."""
     compile_s = eng.compile_kernel()
-    bar = Progress(plan.n_chunks, desc=f"{plan.model.name} ({plan.path})", unit="chunks", enabled=show_progress)
-    bar.update(acc.chunks_done)
-
-    def cb(k):
-        bar.update(k - bar.done)
     t0 = time.perf_counter()
     info = {"backend": "threads"}
-    try:
-        if backend == "dask":
-            from .cluster import DaskSession, run_plan_dask
+    with Progress(plan.n_chunks, desc=f"simulate {plan.model.name} ({plan.path})", unit="chunks",
+                  enabled=show_progress, initial=acc.chunks_done) as bar:
 
+        def cb(k):
+            bar.update(k - bar.done)
+        if backend == "dask":
             own = not isinstance(scheduler, DaskSession)  # a session passed in stays open for its owner
             session = DaskSession(scheduler, workers) if own else scheduler
             try:
@@ -141,8 +143,6 @@ def execute(plan, acc, threads, show_progress=False, checkpoint=None, backend="t
             threads = info["workers"]
         else:
             eng.run_plan(plan, acc, threads, progress=cb, checkpoint=checkpoint)
-    finally:
-        bar.close()
     stats = make_stats(plan, acc, threads, compile_s, time.perf_counter() - t0)
     stats.update(info)
     return Ensemble(plan, acc, stats)

@@ -57,7 +57,7 @@ from .network import (
     reachable,
     segment_energies,
 )
-from .progress import Progress
+from .progress import Progress, progress_mode
 from .resources import check_memory, memory_budget
 from .thermo import marginal_system, space_of, thermo_table
 
@@ -170,14 +170,16 @@ def solve(model, times=None, memory_budget=None, progress=None) -> Solution:
     memory_budget : int or str, optional
         Bytes (or ``"4GiB"``) the exact solution may use (default: ``TRAJMC_MEMORY_BUDGET`` or half the
         RAM).  A model whose solution would not fit is refused before any propagation.
-    progress : bool, optional
-        Report progress of long solves on stderr (a bar on a terminal, a status line every ~10 s
-        otherwise).  Default: only when the work lasts more than a few seconds; ``False`` silences it.
+    progress : bool or str, optional
+        Report progress of long solves on stderr: None, True or ``"auto"`` (default) a bar on a terminal and a
+        status line every ~10 s otherwise, only when the work lasts more than a few seconds; ``"tqdm"`` always
+        a bar, ``"text"`` always status lines; False or ``""`` nothing (see :mod:`trajmc.progress`).
 
     Returns
     -------
     Solution
     """
+    progress_mode(progress)  # a bad value is refused before any work
     model = load_model(model)
     if times is not None:
         model = model.with_times(times)

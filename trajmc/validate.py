@@ -19,6 +19,7 @@ from scipy.stats import norm
 
 from . import engine, references
 from . import fluctuations as fl
+from .progress import Progress, use_progress
 from .references import pauli_marginal, work_beta
 from .rundir import atomic_text, load_run, locked
 from .stats import g_test, holm, z_pvalue
@@ -540,10 +541,33 @@ def family(results, alpha=1e-3):
     return results
 
 
-def run_checks(ens, sol, alpha=1e-3, names=None):
-    """Run the registry (or ``names``) and apply the Holm correction to the statistical family."""
+def run_checks(ens, sol, alpha=1e-3, names=None, progress=False):
+    """Run the registry (or ``names``) and apply the Holm correction to the statistical family.
+
+    Parameters
+    ----------
+    ens : Ensemble
+    sol : Solution or None
+    alpha : float
+        Family-wise false-alarm rate.
+    names : list of str, optional
+        Checks to run (default: all of :data:`CHECKS`).
+    progress : bool or str, optional
+        Report the checks done (see :mod:`trajmc.progress`; default: nothing).
+
+    Returns
+    -------
+    list of CheckResult
+    """
     ctx = context(ens, sol)
-    return family([CHECKS[n](ctx) for n in (names or CHECKS)], alpha)
+    results = []
+    names = list(names or CHECKS)
+    with Progress(len(names), desc="validate", unit="checks", enabled=progress) as bar:
+        for n in names:
+            bar.set_description(f"validate ({n})")
+            results.append(CHECKS[n](ctx))
+            bar.update(1)
+    return family(results, alpha)
 
 
 def _finite(obj):
@@ -574,9 +598,22 @@ def _md(text):
 def validate_run(run_dir, alpha=1e-3, progress=None):
     """Validate a finished run directory; writes validation.json and validation.md.
 
-    Returns (passed, results, ensemble, exact solution or None).
+    Parameters
+    ----------
+    run_dir : str or Path
+    alpha : float
+        Family-wise false-alarm rate of the statistical checks (Holm).
+    progress : bool or str, optional
+        Report the exact solution and the checks on stderr: None, True or ``"auto"`` (default) a bar on a
+        terminal and a status line every ~10 s otherwise; ``"tqdm"``, ``"text"``; False or ``""`` nothing
+        (see :mod:`trajmc.progress`).
+
+    Returns
+    -------
+    tuple
+        (passed : bool, results : list of CheckResult, ensemble : Ensemble, exact solution : Solution or None).
     """
-    with locked(run_dir):  # a second writer is refused
+    with use_progress(progress), locked(run_dir):  # (a bad progress value is refused first); one writer
         return _validate_run(Path(run_dir), alpha, progress)
 
 
@@ -584,7 +621,7 @@ def _validate_run(run_dir, alpha, progress):
 
     ens = load_run(run_dir)
     sol = references.exact_reference(ens.model, ens.plan, progress=progress)
-    results = run_checks(ens, sol, alpha)
+    results = run_checks(ens, sol, alpha, progress=progress)
     ok = verdict(results)
     out = {"run": str(run_dir), "alpha": alpha, "passed": ok, "correction": "Holm", "path": ens.plan.path,
            "checks": [dict(asdict(r), verdict=r.mark) for r in results]}
