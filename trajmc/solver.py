@@ -225,7 +225,7 @@ class Solution(ResultMixin):
 
         nu = self._bath(bath)
         k = self._t_index(t_index)
-        pE = marginal_bath(self.p[k], space_of(self.network), nu)[0]
+        pE = marginal_bath(self.p[k:k + 1], space_of(self.network), nu)[0]
         keep = np.flatnonzero(pE > 0)
         return pd.Series(pE[keep], index=pd.Index(keep.astype(np.int64), name="E"),
                          name=f"p(E_{self.bath_names[nu]})")
