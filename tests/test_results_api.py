@@ -10,7 +10,7 @@ import tomllib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ALL_MODELS, THREADS, assert_bad_input, get_model_dict
+from conftest import ALL_MODELS, THREADS, assert_bad_input, cli, get_model_dict
 
 import trajmc
 from trajmc import fluctuations as fl
@@ -295,6 +295,21 @@ def test_extend_run_in_place_and_to_a_new_directory(tmp_path):
     est = pd.read_csv(tmp_path / "a" / "estimates.csv", index_col=0)
     np.testing.assert_allclose(est["Sigma"].to_numpy(), ref.thermo()["Sigma"].to_numpy(), rtol=1e-15)
     assert tomllib.loads((tmp_path / "a" / "model.toml").read_text())["simulation"]["trajectories"] == n2
+
+
+def test_cli_resume_with_trajectories_extends_a_finished_run(tmp_path, capsys):
+    md = get_model_dict("qubit_osc_sqrt")
+    md["simulation"] = {"chunk_size": CHUNK}
+    f = tmp_path / "m.toml"
+    f.write_text(trajmc.model.toml_dumps(md))
+    d = tmp_path / "run"
+    assert cli(["simulate", f, "--trajectories", 2 * CHUNK, "--seed", 9, "--out", d, "--threads", 1, "--quiet"]) == 0
+    assert_bad_input(["simulate", "--resume", d, "--quiet"], capsys, match="--trajectories N")
+    assert_bad_input(["simulate", "--resume", d, "--trajectories", CHUNK, "--quiet"], capsys, match="must exceed")
+    assert cli(["simulate", "--resume", d, "--trajectories", 3 * CHUNK, "--threads", 1, "--quiet"]) == 0
+    ref = _sim(md, 3 * CHUNK, seed=9, paths=5)  # the command line keeps 5 paths by default
+    _assert_same_acc(trajmc.load_run(d), ref)
+    assert (d / "figures" / "summary.png").is_file()
 
 
 def test_extend_refuses_what_cannot_be_bit_identical(tmp_path):

@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="sample trajectories and write a run directory")
     p.add_argument("model", nargs="?", help="model TOML file (default: the built-in default example)")
     _add_sim_options(p)
-    p.add_argument("--resume", metavar="DIR", help="finish an interrupted run directory")
+    p.add_argument("--resume", metavar="DIR", help="finish an interrupted run directory; with --trajectories N, "
+                   "extend a finished one to N trajectories (bit-identical to one run of N)")
     p.add_argument("--paths", type=_nonneg_int, metavar="K", help="keep full jump paths of K trajectories (default 5)")
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("validate", help="compare a run (or a fresh simulation of a model) with the exact solver")
@@ -218,22 +219,28 @@ def cmd_simulate(args):
     from .engine import resolve_threads
     from .model import load_model
     from .plotting import summary_figure
-    from .rundir import default_run_dir, locked, output_dir, resume_run
+    from .rundir import default_run_dir, extend_run, locked, output_dir, resume_run
 
     threads = resolve_threads(args.threads)
 
     def draw():
         summary_figure(ens, output_dir(run_dir, "figures") / "summary.png")
     if args.resume:
-        given = [f for f in ("model", "example", "trajectories", "seed", "chunk_size", "out", "paths", "records",
+        given = [f for f in ("model", "example", "seed", "chunk_size", "out", "paths", "records",
                              "engine", "memory_budget", "max_jumps", "overwrite") if getattr(args, f) is not None]
         if given:
-            raise TrajmcError(f"--resume takes only --threads, --scheduler, --workers and --quiet (not "
-                              f"--{given[0].replace('_', '-')}): the run's own settings are used")
+            raise TrajmcError(f"--resume takes only --trajectories, --threads, --scheduler, --workers and --quiet "
+                              f"(not --{given[0].replace('_', '-')}): the run's own settings are used")
+        if args.trajectories is not None and _backend_args(args):
+            raise TrajmcError("--resume with --trajectories (extending a finished run) runs on threads: drop "
+                              "--scheduler/--workers")
         args.run_dir = run_dir = Path(args.resume)
         with locked(run_dir):  # one writer from the first checkpoint to the last figure
             _figures_dir(run_dir)
-            ens = resume_run(args.resume, threads, progress=not args.quiet, **_backend_args(args))
+            if args.trajectories is not None:  # extend a finished run: bit-identical to one longer run
+                ens = extend_run(args.resume, args.trajectories, threads=threads, progress=not args.quiet)
+            else:
+                ens = resume_run(args.resume, threads, progress=not args.quiet, **_backend_args(args))
             _figures(draw, "summary")
     else:
         model = load_model(_model_source(args))

@@ -728,7 +728,8 @@ def resume_run(run_dir, threads, progress=False, backend="threads", scheduler=No
     w, prov = RunWriter.resume(run_dir)
     with w:
         if prov.get("status") == "complete" and w.acc.chunks_done == w.plan.n_chunks:
-            raise RunError(f"{run_dir}: run is already complete")
+            raise RunError(f"{run_dir}: run is already complete (to add trajectories: `python -m trajmc simulate "
+                           f"--resume {run_dir} --trajectories N`)")
         if backend != "dask":
             return w.run(threads, progress)
         from .cluster import DaskSession
