@@ -267,12 +267,9 @@ class Ensemble(ResultMixin):
 
         Returns
         -------
-        edges : ndarray of float64, shape (B + 1,)
-            Bin edges.
-        counts : ndarray of int64, shape (B + 2,)
-            Counts, the underflow first and the overflow last.
-
-        None when the run did not stream ``Delta s_obs``.
+        tuple of (ndarray, ndarray) or None
+            ``(edges, counts)``: bin edges (float64, shape (B + 1,)) and counts (int64, shape (B + 2,), the
+            underflow first and the overflow last); None when the run did not stream ``Delta s_obs``.
         """
         if self.acc.dsh is None:
             return None
