@@ -572,13 +572,42 @@ def _toml_key_at(text, pos):
                 table += f"[{seen[prefix]}]"
     start = head.rfind("\n") + 1
     line = head[start:]
+    after = len(head)
     for m in re.finditer(r"^\s*([A-Za-z0-9_.\-\"' ]+?)\s*=", head, flags=re.M):  # the last key = before pos
-        line = m.group(1)
+        line, after = m.group(1), m.end()
     key = line.strip().replace('"', "").replace("'", "").replace(" ", "")
     if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,60}", key or "-"):
         key = ""
+    elif inner := _inline_keys(head[after:]):  # dos = { model = "spins", n = [[[...: baths[0].dos.n
+        key = ".".join([key] + inner)
     full = f"{table}.{key}" if table and key else table or key
     return full if len(full) <= 80 else full[:80] + "..."
+
+
+def _inline_keys(seg):
+    """The keys of the inline tables still open at the end of ``seg`` (a value's text after its ``key =``)."""
+    stack, last, i, n = [], "", 0, len(seg)
+    while i < n:
+        c = seg[i]
+        if c in "\"'":
+            q = seg[i:i + 3] if seg[i:i + 3] in ('"""', "'''") else c
+            j = i + len(q)
+            while j < n and seg[j:j + len(q)] != q:
+                j += 2 if c == '"' and seg[j] == "\\" else 1
+            i, last = j + len(q), q[0]
+            continue
+        if c == "{":
+            stack.append("")
+        elif c == "}" and stack:
+            stack.pop()
+        elif stack and last in "{," and (m := re.match(r"([A-Za-z0-9_\-]+)\s*=", seg[i:])):
+            stack[-1] = m.group(1)
+            i, last = i + m.end(), "="
+            continue
+        if not c.isspace():
+            last = c
+        i += 1
+    return [k for k in stack if k]
 
 
 def check_name(name, key="name"):
