@@ -237,9 +237,12 @@ def test_microcanonical_where_the_bath_has_no_microstates():
     d["initial"]["baths"] = [{"state": "microcanonical", "energy": 3}]
     expect_error(d, "initial.baths[0].energy", "no microstates")
     d = get_model_dict("three_spins_eth")
-    d["baths"][0]["dos"]["n"] = 5  # microstates only up to E = 5 < emax = 30
+    d["baths"][0]["dos"]["n"] = 5  # microstates only up to E = 5 < emax = 30: a grid above them is refused
+    d["initial"]["baths"] = [{"state": "microcanonical", "energy": 5}]
+    expect_error(d, "baths[0].emax", "5 spins", "at most E = 5")
+    d["baths"][0]["emax"] = 5
     d["initial"]["baths"] = [{"state": "microcanonical", "energy": 7}]
-    expect_error(d, "initial.baths[0].energy", "no microstates")
+    expect_error(d, "initial.baths[0].energy", "off the grid")
     d["initial"]["baths"] = [{"state": "microcanonical", "energy": 5}]
     trajmc.load_model(d)
 

@@ -27,7 +27,7 @@ from .engine import Interrupted, resolve_threads
 from .errors import TrajmcError
 from .examples import DEFAULT_EXAMPLE, get_example, list_examples
 from .model import load_model
-from .rundir import default_run_dir, locked, output_dir, resume_run
+from .rundir import default_run_dir, extend_run, locked, output_dir, resume_run
 from .simulation import backend_kwargs, plan_run, simulate
 from .solver import solve
 from .thermo import marginal_system, space_of
@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="sample trajectories and write a run directory")
     p.add_argument("model", nargs="?", help="model TOML file (default: the built-in default example)")
     _add_sim_options(p)
-    p.add_argument("--resume", metavar="DIR", help="finish an interrupted run directory")
+    p.add_argument("--resume", metavar="DIR", help="finish an interrupted run directory; with --trajectories N, "
+                   "extend a finished one to N trajectories (bit-identical to one run of N)")
     p.add_argument("--paths", type=_nonneg_int, metavar="K", help="keep full jump paths of K trajectories (default 5)")
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("validate", help="compare a run (or a fresh simulation of a model) with the exact solver")
@@ -309,15 +310,21 @@ def cmd_simulate(args):
     def draw():
         summary_figure(ens, output_dir(run_dir, "figures") / "summary.png")
     if args.resume:
-        given = [f for f in ("model", "example", "trajectories", "seed", "chunk_size", "out", "paths", "records",
+        given = [f for f in ("model", "example", "seed", "chunk_size", "out", "paths", "records",
                              "engine", "memory_budget", "max_jumps", "overwrite") if getattr(args, f) is not None]
         if given:
-            raise TrajmcError(f"--resume takes only --threads, --backend, --scheduler, --workers and --quiet (not "
-                              f"--{given[0].replace('_', '-')}): the run's own settings are used")
+            raise TrajmcError(f"--resume takes only --trajectories, --threads, --backend, --scheduler, --workers and "
+                              f"--quiet (not --{given[0].replace('_', '-')}): the run's own settings are used")
+        if args.trajectories is not None and backend:
+            raise TrajmcError("--resume with --trajectories (extending a finished run) runs on threads: drop "
+                              "--backend/--scheduler/--workers")
         args.run_dir = run_dir = Path(args.resume)
         with locked(run_dir):  # one writer from the first checkpoint to the last figure
             _figures_dir(run_dir)
-            ens = resume_run(args.resume, threads, progress=_progress(args), **backend)
+            if args.trajectories is not None:  # extend a finished run: bit-identical to one longer run
+                ens = extend_run(args.resume, args.trajectories, threads=threads, progress=_progress(args))
+            else:
+                ens = resume_run(args.resume, threads, progress=_progress(args), **backend)
             _figures(draw, "summary")
     else:
         model = load_model(_model_source(args))

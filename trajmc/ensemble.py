@@ -7,21 +7,40 @@ import pandas as pd
 from . import _kernel as K
 from .errors import ModelError
 from .estimate import marginals, thermo_estimates
+from .results import ResultMixin, times_text
 
 __all__ = ["Ensemble"]
 
 
-class Ensemble:
-    """Monte Carlo estimates of a model.
+class Ensemble(ResultMixin):
+    """Monte Carlo estimates of a model, rebuilt from the streaming accumulators of a run.
+
+    Shares its methods and their return types with :class:`trajmc.Solution`: :meth:`p_system` (standard
+    errors: :meth:`p_system_se`), :meth:`thermo` (with a ``<col>_se`` column each),
+    :meth:`heat_distribution`, :meth:`bath_distribution`, :meth:`work_distribution` and the long-format
+    tables :meth:`p_system_table` and :meth:`heat_table`.  :meth:`save` writes a run directory that
+    :func:`trajmc.load_run` reloads identically; :meth:`extend` adds trajectories (bit-identical to a longer
+    run with the same seed).
+
+    The full joint distribution (:attr:`p`, :attr:`p_se`, :attr:`counts`, :attr:`states`) exists on the
+    enumerated path only (:attr:`joint`); everything else exists on both paths.
 
     Attributes
     ----------
-    times : ndarray (n_t,)
-    stats : dict  trajectories, jumps, wall_s, compile_s, threads, chunks, chunk_size, seed_entropy, path, ...
-    plan, acc : the run's plan and accumulators (:mod:`trajmc.engine`)
-
-    The full joint distribution (``p``, ``p_se``, ``counts``, ``states``) exists on the enumerated path
-    only (``ens.joint``); everything else exists on both.
+    model : Model
+        The model simulated (with the sample times used).
+    times : ndarray of float64, shape (n_t,)
+        Sample times (units of 1/gamma).
+    stats : dict
+        ``trajectories``, ``jumps`` (total jumps simulated), ``wall_s``, ``compile_s``, ``threads``,
+        ``chunks``, ``chunk_size``, ``seed_entropy`` (the seed every chunk is derived from), ``path``
+        (``"enumerated"`` or ``"implicit"``) and ``path_reason``, ``states``, ``ns_per_jump``, ``records``,
+        ``trajectory_entropy``, ``memory_estimate``, ``bias_correction``, ``se_method``, ``run_dir``
+        (when the run has a directory), backend details.
+    plan : trajmc.engine.Plan
+        Everything fixed before the first trajectory (path, tables, chunking, seed).
+    acc : trajmc.engine.Accumulators
+        The streaming sums the estimates are computed from.
     """
 
     def __init__(self, plan, acc, stats: dict):
@@ -35,8 +54,14 @@ class Ensemble:
 
     # ------------------------------------------------------------------ joint distribution
     @property
+    def bath_names(self) -> list[str]:
+        """The model's bath names, in order (the ``<bath>`` of the ``E_<bath>``, ``Q_<bath>`` columns)."""
+        return self.model.bath_names
+
+    @property
     def network(self):
-        """The enumerated network (None on the implicit path)."""
+        """The enumerated network of joint states and jumps (:class:`trajmc.Network`; None on the implicit
+        path)."""
         return self.plan.network
 
     @property
@@ -46,16 +71,19 @@ class Ensemble:
 
     @property
     def trajectories(self) -> int:
+        """The number of trajectories simulated (int)."""
         return int(self.acc.sys2[0].sum())
 
     @property
     def counts(self):
-        """Occupation counts of every joint state, (n_t, n_states) int64; None without the joint."""
+        """Occupation counts of every joint state at every sample time (ndarray of int64, shape
+        (n_t, n_states), columns in the row order of :attr:`states`); None without the joint."""
         return self.acc.counts
 
     @property
     def states(self):
-        """One row per joint state: ``s``, ``E_<bath>`` (DataFrame); None without the joint."""
+        """One row per joint state, in the column order of :attr:`p`: ``s`` (level index) and one integer
+        column ``E_<bath>`` (bath energy, grid steps) per bath (pandas DataFrame); None without the joint."""
         if self.network is None:
             return None
         if self._states is None:
@@ -64,76 +92,128 @@ class Ensemble:
 
     @property
     def p(self):
-        """Relative frequencies of the joint states, (n_t, n_states) float; None without the joint."""
+        """Relative frequencies of the joint states, ``counts / trajectories`` (ndarray of float64, shape
+        (n_t, n_states)); None without the joint."""
         return None if self.acc.counts is None else self.acc.counts / self.trajectories
 
     @property
     def p_se(self):
-        """Multinomial standard errors of :attr:`p`; None without the joint."""
+        """Multinomial standard errors of :attr:`p`, ``sqrt(p (1 - p) / trajectories)`` (ndarray of float64,
+        shape (n_t, n_states)); None without the joint."""
         p = self.p
         return None if p is None else np.sqrt(p * (1.0 - p) / self.trajectories)
 
     # ------------------------------------------------------------------ marginals
     def p_system(self) -> np.ndarray:
-        """System marginal ``p_s(t)``: (n_t, n_levels) (the same type as ``Solution.p_system()``)."""
+        """System marginal ``p_s(t)`` (relative frequencies; the same type as ``Solution.p_system()``).
+
+        Returns
+        -------
+        ndarray of float64, shape (n_t, n_levels)
+            Standard errors: :meth:`p_system_se`; both in long format: :meth:`p_system_table`.
+        """
         return self.acc.sys2.sum(axis=1) / self.trajectories
 
     def p_system_se(self) -> np.ndarray:
-        """Standard errors of :meth:`p_system` (multinomial), (n_t, n_levels)."""
+        """Multinomial standard errors of :meth:`p_system`, ``sqrt(p (1 - p) / trajectories)``.
+
+        Returns
+        -------
+        ndarray of float64, shape (n_t, n_levels)
+        """
         p = self.p_system()
         return np.sqrt(p * (1.0 - p) / self.trajectories)
 
-    def _bath(self, bath) -> int:
-        names = self.model.bath_names
-        if isinstance(bath, str):
-            if bath not in names:
-                raise ModelError("bath", f"unknown bath {bath!r} (this model's baths: {', '.join(names)})")
-            return names.index(bath)
-        if isinstance(bath, bool) or not isinstance(bath, (int, np.integer)) or not 0 <= bath < len(names):
-            raise ModelError("bath", f"must be a bath name ({', '.join(names)}) or index 0..{len(names) - 1}, got "
-                                     f"{bath!r}")
-        return int(bath)
-
-    def heat_distribution(self, bath=0, t_index=-1) -> pd.Series:
-        """Histogram of the heat ``Q`` into the system from ``bath`` up to ``times[t_index]``
-        (``Q = -(E_bath(t) - E_bath(0))``, integer grid steps) as probabilities indexed by Q."""
-        nu = self._bath(bath)
+    def _heat_matrix(self, nu):
         w = self.acc.windows
-        h = self.acc.heat[t_index, w.qoff[nu]: w.qoff[nu] + w.qwid[nu]]
-        q = np.arange(w.qlo[nu], w.qlo[nu] + w.qwid[nu])
-        keep = h > 0
-        return pd.Series(h[keep] / self.trajectories, index=pd.Index(q[keep], name="Q"),
-                         name=f"P(Q_{self.model.bath_names[nu]})")
+        h = self.acc.heat[:, w.qoff[nu]: w.qoff[nu] + w.qwid[nu]]
+        q = np.arange(w.qlo[nu], w.qlo[nu] + w.qwid[nu], dtype=np.int64)
+        N = self.trajectories
+        P = h / N
+        return q, P, np.sqrt(P * (1.0 - P) / N)
 
     def bath_distribution(self, bath=0, t_index=-1) -> pd.Series:
-        """``p(E)`` of one bath at ``times[t_index]`` (probabilities indexed by E, occupied energies only)."""
+        """``p(E)`` of one bath at ``times[t_index]`` (relative frequencies).
 
+        Parameters
+        ----------
+        bath : str or int
+            Bath name (one of :attr:`bath_names`) or index.
+        t_index : int
+            Index into :attr:`times` (default: the last time).
+
+        Returns
+        -------
+        pandas.Series
+            Probabilities (float64) indexed by ``E`` (int64, grid steps), occupied energies only; named
+            ``p(E_<bath>)``.
+        """
         nu = self._bath(bath)
+        k = self._t_index(t_index)
         M = marginals(self.plan, self.acc)
-        c = M.sE[nu][t_index].sum(axis=1)
-        E = M.lo[nu] + np.arange(len(c))
+        c = M.sE[nu][k].sum(axis=1)
+        E = (M.lo[nu] + np.arange(len(c))).astype(np.int64)
         keep = c > 0
         return pd.Series(c[keep] / self.trajectories, index=pd.Index(E[keep], name="E"),
-                         name=f"p(E_{self.model.bath_names[nu]})")
+                         name=f"p(E_{self.bath_names[nu]})")
 
     def work_distribution(self, t_index=-1) -> pd.Series:
-        """Histogram of the work done on the system up to ``times[t_index]`` (integer energies)."""
-        h = self.acc.work[t_index]
-        w = np.arange(-self.plan.woff, self.plan.woff + 1) if self.plan.driven else np.zeros(1, np.int64)
+        """Histogram of the work done on the system up to ``times[t_index]``.
+
+        Parameters
+        ----------
+        t_index : int
+            Index into :attr:`times` (default: the last time).
+
+        Returns
+        -------
+        pandas.Series
+            Probabilities (float64) indexed by ``W`` (int64, grid steps), values with ``P > 0`` only; named
+            ``P(W)``.  An undriven model has ``P(W = 0) = 1``.
+        """
+        k = self._t_index(t_index)
+        h = self.acc.work[k]
+        w = np.arange(-self.plan.woff, self.plan.woff + 1, dtype=np.int64) if self.plan.driven \
+            else np.zeros(1, np.int64)
         keep = h > 0
         return pd.Series(h[keep] / self.trajectories, index=pd.Index(w[keep], name="W"), name="P(W)")
 
     # ------------------------------------------------------------------ estimates
     def thermo(self) -> pd.DataFrame:
-        """Thermodynamic estimates with a ``<col>_se`` column each; entropies bias-corrected by the delete-one
-        jackknife (``attrs['bias_correction']``), error bars by the delta method (``attrs['se_method']``).
-        ``attrs`` also say which columns are estimates, which are bounds and which are missing."""
+        """Thermodynamic estimates at every sample time, each with its standard error.
+
+        Entropies are plug-in estimates bias-corrected by the delete-one jackknife over trajectories (exact
+        from the counts; ``attrs['bias_correction']``).  Standard errors (``attrs['se_method']``): the
+        delta method (each trajectory's influence, time correlations included), plus the second-order
+        chi-square term of a plug-in entropy, plus the disagreement between the jackknife and Miller-Madow
+        corrections (large where the run is too sparse to trust either).  Linear quantities (energies,
+        heat, work) are plain means.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by ``t``; the columns of :meth:`trajmc.Solution.thermo` and a ``<col>_se`` column for
+            each.  ``attrs`` says which columns are estimates, which are bounds and which are missing
+            (NaN: without the full joint, e.g. ``S_obs`` on the implicit path with several baths).
+        """
         if self._thermo is None:
             self._thermo = thermo_estimates(self.plan, self.acc)
         return self._thermo.copy()
 
     def jarzynski(self, beta):
-        """Monte Carlo ``<exp(-beta W)>`` at every time and its standard error (from the work histogram)."""
+        """Monte Carlo ``<exp(-beta W)>`` at every sample time, from the work histogram.
+
+        Parameters
+        ----------
+        beta : float
+            Inverse temperature (1 / grid step).
+
+        Returns
+        -------
+        mean : ndarray of float64, shape (n_t,)
+        se : ndarray of float64, shape (n_t,)
+            Its standard error.
+        """
         w = np.arange(-self.plan.woff, self.plan.woff + 1) if self.plan.driven else np.zeros(1)
         h = self.acc.work / self.trajectories
         e = np.exp(-beta * w)
@@ -141,7 +221,13 @@ class Ensemble:
         return mean, np.sqrt(np.maximum(h @ e**2 - mean**2, 0.0) / max(self.trajectories - 1, 1))
 
     def activity(self) -> pd.DataFrame:
-        """Mean and variance of the number of jumps up to each time, with standard errors (streamed sums)."""
+        """Mean and variance of the number of jumps up to each sample time (streamed sums).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by ``t``; columns ``mean``, ``mean_se``, ``var``, ``var_se`` (float64).
+        """
         N = self.trajectories
         m = self.acc.mom[:, K.M_ACT:K.M_ACT + 4] / N
         m1, m2, m3, m4 = m.T
@@ -152,8 +238,15 @@ class Ensemble:
                             index=pd.Index(self.times, name="t"))
 
     def trajectory_entropy(self):
-        """Streamed ``<Delta s_obs>`` and ``<exp(-Delta s_obs)>`` at every time with standard errors
-        (``Delta s_obs`` against the exact ``p_x(t)``); None when the run did not stream them."""
+        """Streamed ``<Delta s_obs>`` and ``<exp(-Delta s_obs)>`` at every sample time (``Delta s_obs``
+        measured against the exact ``p_x(t)``).
+
+        Returns
+        -------
+        pandas.DataFrame or None
+            Indexed by ``t``; columns ``mean_ds``, ``mean_ds_se``, ``exp_mds``, ``exp_mds_se`` (float64);
+            None when the run did not stream them.
+        """
         if not self.plan.trajectory_entropy:
             return None
         N = self.trajectories
@@ -165,7 +258,19 @@ class Ensemble:
                                 index=pd.Index(self.times, name="t"))
 
     def delta_s_histogram(self, t_index=-1):
-        """(bin edges (B+1,), counts (B+2,) with under- and overflow first and last) of ``Delta s_obs``."""
+        """Histogram of the trajectories' ``Delta s_obs`` at ``times[t_index]``.
+
+        Parameters
+        ----------
+        t_index : int
+            Index into :attr:`times` (default: the last time).
+
+        Returns
+        -------
+        tuple of (ndarray, ndarray) or None
+            ``(edges, counts)``: bin edges (float64, shape (B + 1,)) and counts (int64, shape (B + 2,), the
+            underflow first and the overflow last); None when the run did not stream ``Delta s_obs``.
+        """
         if self.acc.dsh is None:
             return None
         lo, inv = self.plan.tables.dsbin
@@ -174,13 +279,19 @@ class Ensemble:
 
     @property
     def first_law(self):
-        """(violations, (trajectory, time) samples checked) of ``Delta E_S + sum Delta E_b = W``, exact integers."""
+        """``(violations, samples)`` (two ints): how many (trajectory, time) samples broke
+        ``Delta E_S + sum Delta E_b = W`` (exact integers: 0 unless something is wrong) out of those checked."""
         return int(self.acc.viol[0]), int(self.acc.viol[1])
 
     @property
     def records(self):
-        """Per-trajectory state (enumerated) or level and bath energies (implicit), jumps and work at each
-        sample time, if the run kept them (``records=True``); else None."""
+        """Per-trajectory records, if the run kept them (``records=True``); else None.
+
+        A dict of ndarrays with one row per trajectory and one column per sample time: ``x`` (int32,
+        (trajectories, n_t): joint-state index, enumerated path) or ``s`` (int32: level, implicit path) with
+        ``E`` (int32, (trajectories, n_t, n_baths): bath energies); ``jumps`` (int32: jumps so far);
+        ``work`` (int32: work so far, driven models only).
+        """
         a = self.acc
         if a.rec_x is None:
             return None
@@ -193,8 +304,12 @@ class Ensemble:
 
     @property
     def paths(self):
-        """Full jump paths of the first trajectories: list of (times, states) (enumerated: state indices;
-        implicit: (len, 1 + N) arrays of level and bath energies)."""
+        """Full jump paths of the first ``paths`` trajectories (the ``paths=`` of :func:`trajmc.simulate`).
+
+        A list of ``(times, states)``: ``times`` ndarray of float64 (n_jumps + 1,) and ``states`` the state
+        after each jump: joint-state indices (int64, (n_jumps + 1,)) on the enumerated path, or level and bath
+        energies (int64, (n_jumps + 1, 1 + n_baths)) on the implicit path.
+        """
         a = self.acc
         if self.joint:
             return [(a.path_t[i, :a.path_len[i]], a.path_x[i, :a.path_len[i]]) for i in range(len(a.path_len))]
@@ -202,7 +317,131 @@ class Ensemble:
                  np.column_stack([a.path_x[i, :a.path_len[i]], a.path_E[i, :a.path_len[i]]]))
                 for i in range(len(a.path_len))]
 
-    def __repr__(self):
+    # ------------------------------------------------------------------ saving, extending
+    def save(self, run_dir, overwrite=False):
+        """Write this result as a run directory that :func:`trajmc.load_run` reloads identically.
+
+        The same writer as ``simulate(..., out=run_dir)`` (resolved model, provenance, accumulators,
+        estimates).  Figures are not drawn here.
+
+        Parameters
+        ----------
+        run_dir : str or os.PathLike
+            A new or empty directory.
+        overwrite : bool
+            Replace a run directory that holds only trajmc's files.
+
+        Returns
+        -------
+        pathlib.Path
+            The run directory.
+        """
+        from .rundir import save_new_run
+
+        return save_new_run(self, run_dir, overwrite=overwrite)
+
+    def extend(self, trajectories, threads=None, progress=None):
+        """The same run with more trajectories: bit-identical to ``simulate(model, trajectories, seed)``.
+
+        Chunks are seeded independently (``SeedSequence(seed, spawn_key=(chunk,))``), so extending runs the
+        chunks the longer run has beyond this one's and adds them, in order, to a copy of the sums.
+
+        Parameters
+        ----------
+        trajectories : int
+            The total wanted (more than :attr:`trajectories`).
+        threads : int, optional
+            Numba threads (default: all cores); never changes the result.
+        progress : bool, optional
+            Report progress (default: no).
+
+        Returns
+        -------
+        Ensemble
+            A new result; this one is unchanged.  To extend a run directory in place: :func:`trajmc.extend_run`.
+
+        Raises
+        ------
+        trajmc.ModelError
+            ``trajectories`` not above the current number, or this run's last chunk is partial (its number of
+            trajectories is not a multiple of the chunk size), or the longer run would sum at another
+            fixed-point scale (the message gives the largest number that can be reached).
+        """
+        from . import engine as eng
+        from .simulation import execute
+
+        threads = eng.resolve_threads(threads)
+        plan, acc = extended(self.plan, self.acc, trajectories, threads)
+        return execute(plan, acc, threads, bool(progress))
+
+    def summary(self) -> dict:
+        """What :func:`repr` and the notebook summary show.
+
+        Returns
+        -------
+        dict
+            ``kind``, ``name``, ``levels``, ``baths``, ``times``, ``trajectories``, ``seed``, ``path``, and
+            ``run_dir`` when the result has a run directory.
+        """
+        st = self.stats
         what = f"{self.plan.n_states} states" if self.joint else "marginals only"
-        return (f"<Ensemble {self.model.name!r}: {self.trajectories} trajectories, {self.stats.get('jumps')} jumps, "
-                f"{self.plan.path} path ({what}), {len(self.times)} times>")
+        d = {"kind": "Ensemble", "name": self.model.name, "levels": [int(e) for e in self.model.energies],
+             "baths": self.bath_names, "times": times_text(self.times), "trajectories": self.trajectories,
+             "seed": self.plan.entropy, "path": f"{self.plan.path} ({what})"}
+        if st.get("run_dir"):
+            d["run_dir"] = st["run_dir"]
+        return d
+
+
+def extended(plan, acc, trajectories, threads=1):
+    """(plan, accumulators) of the longer run of ``trajectories`` with ``plan``'s seed and chunking, holding
+    ``acc``'s finished chunks (copied) and ready to run the rest.  Refuses what would not be bit-identical."""
+    from .engine import _count, new_accumulators
+    from .simulation import plan_run
+    from .tables import fixed_point_scale
+
+    n = _count(trajectories, "trajectories")
+    if acc.chunks_done != plan.n_chunks:
+        raise ModelError("trajectories", f"the run is unfinished ({acc.chunks_done} of {plan.n_chunks} chunks): "
+                                         "finish it (resume) before extending it")
+    if n <= plan.trajectories:
+        raise ModelError("trajectories", f"must exceed the {plan.trajectories} trajectories already run, got {n}")
+    if plan.trajectories % plan.chunk_size:
+        raise ModelError("trajectories", f"this run's last chunk is partial ({plan.trajectories} trajectories in "
+                                         f"chunks of {plan.chunk_size}): a longer run draws that chunk in full, so "
+                                         "it cannot be extended bit-identically (extend runs whose trajectories "
+                                         "are a multiple of chunk_size)")
+    # the longer run's plan, built as simulate builds it (the exact entropy reference is the same: reused)
+    new = plan_run(plan.model, n, plan.entropy, None, plan.chunk_size, plan.record, plan.paths, plan.path, threads,
+                   trajectory_entropy=False)
+    if plan.trajectory_entropy:
+        new.tables = new.tables._replace(lnq=plan.tables.lnq, dsbin=plan.tables.dsbin)
+        new.trajectory_entropy = True
+    if new.g_scale != plan.g_scale:  # the entropy sums are fixed-point integers at a scale set by the run size
+        gmax = float(np.abs(plan.g0).max()) if plan.g0 is not None else None
+        top = ""
+        if gmax is not None:
+            lo, hi = plan.trajectories, n
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if fixed_point_scale(gmax, mid) == plan.g_scale else (lo, mid)
+            top = f"; it extends bit-identically to at most {lo} trajectories"
+        raise ModelError("trajectories", f"a run of {n} trajectories sums the streamed entropy terms at a coarser "
+                                         f"fixed-point scale than this run of {plan.trajectories}, so extending it "
+                                         f"could not be bit-identical to that run{top}")
+    out = new_accumulators(new)
+    for k, a in acc.arrays().items():
+        if k.startswith("rec_"):
+            continue
+        if k in ("jumps", "fingerprint"):
+            getattr(out, k)[:len(a)] = a
+        else:
+            setattr(out, k, a.copy())
+    out.windows = acc.windows
+    for k in ("rec_x", "rec_n", "rec_w", "rec_E"):
+        a = getattr(acc, k)
+        if a is not None:
+            getattr(out, k)[:len(a)] = a
+    out.chunks_done = acc.chunks_done
+    out.wall_s = acc.wall_s
+    return new, out

@@ -5,7 +5,7 @@ import copy
 
 from .errors import ModelError
 
-__all__ = ["EXAMPLES", "DEFAULT_EXAMPLE", "get_example", "list_examples"]
+__all__ = ["EXAMPLES", "DEFAULT_EXAMPLE", "get_example", "load_example", "list_examples"]
 
 _OFFDIAG3 = [[0, 1, 1], [1, 0, 1], [1, 1, 0]]
 
@@ -96,10 +96,53 @@ DEFAULT_EXAMPLE = "qubit-oscillators"
 
 
 def get_example(name: str) -> dict:
-    """The model dict of a built-in example (a fresh copy)."""
+    """The model of a built-in example as a plain dict in the model-file schema (a fresh copy, to edit).
+
+    A dict, not a :class:`trajmc.Model`: change a key, then pass it to :func:`trajmc.load_model`,
+    :func:`trajmc.solve` or :func:`trajmc.simulate`.  For the validated model (``.bath_names``,
+    ``.times``, ...) use :func:`load_example`.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`list_examples`.
+
+    Returns
+    -------
+    dict
+
+    Examples
+    --------
+    >>> d = get_example("two-baths")
+    >>> d["simulation"]["trajectories"] = 10_000
+    >>> [b["name"] for b in d["baths"]]
+    ['hot', 'cold']
+    """
     if name not in EXAMPLES:
         raise ModelError("example", f"unknown example {name!r} (known: {', '.join(EXAMPLES)})")
     return copy.deepcopy(EXAMPLES[name]["model"])
+
+
+def load_example(name: str):
+    """A built-in example as a validated :class:`trajmc.Model` (``load_model(get_example(name))``).
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`list_examples`.
+
+    Returns
+    -------
+    Model
+
+    Examples
+    --------
+    >>> load_example("two-baths").bath_names
+    ['hot', 'cold']
+    """
+    from .model import load_model
+
+    return load_model(get_example(name))
 
 
 def list_examples() -> dict:

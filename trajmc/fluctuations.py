@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 from math import factorial
+from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 import scipy.linalg
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
@@ -25,6 +27,8 @@ from .network import Network, build_segments
 from .solver import _one_blas_thread, propagate_segments
 
 __all__ = [
+    "HeatDistribution",
+    "WorkDistribution",
     "block_scaled_v",
     "counting_moments",
     "cumulants_from_distribution",
@@ -39,6 +43,111 @@ __all__ = [
 COUNTING_DENSE_MAX = 32
 #: largest (groups x states) for which the exact heat distribution is computed
 HEAT_EXACT_LIMIT = 20_000_000
+
+
+def _series(values, P, t_index, name, label):
+    row = np.asarray(P)[t_index]
+    keep = row > 0
+    return pd.Series(row[keep], index=pd.Index(np.asarray(values, dtype=np.int64)[keep], name=name), name=label)
+
+
+def _table(values, P, times, name):
+    P = np.asarray(P)
+    ti, vi = np.nonzero(P > 0)
+    return pd.DataFrame({"t": np.asarray(times, dtype=float)[ti], name: np.asarray(values, dtype=np.int64)[vi],
+                         "P": P[ti, vi], "P_se": np.zeros(len(ti))})
+
+
+class HeatDistribution(NamedTuple):
+    """Exact heat distribution of one bath at several times (unpacks as ``Q, P = ...``).
+
+    Attributes
+    ----------
+    Q : ndarray of int64, shape (n_q,)
+        Heat values (grid steps, into the system: ``Q = E_bath(0) - E_bath(t)``).
+    P : ndarray of float64, shape (n_t, n_q)
+        ``P(Q, t)``, one row per time asked for.
+    """
+
+    Q: np.ndarray
+    P: np.ndarray
+
+    def series(self, t_index=-1, bath=None) -> pd.Series:
+        """``P(Q)`` at one time as :meth:`trajmc.Solution.heat_distribution` returns it.
+
+        Parameters
+        ----------
+        t_index : int
+            Row of :attr:`P`.
+        bath : str, optional
+            Bath name for the Series name ``P(Q_<bath>)``.
+
+        Returns
+        -------
+        pandas.Series
+            Probabilities indexed by ``Q`` (int64), values with ``P > 0`` only.
+        """
+        return _series(self.Q, self.P, t_index, "Q", f"P(Q_{bath})" if bath is not None else "P(Q)")
+
+    def table(self, times) -> pd.DataFrame:
+        """Long format as :meth:`trajmc.Solution.heat_table`: columns ``t, Q, P, P_se`` (``P_se`` = 0).
+
+        Parameters
+        ----------
+        times : array_like, shape (n_t,)
+            The times of the rows of :attr:`P`.
+
+        Returns
+        -------
+        pandas.DataFrame
+        """
+        return _table(self.Q, self.P, times, "Q")
+
+
+class WorkDistribution(NamedTuple):
+    """Exact work distribution at several times (unpacks as ``W, P = ...``).
+
+    Attributes
+    ----------
+    W : ndarray of int64, shape (n_w,)
+        Work values done on the system (grid steps).
+    P : ndarray of float64, shape (n_t, n_w)
+        ``P(W, t)``, one row per time asked for.
+    """
+
+    W: np.ndarray
+    P: np.ndarray
+
+    def series(self, t_index=-1, name="W") -> pd.Series:
+        """``P(W)`` at one time as :meth:`trajmc.Solution.work_distribution` returns it.
+
+        Parameters
+        ----------
+        t_index : int
+            Row of :attr:`P`.
+        name : str
+            Name of the index.
+
+        Returns
+        -------
+        pandas.Series
+            Probabilities indexed by ``W`` (int64), values with ``P > 0`` only; named ``P(W)``.
+        """
+        return _series(self.W, self.P, t_index, name, "P(W)")
+
+    def table(self, times) -> pd.DataFrame:
+        """Long format: columns ``t, W, P, P_se`` (``P_se`` = 0).
+
+        Parameters
+        ----------
+        times : array_like, shape (n_t,)
+            The times of the rows of :attr:`P`.
+
+        Returns
+        -------
+        pandas.DataFrame
+        """
+        return _table(self.W, self.P, times, "W")
 
 
 def heat_weights(net: Network, nu: int) -> np.ndarray:
@@ -273,7 +382,10 @@ def cumulants_from_distribution(values, P) -> np.ndarray:
 
 
 def heat_distribution(net, nu: int, times, progress=None):
-    """Exact ``P(Q_nu = q)`` at ``times``: (q values, (n_t, n_q) probabilities), or None if too large.
+    """Exact ``P(Q_nu = q)`` at ``times``: a :class:`HeatDistribution` ``(Q, P)``, or None if too large.
+
+    This is what :meth:`trajmc.Solution.heat_distribution` and :meth:`trajmc.Solution.heat_table` read
+    (``.series(k)`` and ``.table(times)`` give their types).
 
     ``Q_nu = E_nu(x_0) - E_nu(x_t)``: the initial distribution split by its bath energy is propagated with
     the solver's routes (one right-hand side per initial bath energy present in a closed class, so a
@@ -286,7 +398,7 @@ def heat_distribution(net, nu: int, times, progress=None):
     emax = net.model.baths[nu].emax
     out = _split_propagate(segs, E, lambda lab0, idx: lab0 - E[idx][:, None] + emax, 2 * emax + 1, times, progress,
                            f"heat distribution ({net.model.bath_names[nu]})")
-    return None if out is None else (np.arange(-emax, emax + 1), out)
+    return None if out is None else HeatDistribution(np.arange(-emax, emax + 1, dtype=np.int64), out)
 
 
 def exchange_distribution(net, times, p_levels, betas, progress=None):
@@ -423,7 +535,7 @@ def _level_steps(segments):
 
 
 def work_distribution(segments, times):
-    """Exact ``P(W = w)`` at ``times`` for a driven model: (w values, (n_t, n_w) probabilities).
+    """Exact ``P(W = w)`` at ``times`` for a driven model: a :class:`WorkDistribution` ``(W, P)``.
 
     Propagates one column per accumulated work value and moves probability between columns at
     each switch (the work of a switch is fixed by the level occupied then).
@@ -445,7 +557,7 @@ def work_distribution(segments, times):
         return out
 
     pt, _, _ = propagate_segments(segments, P0, times, at_switch=shift)
-    return np.arange(-wmax, wmax + 1), pt.sum(axis=1)
+    return WorkDistribution(np.arange(-wmax, wmax + 1, dtype=np.int64), pt.sum(axis=1))
 
 
 def tilted_work_average(segments, times, beta):

@@ -46,6 +46,8 @@ import pandas as pd
 import scipy.linalg
 from scipy.special import logsumexp
 
+from .errors import UnsupportedError
+from .results import ResultMixin, times_text
 from .thermo import Space, marginal_bath, marginal_system, thermo_table
 
 __all__ = ["random_matrix_bath", "Microscopic", "QuantumSolution", "deviation", "golden_rule_gamma",
@@ -759,17 +761,21 @@ def _evolve_trace(HV, lamb, V, supports, t, blocks, nb):
 
 # --------------------------------------------------------------------------- the result
 
-class QuantumSolution:
-    """Exact ``p_{sE}(t)`` of a :class:`Microscopic` model, shaped like a :class:`trajmc.Solution`.
+class QuantumSolution(ResultMixin):
+    """Exact ``p_{sE}(t)`` of a :class:`Microscopic` model, with the methods and return types of a
+    :class:`trajmc.Solution`: :meth:`p_system` (standard errors :meth:`p_system_se`: zeros),
+    :meth:`p_system_table`, :meth:`thermo`, :meth:`bath_distribution`, :attr:`bath_names`.
+
+    Heat statistics (:meth:`heat_distribution`, :meth:`heat_table`) need the joint distribution of the
+    initial and final bath windows, which ``p_{sE}(t)`` does not hold: they raise
+    :class:`trajmc.UnsupportedError`.
 
     Attributes
     ----------
-    times : ndarray (n_t,)
-    states : DataFrame
-        One row per outcome ``(s, E)`` with ``V_E > 0``, *every* such pair (the quantum dynamics is not
-        confined to one MME shell): columns ``s`` and ``E_<bath>``, sorted by ``s`` then ``E``.
-    p : ndarray (n_t, n_states)
-        ``p_{sE}(t) = tr{(|s><s| (x) Pi_E) rho(t)}``.
+    times : ndarray of float64, shape (n_t,)
+        Sample times (units of ``1/gamma`` of the MME).
+    p : ndarray of float64, shape (n_t, n_states)
+        ``p_{sE}(t) = tr{(|s><s| (x) Pi_E) rho(t)}``, one column per row of :attr:`states`.
     info : dict
         ``route``, ``dimension``, ``support`` (columns propagated), ``seconds_eigh``, ``seconds``,
         ``eigh_residual``, ``energy`` (``<H>(t)`` in the product basis, (n_t,)), ``energy_initial``
@@ -777,6 +783,9 @@ class QuantumSolution:
         (largest ``|sum p - 1|``), ``p_min`` (the most negative ``p`` computed, a rounding error; ``p`` holds
         ``max(p, 0)``), ``coupling``, ``gamma``.
     micro : Microscopic
+        The microscopic model evolved.
+    initial : object
+        The resolved initial state (``kind``, ``p_E``, ``beta_grid``, ...).
     """
 
     def __init__(self, micro, times, states, p, initial, info):
@@ -788,7 +797,15 @@ class QuantumSolution:
         self._states = states
 
     @property
+    def bath_names(self) -> list[str]:
+        """The bath's name, as a one-element list (as :attr:`trajmc.Solution.bath_names`)."""
+        return [self.micro.name]
+
+    @property
     def states(self) -> pd.DataFrame:
+        """One row per outcome ``(s, E)`` with ``V_E > 0`` -- *every* such pair (the quantum dynamics is not
+        confined to one MME shell) -- in the column order of :attr:`p`: columns ``s`` and ``E_<bath>``
+        (int64), sorted by ``s`` then ``E`` (pandas DataFrame)."""
         return pd.DataFrame({"s": self._states[:, 0], f"E_{self.micro.name}": self._states[:, 1]})
 
     def space(self) -> Space:
@@ -797,6 +814,10 @@ class QuantumSolution:
         System energies are the placed grid levels (units of ``delta``, as in the MME); ``Sigma_tilde`` uses
         the reference ``beta * delta`` of the initial state (canonical, or a reference given with the others);
         ``D`` needs a canonical start (its ``pi_E`` is the initial ``p_E``).
+
+        Returns
+        -------
+        trajmc.thermo.Space
         """
         m = self.micro
         s, E = self._states[:, 0], self._states[:, 1]
@@ -807,20 +828,77 @@ class QuantumSolution:
                      bath_names=(m.name,), bath_lnV=(m.lnV,), beta=beta, pi=pi)
 
     def p_system(self) -> np.ndarray:
-        """System marginal ``p_s(t)``: (n_t, n_levels) (as :meth:`trajmc.Solution.p_system`)."""
+        """System marginal ``p_s(t)`` (as :meth:`trajmc.Solution.p_system`).
+
+        Returns
+        -------
+        ndarray of float64, shape (n_t, n_levels)
+        """
         return marginal_system(self.p, self.space())
 
+    def p_system_se(self) -> np.ndarray:
+        """Standard errors of :meth:`p_system`: zeros (the dynamics is exact).
+
+        Returns
+        -------
+        ndarray of float64, shape (n_t, n_levels)
+        """
+        return np.zeros((len(self.times), self.micro.n_levels))
+
     def p_bath(self) -> np.ndarray:
-        """Window distribution ``p_E(t)`` on the grid ``0 .. K-1``: (n_t, K)."""
+        """Window distribution ``p_E(t)`` on the grid ``0 .. K-1``.
+
+        Returns
+        -------
+        ndarray of float64, shape (n_t, K)
+        """
         return marginal_bath(self.p, self.space(), 0)
 
+    def bath_distribution(self, bath=0, t_index=-1) -> pd.Series:
+        """``p(E)`` of the bath at ``times[t_index]`` (as :meth:`trajmc.Solution.bath_distribution`).
+
+        Parameters
+        ----------
+        bath : str or int
+            The bath's name or 0.
+        t_index : int
+            Index into :attr:`times` (default: the last time).
+
+        Returns
+        -------
+        pandas.Series
+            Probabilities (float64) indexed by ``E`` (int64, window index), windows with ``p > 0`` only.
+        """
+        self._bath(bath)
+        pE = self.p_bath()[self._t_index(t_index)]
+        keep = np.flatnonzero(pE > 0)
+        return pd.Series(pE[keep], index=pd.Index(keep.astype(np.int64), name="E"), name=f"p(E_{self.micro.name})")
+
+    def _heat_matrix(self, nu):
+        raise UnsupportedError("the exact dynamics gives p_sE(t), not the joint distribution of the initial and "
+                               "final bath windows that the heat distribution needs")
+
     def thermo(self) -> pd.DataFrame:
-        """The docs/physics.md §4 quantities of ``p`` (:func:`trajmc.thermo.thermo_table`, as for the MME)."""
+        """The thermodynamic quantities of ``p`` (:func:`trajmc.thermo.thermo_table`, as for the MME).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by ``t``; the columns of :meth:`trajmc.Solution.thermo`.
+        """
         return thermo_table(self.times, self.p, self.space())
 
-    def __repr__(self):
-        return (f"<QuantumSolution: D = {self.info['dimension']}, {len(self._states)} outcomes, "
-                f"{len(self.times)} times, route {self.info['route']}>")
+    def summary(self) -> dict:
+        """What :func:`repr` and the notebook summary show.
+
+        Returns
+        -------
+        dict
+            ``kind``, ``levels``, ``baths``, ``times``, ``dimension``, ``outcomes``, ``route``.
+        """
+        return {"kind": "QuantumSolution", "levels": [int(e) for e in self.micro.levels],
+                "baths": self.bath_names, "times": times_text(self.times), "dimension": self.info["dimension"],
+                "outcomes": len(self._states), "route": self.info["route"]}
 
 
 def deviation(quantum: QuantumSolution, solution) -> dict:

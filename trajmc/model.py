@@ -25,7 +25,7 @@ from . import _validate as v
 from .dos import Exponential, Oscillators, Spins, Table
 from .errors import ModelError
 
-__all__ = ["Model", "Bath", "Kernel", "Spectral", "BathState", "Step", "load_model"]
+__all__ = ["Model", "Bath", "Kernel", "Spectral", "BathState", "Step", "load_model", "toml_dumps"]
 
 #: largest canonical-state mass the energy grid may cut off
 TRUNCATION_TOL = 1e-9
@@ -234,9 +234,63 @@ class Model:
         return d
 
     def to_toml(self) -> str:
-        import tomli_w
+        """The resolved model as TOML text (:func:`toml_dumps` of :meth:`to_dict`); reloads identically.
 
-        return tomli_w.dumps(self.to_dict())
+        Returns
+        -------
+        str
+        """
+        return toml_dumps(self.to_dict())
+
+    def summary(self) -> dict:
+        """The few facts that identify the model at a glance (what :meth:`__repr__` and the notebook
+        summary show).
+
+        Returns
+        -------
+        dict
+            ``name``, ``levels`` (the level energies, list of int), ``baths`` (one string per bath: name,
+            density of states, ``emax``, kernel), ``initial`` (str), ``times`` (str), ``protocol`` (number of
+            switches).
+        """
+        baths = []
+        for b in self.baths:
+            dos = b.dos.to_dict()
+            kind = dos.pop("model")
+            arg = ", ".join(f"{k}={val}" for k, val in dos.items() if k not in ("lnV", "file")) or "table"
+            baths.append(f"{b.name}: {kind}({arg}), emax={b.emax}, kernel={b.kernel.model}")
+        if self.joint is not None:
+            ini = f"joint table ({len(self.joint[1])} states)"
+        else:
+            sys_ = (f"gibbs(beta={self.system_gibbs_beta:g})" if self.system_gibbs_beta is not None
+                    else _short_list(self.p_system))
+            parts = []
+            for st in self.bath_states:
+                if st.state == "canonical":
+                    parts.append(f"canonical(beta={st.beta:g})")
+                elif st.state == "microcanonical":
+                    parts.append(f"microcanonical(E={st.energy})")
+                else:
+                    parts.append("table")
+            ini = f"system {sys_}; baths " + ", ".join(parts)
+        t = self.times
+        times = f"{len(t)} times in [{t[0]:g}, {t[-1]:g}]"
+        return {"name": self.name, "levels": [int(e) for e in self.energies], "baths": baths, "initial": ini,
+                "times": times, "protocol": len(self.protocol)}
+
+    def __repr__(self):
+        s = self.summary()
+        drive = f", {s['protocol']} switches" if s["protocol"] else ""
+        return (f"<Model {s['name']!r}: levels {_short_list(s['levels'])}{drive}; "
+                f"baths [{'; '.join(s['baths'])}]; {s['initial']}; {s['times']}>")
+
+    def _repr_html_(self):
+        s = self.summary()
+        rows = [("levels", _short_list(s["levels"]))] + [("bath", b) for b in s["baths"]] \
+            + [("initial", s["initial"]), ("times", s["times"])]
+        if s["protocol"]:
+            rows.append(("protocol", f"{s['protocol']} switches"))
+        return html_table(f"Model {s['name']!r}", rows)
 
     @property
     def digest(self) -> str:
@@ -254,6 +308,142 @@ class Model:
         object.__setattr__(m, "times", t)
         object.__setattr__(m, "_hash", "")
         return m
+
+
+def _short_list(a, limit=8) -> str:
+    """``[a, b, c]`` for a short sequence, ``[a, b, ..., z] (n entries)`` for a long one (numbers as %g)."""
+    vals = [f"{float(x):g}" if not isinstance(x, (int, np.integer)) else str(int(x)) for x in a]
+    if len(vals) <= limit:
+        return "[" + ", ".join(vals) + "]"
+    return "[" + ", ".join(vals[:3]) + ", ..., " + vals[-1] + f"] ({len(vals)} entries)"
+
+
+def html_table(title, rows) -> str:
+    """A compact HTML summary: a bold title over a two-column table of ``(label, value)`` rows (escaped)."""
+    import html
+
+    body = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
+                   f"<td style='text-align:left'>{html.escape(str(val))}</td></tr>" for k, val in rows)
+    return f"<div><b>{html.escape(str(title))}</b><table>{body}</table></div>"
+
+
+# --------------------------------------------------------------------------- TOML writer
+
+#: arrays and inline tables whose one-line form is at most this long are written on one line
+TOML_WIDTH = 100
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_str(s: str) -> str:
+    out = ['"']
+    for c in s:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif c in "\b\t\n\f\r":
+            out.append({"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}[c])
+        elif ord(c) < 32 or ord(c) == 127:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return "".join(out) + '"'
+
+
+def _toml_key(k) -> str:
+    if not isinstance(k, str):
+        raise TypeError(f"TOML keys are strings, got {type(k).__name__}")
+    return k if _BARE_KEY.match(k) else _toml_str(k)
+
+
+def _toml_scalar(x) -> str:
+    if isinstance(x, (bool, np.bool_)):
+        return "true" if x else "false"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if isinstance(x, (float, np.floating)):
+        return str(float(x))  # repr: round-trips; inf, -inf, nan are TOML too
+    if isinstance(x, str):
+        return _toml_str(x)
+    raise TypeError(f"a value of type {type(x).__name__} cannot be written to TOML")
+
+
+def _toml_inline(x) -> str:
+    """``x`` on one line."""
+    if isinstance(x, dict):
+        if not x:
+            return "{}"
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_inline(val)}" for k, val in x.items()) + " }"
+    if isinstance(x, (list, tuple)):
+        return "[" + ", ".join(_toml_inline(e) for e in x) + "]"
+    return _toml_scalar(x)
+
+
+def _toml_value(x, indent) -> str:
+    """An array (or scalar) value: on one line when short, else one line per row (nested arrays) or items
+    wrapped at :data:`TOML_WIDTH` characters (flat arrays)."""
+    one = _toml_inline(x)
+    if len(one) + indent <= TOML_WIDTH or not isinstance(x, (list, tuple)) or not x:
+        return one
+    pad = " " * (indent + 4)
+    if any(isinstance(e, (list, tuple, dict)) for e in x):
+        items = [_toml_value(e, indent + 4) if not isinstance(e, dict) else _toml_inline(e) for e in x]
+        return "[\n" + "".join(f"{pad}{it},\n" for it in items) + " " * indent + "]"
+    lines, cur = [], ""
+    for it in (_toml_scalar(e) for e in x):
+        if cur and len(pad) + len(cur) + len(it) + 2 > TOML_WIDTH:
+            lines.append(cur)
+            cur = ""
+        cur = f"{cur} {it}," if cur else f"{it},"
+    lines.append(cur)
+    return "[\n" + "".join(f"{pad}{ln}\n" for ln in lines) + " " * indent + "]"
+
+
+def _is_table_array(x) -> bool:
+    return isinstance(x, (list, tuple)) and bool(x) and all(isinstance(e, dict) for e in x)
+
+
+def _toml_table(d, path, out):
+    later = []
+    for k, val in d.items():
+        if val is None:
+            raise TypeError(f"{'.'.join(path + [k])}: None cannot be written to TOML")
+        key = _toml_key(k)
+        if isinstance(val, dict) or _is_table_array(val):
+            one = _toml_inline(val)
+            if path and len(key) + 3 + len(one) <= TOML_WIDTH:  # top-level tables keep their [header]
+                out.append(f"{key} = {one}")
+            else:
+                later.append((key, val))
+        else:
+            out.append(f"{key} = {_toml_value(val, 0)}")
+    for key, val in later:
+        sub = path + [key]
+        if isinstance(val, dict):
+            out.append("")
+            out.append(f"[{'.'.join(sub)}]")
+            _toml_table(val, sub, out)
+        else:
+            for e in val:
+                out.append("")
+                out.append(f"[[{'.'.join(sub)}]]")
+                _toml_table(e, sub, out)
+
+
+def toml_dumps(d: dict) -> str:
+    """TOML text of a model dict, laid out for reading: short arrays and tables on one line, long arrays
+    wrapped (several numbers a line, one row of a matrix a line); ``tomllib.loads`` gives ``d`` back.
+
+    Parameters
+    ----------
+    d : dict
+        Plain data (str keys; str, int, float, bool, lists and dicts as values; no None).
+
+    Returns
+    -------
+    str
+    """
+    out = []
+    _toml_table(d, [], out)
+    return "\n".join(out).lstrip("\n") + "\n"
 
 
 def _matrices_to_list(S):
@@ -382,13 +572,42 @@ def _toml_key_at(text, pos):
                 table += f"[{seen[prefix]}]"
     start = head.rfind("\n") + 1
     line = head[start:]
+    after = len(head)
     for m in re.finditer(r"^\s*([A-Za-z0-9_.\-\"' ]+?)\s*=", head, flags=re.M):  # the last key = before pos
-        line = m.group(1)
+        line, after = m.group(1), m.end()
     key = line.strip().replace('"', "").replace("'", "").replace(" ", "")
     if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,60}", key or "-"):
         key = ""
+    elif inner := _inline_keys(head[after:]):  # dos = { model = "spins", n = [[[...: baths[0].dos.n
+        key = ".".join([key] + inner)
     full = f"{table}.{key}" if table and key else table or key
     return full if len(full) <= 80 else full[:80] + "..."
+
+
+def _inline_keys(seg):
+    """The keys of the inline tables still open at the end of ``seg`` (a value's text after its ``key =``)."""
+    stack, last, i, n = [], "", 0, len(seg)
+    while i < n:
+        c = seg[i]
+        if c in "\"'":
+            q = seg[i:i + 3] if seg[i:i + 3] in ('"""', "'''") else c
+            j = i + len(q)
+            while j < n and seg[j:j + len(q)] != q:
+                j += 2 if c == '"' and seg[j] == "\\" else 1
+            i, last = j + len(q), q[0]
+            continue
+        if c == "{":
+            stack.append("")
+        elif c == "}" and stack:
+            stack.pop()
+        elif stack and last in "{," and (m := re.match(r"([A-Za-z0-9_\-]+)\s*=", seg[i:])):
+            stack[-1] = m.group(1)
+            i, last = i + m.end(), "="
+            continue
+        if not c.isspace():
+            last = c
+        i += 1
+    return [k for k in stack if k]
 
 
 def check_name(name, key="name"):
@@ -687,6 +906,9 @@ def _parse_bath(d, key, n_s, base, U=None):
     emax = v.as_int(d["emax"], f"{key}.emax", lo=0, hi=MAX_ENERGY)
     if isinstance(dos, Table) and emax > dos.max_energy:
         raise ModelError(f"{key}.emax", f"is {emax} but the lnV table only covers E = 0..{dos.max_energy}")
+    if isinstance(dos, Spins) and emax > dos.max_energy:  # the grid above n * quantum holds no microstate
+        raise ModelError(f"{key}.emax", f"is {emax} but {dos.n} spins of quantum {dos.w} hold at most E = "
+                                        f"{dos.max_energy} (n * quantum); use emax <= {dos.max_energy}")
     with np.errstate(over="ignore", invalid="ignore"):
         lnV = dos.lnv(np.arange(emax + 1)).astype(np.float64)
     bad = np.flatnonzero(np.isnan(lnV) | (lnV == np.inf))

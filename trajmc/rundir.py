@@ -45,12 +45,13 @@ from . import engine
 from ._version import __version__
 from .ensemble import Ensemble
 from .errors import RunError, TrajmcError
-from .model import load_model
+from .model import load_model, toml_dumps
 from .runlock import LOCK_NAME, run_lock
 from .simulation import execute, make_stats, plan_run
 from .tables import windows_from
 
-__all__ = ["RunWriter", "save_run", "load_run", "resume_run", "provenance", "default_run_dir", "atomic_write",
+__all__ = ["RunWriter", "save_run", "save_new_run", "extend_run", "load_run", "resume_run",
+           "provenance", "default_run_dir", "atomic_write",
            "atomic_text", "locked", "output_dir", "remove_leftovers"]
 
 SCHEMA = 4
@@ -175,14 +176,12 @@ def provenance(plan, acc, stats=None, status="running", files=None) -> dict:
 
 
 def _resolved_model_toml(plan):
-    import tomli_w
-
     d = plan.model.to_dict()
     d["simulation"] = {"trajectories": plan.trajectories, "seed": plan.entropy, "chunk_size": plan.chunk_size,
                        "engine": plan.path, "records": plan.record, "trajectory_entropy": plan.trajectory_entropy}
     if plan.model.simulation.get("max_jumps") is not None:
         d["simulation"]["max_jumps"] = plan.model.simulation["max_jumps"]
-    return tomli_w.dumps(d)
+    return toml_dumps(d)
 
 
 def _save_accumulators(run_dir, plan, acc):
@@ -419,6 +418,104 @@ class RunWriter:
         return ens
 
 
+def save_new_run(ens: Ensemble, run_dir, overwrite=False) -> Path:
+    """Write a finished ensemble made in Python (``simulate`` without ``out``) as a new run directory.
+
+    The files are those of ``simulate(..., out=run_dir)``; :func:`load_run` rebuilds the same ensemble.  A
+    directory that exists must be empty (or, with ``overwrite``, hold only trajmc's files).
+    """
+    run_dir = Path(run_dir)
+    if ens.acc.chunks_done != ens.plan.n_chunks:
+        raise RunError(f"{run_dir}: the ensemble is unfinished ({ens.acc.chunks_done} of {ens.plan.n_chunks} chunks)")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir}: exists and is not a directory")
+    if run_dir.is_dir() and (bad := _foreign(run_dir)) is not None:
+        raise _not_ours(run_dir, bad, overwrite)
+    made = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with locked(run_dir), engine.StopFlag():
+            _claim(run_dir, overwrite)
+            _save_run(ens, run_dir)
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                if not any(run_dir.iterdir()):
+                    run_dir.rmdir()
+        raise
+    ens.stats["run_dir"] = str(run_dir)
+    return run_dir
+
+
+#: what a finished run directory holds that describes its old result (removed when the run is extended)
+_DERIVED = ("estimates.csv", "estimates.parquet", "p_system.csv", "validation.json", "validation.md")
+
+
+def extend_run(run_dir, trajectories, out=None, threads=None, progress=False, overwrite=False) -> Ensemble:
+    """Add trajectories to a finished run: the result is bit-identical to one run of ``trajectories`` with the
+    same seed and chunk size (chunks are seeded by index; the new ones are run and added in order).
+
+    Parameters
+    ----------
+    run_dir : str or os.PathLike
+        A complete run directory.
+    trajectories : int
+        The total wanted (more than the run has; the run's own number must be a multiple of its chunk size).
+    out : str or os.PathLike, optional
+        Write the longer run there (a new or empty directory) and leave ``run_dir`` as it is.  Default: extend
+        ``run_dir`` in place (its old estimates, figures and validation reports are removed first; an
+        interrupted extension is finished with ``simulate --resume``).
+    threads : int, optional
+        Numba threads (default: all cores); never changes the result.
+    progress : bool
+        Report progress on stderr.
+    overwrite : bool
+        With ``out``: replace a run directory there that holds only trajmc's files.
+
+    Returns
+    -------
+    Ensemble
+        The longer run, as :func:`load_run` of the directory written gives it.
+
+    Raises
+    ------
+    trajmc.RunError
+        ``run_dir`` is not a complete run.
+    trajmc.ModelError
+        ``trajectories`` cannot be reached bit-identically (one line saying why).
+    """
+    from .ensemble import extended
+
+    threads = engine.resolve_threads(threads)
+    w, prov = RunWriter.resume(run_dir)
+    with w:
+        if prov.get("status") != "complete" or w.acc.chunks_done != w.plan.n_chunks:
+            raise RunError(f"{run_dir}: the run is unfinished ({w.acc.chunks_done} of {w.plan.n_chunks} chunks); "
+                           f"finish it with `python -m trajmc simulate --resume {run_dir}` before extending it")
+        plan, acc = extended(w.plan, w.acc, trajectories, threads)
+        if out is not None:
+            w.close()
+            new = RunWriter.create(out, plan, overwrite=overwrite)
+            new.acc = acc
+            with engine.StopFlag():
+                new.checkpoint(acc)
+            return new.run(threads, progress)
+        with engine.StopFlag():  # the directory goes from one consistent state to the next
+            for f in _DERIVED:
+                with contextlib.suppress(FileNotFoundError):
+                    (w.dir / f).unlink()
+            for sub, ends in RUN_SUBDIRS.items():
+                d = w.dir / sub
+                if d.is_dir() and not d.is_symlink():
+                    for q in d.iterdir():
+                        if q.name.endswith(ends) and q.is_file():
+                            q.unlink()
+            w.plan, w.acc, w._files = plan, acc, None
+            atomic_text(w.dir / "model.toml", _resolved_model_toml(plan))
+            w.checkpoint(acc)
+        return w.run(threads, progress)
+
+
 def save_run(ens: Ensemble, run_dir):
     """Write a finished ensemble's run directory (model, estimates, accumulators, provenance)."""
     run_dir = Path(run_dir)
@@ -631,7 +728,8 @@ def resume_run(run_dir, threads, progress=False, backend="threads", scheduler=No
     w, prov = RunWriter.resume(run_dir)
     with w:
         if prov.get("status") == "complete" and w.acc.chunks_done == w.plan.n_chunks:
-            raise RunError(f"{run_dir}: run is already complete")
+            raise RunError(f"{run_dir}: run is already complete (to add trajectories: `python -m trajmc simulate "
+                           f"--resume {run_dir} --trajectories N`)")
         if backend != "dask":
             return w.run(threads, progress)
         from .cluster import DaskSession

@@ -59,6 +59,7 @@ from .network import (
 )
 from .progress import Progress, progress_mode
 from .resources import check_memory, memory_budget
+from .results import ResultMixin, times_text
 from .thermo import marginal_system, space_of, thermo_table
 
 __all__ = ["ROUTES", "Solution", "propagate", "propagate_segments", "solve"]
@@ -98,21 +99,31 @@ _C_STEP = 3.0e-5      # per Chebyshev step of a group of classes (a kernel call)
 _C_GROUP = 2.0e-3     # per group of classes on one Chebyshev series (coefficients, sub-matrix), shared
 
 
-class Solution:
-    """Exact ``p_x(t)`` of a model.
+class Solution(ResultMixin):
+    """Exact ``p_x(t)`` of a model (the rate equation solved class by class).
+
+    Shares its methods and their return types with :class:`trajmc.Ensemble`: :meth:`p_system` (and
+    :meth:`p_system_se`, zeros here), :meth:`thermo`, :meth:`heat_distribution`, :meth:`bath_distribution`,
+    :meth:`work_distribution` and the long-format tables :meth:`p_system_table` and :meth:`heat_table`
+    (their standard-error columns are 0 on an exact result).
 
     Attributes
     ----------
-    times : ndarray (n_t,)
-    states : DataFrame, one row per joint state: ``s``, ``E_<bath>``
-    p : ndarray (n_t, n_states)
-    network : Network (of the first protocol segment)
-    segments : list of (start time, Network)
+    model : Model
+        The model solved (with the sample times used).
+    times : ndarray of float64, shape (n_t,)
+        Sample times (units of 1/gamma).
+    p : ndarray of float64, shape (n_t, n_states)
+        ``p_x(t)``, one column per row of :attr:`states`.
+    network : Network
+        The enumerated joint states and jumps (of the first protocol segment).
+    segments : list of (float, Network)
+        ``(start time, network)`` of every protocol segment (one for an undriven model).
     info : dict
         ``info[route]``: how many closed classes each route of :data:`ROUTES` solved (summed over
         protocol segments), ``info["empty"]`` classes that carry no probability; ``info["chebyshev_terms"]``
         the largest number of Chebyshev terms used, ``info["seconds"]`` the wall time of the propagation.
-    switch_states : list of ndarray (n_states,)
+    switch_states : list of ndarray of float64, shape (n_states,), or None
         ``p`` just before each protocol switch (driven models).
     """
 
@@ -126,13 +137,29 @@ class Solution:
         self.switch_states = list(switch_states) if switch_states is not None else None
         self._states = None
         self._work = None
+        self._heat = {}
+
+    @property
+    def bath_names(self) -> list[str]:
+        """The model's bath names, in order (the ``<bath>`` of the ``E_<bath>``, ``Q_<bath>`` columns)."""
+        return self.model.bath_names
 
     def levels(self) -> np.ndarray:
-        """Level energies in force at each sample time: (n_t, n_levels) (a switch at t counts at t)."""
+        """Level energies in force at each sample time (a switch at t counts at t).
+
+        Returns
+        -------
+        ndarray of float64, shape (n_t, n_levels)
+        """
         return levels_at(self.segments, self.times)
 
     def work(self) -> np.ndarray:
-        """Mean work done on the system up to each sample time (0 for an undriven model)."""
+        """Mean work done on the system up to each sample time (0 for an undriven model).
+
+        Returns
+        -------
+        ndarray of float64, shape (n_t,)
+        """
         if self._work is None:
             if self.switch_states is None:
                 self._work = mean_work(self.segments, self.network.p0, self.times)
@@ -142,21 +169,110 @@ class Solution:
 
     @property
     def states(self) -> pd.DataFrame:
+        """One row per joint state, in the column order of :attr:`p`: ``s`` (level index) and one integer
+        column ``E_<bath>`` (bath energy, grid steps) per bath (pandas DataFrame, int64 columns)."""
         if self._states is None:
             self._states = self.network.frame()
         return self._states
 
     def thermo(self) -> pd.DataFrame:
-        """The thermodynamic quantities at every sample time (see :func:`trajmc.thermo.thermo_table`)."""
+        """The thermodynamic quantities at every sample time.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by ``t``; columns ``S_obs, Sigma, Sigma_tilde, S_sh, I, D, E_S, E_<bath>, Q_<bath>, W``
+            and more (:func:`trajmc.thermo.thermo_table`; the column dictionary is in ``docs/``).
+        """
         return thermo_table(self.times, self.p, space_of(self.network), levels=self.levels(), work=self.work())
 
     def p_system(self) -> np.ndarray:
-        """System marginal ``p_s(t)``: (n_t, n_levels)."""
+        """System marginal ``p_s(t)``.
+
+        Returns
+        -------
+        ndarray of float64, shape (n_t, n_levels)
+        """
         return marginal_system(self.p, space_of(self.network))
 
-    def __repr__(self):
-        return (f"<Solution {self.model.name!r}: {self.network.n_states} states, "
-                f"{self.network.n_blocks} shells, {len(self.times)} times>")
+    def p_system_se(self) -> np.ndarray:
+        """Standard errors of :meth:`p_system`: zeros (the solution is exact; as on
+        :meth:`trajmc.Ensemble.p_system_se`, so code runs on either).
+
+        Returns
+        -------
+        ndarray of float64, shape (n_t, n_levels)
+        """
+        return np.zeros((len(self.times), self.model.n_levels))
+
+    def bath_distribution(self, bath=0, t_index=-1) -> pd.Series:
+        """``p(E)`` of one bath at ``times[t_index]``.
+
+        Parameters
+        ----------
+        bath : str or int
+            Bath name (one of :attr:`bath_names`) or index.
+        t_index : int
+            Index into :attr:`times` (default: the last time).
+
+        Returns
+        -------
+        pandas.Series
+            Probabilities (float64) indexed by ``E`` (int64, grid steps), energies with ``p > 0`` only;
+            named ``p(E_<bath>)``.
+        """
+        from .thermo import marginal_bath
+
+        nu = self._bath(bath)
+        k = self._t_index(t_index)
+        pE = marginal_bath(self.p[k:k + 1], space_of(self.network), nu)[0]
+        keep = np.flatnonzero(pE > 0)
+        return pd.Series(pE[keep], index=pd.Index(keep.astype(np.int64), name="E"),
+                         name=f"p(E_{self.bath_names[nu]})")
+
+    def work_distribution(self, t_index=-1) -> pd.Series:
+        """Exact distribution of the work done on the system up to ``times[t_index]``.
+
+        Parameters
+        ----------
+        t_index : int
+            Index into :attr:`times` (default: the last time).
+
+        Returns
+        -------
+        pandas.Series
+            Probabilities (float64) indexed by ``W`` (int64, grid steps), values with ``P > 0`` only; named
+            ``P(W)``.  An undriven model has ``P(W = 0) = 1``.
+        """
+        from .fluctuations import work_distribution
+
+        k = self._t_index(t_index)
+        if len(self.segments) == 1:
+            return pd.Series([1.0], index=pd.Index([0], dtype=np.int64, name="W"), name="P(W)")
+        return work_distribution(self.segments, self.times[k:k + 1]).series(0, "W")
+
+    def _heat_matrix(self, nu):
+        if nu not in self._heat:
+            from .fluctuations import heat_distribution
+
+            d = heat_distribution(self.segments, nu, self.times, progress=False)
+            if d is None:
+                raise UnsupportedError(f"the exact heat distribution of bath {self.bath_names[nu]!r} is too large "
+                                       "to compute for this model (simulate it instead)")
+            self._heat[nu] = (d.Q, d.P, None)
+        return self._heat[nu]
+
+    def summary(self) -> dict:
+        """What :func:`repr` and the notebook summary show.
+
+        Returns
+        -------
+        dict
+            ``kind``, ``name``, ``levels``, ``baths``, ``times``, ``states`` (joint states, closed classes).
+        """
+        return {"kind": "Solution", "name": self.model.name, "levels": [int(e) for e in self.model.energies],
+                "baths": self.bath_names, "times": times_text(self.times),
+                "states": f"{self.network.n_states} ({self.network.n_blocks} closed classes, exact)"}
 
 
 def solve(model, times=None, memory_budget=None, progress=None) -> Solution:
