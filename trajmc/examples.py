@@ -96,12 +96,44 @@ DEFAULT_EXAMPLE = "qubit-oscillators"
 
 
 def get_example(name: str) -> dict:
-    """The model dict of a built-in example (a fresh copy)."""
+    """The model dict of a built-in example.
+
+    Parameters
+    ----------
+    name : str
+        One of the names :func:`list_examples` returns (``python -m trajmc examples`` lists them too).
+
+    Returns
+    -------
+    dict
+        A fresh copy of the example's model, in the model-file schema: pass it to :func:`load_model`,
+        :func:`solve` or :func:`simulate`, or change it first.  (It is plain data: the bath names are
+        ``[b["name"] for b in d["baths"]]``, or ``load_model(d).bath_names``.)
+
+    Raises
+    ------
+    trajmc.ModelError
+        Unknown ``name``; the message lists the known examples.
+
+    Examples
+    --------
+    >>> import trajmc
+    >>> d = trajmc.get_example("two-baths")
+    >>> [b["name"] for b in d["baths"]]
+    ['hot', 'cold']
+    """
     if name not in EXAMPLES:
         raise ModelError("example", f"unknown example {name!r} (known: {', '.join(EXAMPLES)})")
     return copy.deepcopy(EXAMPLES[name]["model"])
 
 
 def list_examples() -> dict:
-    """``{name: description}`` of the built-in examples."""
+    """The built-in examples.
+
+    Returns
+    -------
+    dict of str to str
+        ``{name: one-line description}``, in a fixed order; the default model of the command line is
+        ``trajmc.examples.DEFAULT_EXAMPLE``.
+    """
     return {k: e["description"] for k, e in EXAMPLES.items()}
