@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # document this checkout, not an installed copy
+if (ROOT / "trajmc" / "__init__.py").is_file():
+    sys.path.insert(0, str(ROOT))  # document this checkout, not an installed copy
 
 import trajmc  # noqa: E402
 
