@@ -44,13 +44,35 @@ SHAPES = ("flat", "gaussian", "exponential")
 
 @dataclass(frozen=True)
 class Spectral:
-    """Even spectral function ``J(omega)`` of the energy change ``omega = E' - E``."""
+    """Even spectral function ``J(omega)`` of the energy change ``omega = E' - E`` (docs/physics.md §2).
+
+    Parameters
+    ----------
+    shape : {"flat", "gaussian", "exponential"}
+        ``J = 1``, ``exp(-omega^2 / (2 width^2))`` or ``exp(-abs(omega) / cutoff)``.
+    width : float or None
+        Width of the gaussian shape (grid steps).
+    cutoff : float or None
+        Cutoff of the exponential shape (grid steps).
+    """
 
     shape: str = "flat"
     width: float | None = None
     cutoff: float | None = None
 
     def log_j(self, omega):
+        """``ln J(omega)``.
+
+        Parameters
+        ----------
+        omega : array_like of float
+            Energy changes of the bath (grid steps), any shape.
+
+        Returns
+        -------
+        ndarray of float64
+            ``ln J``, the shape of ``omega`` (``-inf`` where ``J`` underflows).
+        """
         omega = np.asarray(omega, dtype=float)
         with np.errstate(over="ignore"):  # a width or cutoff of 1e-300: ln J = -inf, the jump does not happen
             if self.shape == "gaussian":  # (omega / width)^2: width**2 of a Python float overflowed at 1e300
@@ -60,6 +82,7 @@ class Spectral:
         return np.zeros_like(omega)
 
     def to_dict(self):
+        """The ``spectral`` table of the model file (plain data)."""
         d = {"shape": self.shape}
         if self.shape == "gaussian":
             d["width"] = self.width
@@ -70,7 +93,21 @@ class Spectral:
 
 @dataclass(frozen=True, eq=False)
 class Kernel:
-    """Bath correlation kernel (docs/physics.md §2): sqrt | eth | golden | linear | table."""
+    """Bath correlation kernel (docs/physics.md §2): sqrt | eth | golden | linear | table.
+
+    Parameters
+    ----------
+    model : {"sqrt", "eth", "golden", "linear", "table"}
+        The form of ``f(E, E')``.
+    gamma : float
+        Rate constant (it sets the unit of time).
+    spectral : Spectral
+        The spectral function ``J`` (not used by ``table``).
+    E_ref : float or None
+        ``golden`` only: ``V_ref = V(E_ref)`` (grid steps).
+    lnf : ndarray (emax+1, emax+1) float64 or None
+        ``table`` only: ``ln f(E, E')`` on the grid, symmetric, ``-inf`` where the bath does not couple.
+    """
 
     model: str
     gamma: float
@@ -79,6 +116,7 @@ class Kernel:
     lnf: np.ndarray | None = None  # table only: ln f(E, E') on the grid, (emax+1, emax+1), symmetric
 
     def to_dict(self):
+        """The ``kernel`` table of the model file (plain data)."""
         if self.model == "table":  # f holds everything, the spectral function included
             return {"model": "table", "gamma": self.gamma, "lnf": self.lnf.tolist()}
         d = {"model": self.model, "gamma": self.gamma, "spectral": self.spectral.to_dict()}
@@ -89,7 +127,21 @@ class Kernel:
 
 @dataclass(frozen=True, eq=False)
 class BathState:
-    """Initial state of one bath, resolved to a distribution ``p`` on the grid ``0..emax``."""
+    """Initial state of one bath, resolved to a distribution ``p`` on the grid ``0..emax`` (docs/physics.md §3).
+
+    Parameters
+    ----------
+    state : {"canonical", "microcanonical", "table"}
+        The kind of state.
+    p : ndarray (emax+1,) float64
+        ``p(E)`` on the grid (sums to 1).
+    beta : float or None
+        The canonical ``beta``, or the reference ``beta`` given with a microcanonical or table state.
+    energy : int or None
+        The energy of a microcanonical state (grid steps).
+    truncated : float
+        The canonical probability above ``emax`` that the grid cuts off (at most ``1e-9``).
+    """
 
     state: str  # canonical | microcanonical | table
     p: np.ndarray
@@ -98,6 +150,7 @@ class BathState:
     truncated: float = 0.0  # canonical mass the grid cuts off
 
     def to_dict(self):
+        """The bath's entry of ``initial.baths`` in the model file (plain data)."""
         d = {"state": self.state}
         if self.beta is not None:
             d["beta"] = self.beta
@@ -110,6 +163,24 @@ class BathState:
 
 @dataclass(frozen=True, eq=False)
 class Bath:
+    """One bath of a model: its density of states on the grid, its kernel and its coupling.
+
+    Parameters
+    ----------
+    name : str
+        The bath's name (it names the columns ``E_<name>``, ``Q_<name>``, ...).
+    dos : trajmc.dos.Oscillators, trajmc.dos.Spins, trajmc.dos.Exponential or trajmc.dos.Table
+        The density-of-states model.
+    emax : int
+        Top of the bath's energy grid ``0 .. emax`` (grid steps).
+    kernel : Kernel
+        The correlation kernel.
+    coupling : ndarray (n_ops, n_s, n_s) complex128 or None
+        The bath's own system coupling operators; None: the model's ``coupling``.
+    lnV : ndarray (emax+1,) float64
+        ``ln V_E`` on the grid, ``-inf`` where there are no microstates.
+    """
+
     name: str
     dos: object
     emax: int
@@ -119,9 +190,11 @@ class Bath:
 
     @property
     def quantum(self) -> int:
+        """The bath's quantum ``w`` (grid steps): microstates only at multiples of it."""
         return self.dos.w
 
     def to_dict(self):
+        """The bath's entry of ``baths`` in the model file (plain data)."""
         d = {"name": self.name, "dos": self.dos.to_dict(), "emax": self.emax, "kernel": self.kernel.to_dict()}
         if self.coupling is not None:
             d["coupling"] = _matrices_to_list(self.coupling)
@@ -130,7 +203,17 @@ class Bath:
 
 @dataclass(frozen=True)
 class Step:
-    """One protocol entry: from ``time`` on, the levels have ``energies``."""
+    """One protocol entry: from ``time`` on, the levels have ``energies`` (docs/physics.md §5.7).
+
+    Parameters
+    ----------
+    time : float
+        Switching time (``1/gamma``).
+    energies : tuple of int
+        The level energies from then on (grid steps).
+    given : tuple of float or None
+        The energies as written (energy units), when they were placed on the grid of step ``delta``.
+    """
 
     time: float
     energies: tuple
