@@ -254,6 +254,24 @@ def test_relative_links_in_the_docs_exist():
     assert not missing, missing
 
 
+def test_markdown_tables_have_a_cell_per_column():
+    """A ``|`` inside a cell (e.g. ``|z|``) splits it and shifts the row: every row of a table has as many
+    cells as its header."""
+    bad = []
+    for p in [*sorted(DOCS.glob("*.md")), ROOT / "README.md"]:
+        header = None
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.startswith("|"):
+                header = None
+                continue
+            cells = len(re.findall(r"(?<!\\)\|", line))
+            if header is None:
+                header = cells
+            elif cells != header:
+                bad.append(f"{p.name}:{i}")
+    assert not bad, f"table rows with a different number of cells than their header: {bad}"
+
+
 # --------------------------------------------------------------------------- the build
 
 def _have_docs_tools():
