@@ -14,7 +14,9 @@ and time, over the S seeds,
 Issue 13's targets are |mean_z| <= 0.1 and se_ratio within [0.8, 1.2]; the column ``target`` says whether the
 measured interval for each lies inside its target (``ok``), outside it (``FAIL``) or straddles an edge
 (``?``).  For the entropies with a bias correction the reported SE is the square root of
-``var/(N-1) + chi2 + (jackknife - Miller-Madow)^2`` (docs/physics.md §6); ``share_*`` give the mean share of each
+``var/(N-1) + chi2 + sysb^2`` (docs/physics.md §6: for S_obs and Sigma ``sysb`` is the jackknife - Miller-Madow
+disagreement; ``I`` is corrected by the independence null, its ``var`` and ``chi2`` from that null, ``sysb = 0``);
+``share_*`` give the mean share of each
 term in SE^2, read from the estimator's own records (a diagnostic, trajmc.estimate internals).
 
 Model (``sparse-two-baths``): the built-in ``two-baths`` example (3 levels 0, 1, 2, all-ones coupling, two baths
@@ -72,7 +74,7 @@ def se_parts(ens):
         be = est_mod._bath_estimates(M, nu)
         est[f"D_{b}"] = be["D"]
     est_mod._joint_estimates(acc.counts.astype(float), N, net.lnV, acc.cross / plan.g_scale, plan.g0,
-                             net.states[:, 0], net.states[:, 1:], M, est)
+                             net.states[:, 0], net.states[:, 1:], M, est, reachable=True)
     cs = M.ps.astype(float)
     js, ms = est_mod.entropy_bias(cs)
     ps = cs / N

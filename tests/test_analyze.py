@@ -591,6 +591,43 @@ def test_exchange_ft_histogram_vs_dense(key, path):
         assert row.n_plus == n[round(row.sigma, 9)] and row.n_minus == n[round(-row.sigma, 9)]
 
 
+@pytest.mark.parametrize("key", ["two", "skew"])
+def test_exact_exchange_distribution_and_the_theorem(key):
+    """fluctuations.exchange_distribution against the dense two-time joint (1e-12), and the exchange FT
+    ln P(sigma) / P(-sigma) = sigma on the exact distribution at machine precision (the log ratio's error is
+    the solver's absolute accuracy, ~1e-13, over the smaller probability), at every time."""
+    make, _ = MC[key]
+    sol = trajmc.solve(make())
+    m = sol.model
+    betas = np.array([m.beta_ref(0), m.beta_ref(1)])
+    vals, P = fl.exchange_distribution(sol.segments, sol.times, m.p_system, betas)
+    np.testing.assert_allclose(P.sum(axis=1), 1.0, atol=1e-12)
+    dense = dense_sigma_distribution(sol.network, sol.times[-1])
+    got = dict(zip(vals.tolist(), P[-1].tolist(), strict=True))
+    assert set(k for k, v in dense.items() if v[1] > 1e-300) <= set(got)
+    for k, (_, pk) in dense.items():
+        assert got.get(k, 0.0) == pytest.approx(pk, abs=1e-12)
+    for j in range(1, len(sol.times)):
+        P_of = dict(zip(vals.tolist(), P[j].tolist(), strict=True))
+        pairs = [(v, P_of[v], P_of.get(round(-v, 9), 0.0)) for v in vals if v > 1e-9 and P_of[v] > 1e-200]
+        assert len(pairs) > 5
+        for v, pp, pm in pairs:  # probabilities accurate to ~1e-13 absolute; sigma rounded to 1e-9
+            tol = 1e-13 * (1 / pp + 1 / pm) + 1e-11 * max(1.0, v) + 5e-10
+            assert np.log(pp / pm) == pytest.approx(v, abs=tol)
+
+
+def test_exchange_ft_table_has_the_exact_values_beside():
+    ens, sol, res = mc("skew", "enumerated")
+    df = res["exchange_ft"]
+    np.testing.assert_allclose(df.log_ratio_exact, df.sigma, atol=1e-9)
+    assert res["ft_slope_exact"] == pytest.approx(1.0, abs=1e-9)
+    # the MC counts agree with N times the exact probabilities (|z| < Z on every pair, binomial)
+    N = ens.trajectories
+    for col_n, col_p in (("n_plus", "P_plus_exact"), ("n_minus", "P_minus_exact")):
+        z = (df[col_n] - N * df[col_p]) / np.sqrt(N * df[col_p] * (1 - df[col_p]))
+        assert np.all(np.abs(z) < Z), z.values
+
+
 @pytest.mark.parametrize("key, path", [("two", "enumerated"), ("skew", "implicit")])
 def test_exchange_ft_histogram_equals_records(key, path):
     """The kernel's streamed (s_0, s_t, Q_A) histogram against the per-trajectory records, exactly."""

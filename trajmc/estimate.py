@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.special import xlogy
+from scipy.special import gammaln, xlogy
 
 from . import _kernel as K
 from .thermo import bath_observational_entropy, observational_entropy, relative_entropy, shannon
@@ -112,6 +112,97 @@ def entropy_bias(c):
 
 def _occupied(c):
     return np.count_nonzero(np.reshape(c, (c.shape[0], -1)) > 0, axis=1)
+
+
+#: cells whose count variance N q (1 - q) is at least this use the asymptotic series of E[c ln c]
+#: (relative error below 1e-5; the cell biases it feeds are themselves corrections of order 1 / N)
+_SERIES_VAR = 30.0
+
+
+def _exact_clnc(N, q, k0, k1):
+    """E[c ln c] over the window k0 <= c <= k1 of Binomial(N, q) (rows of q, one window for all)."""
+    k = np.arange(k0, k1 + 1, dtype=float)
+    base = gammaln(N + 1.0) - gammaln(k + 1) - gammaln(N - k + 1.0)
+    klnk = xlogy(k, k)
+    res = np.empty(len(q))
+    for a in range(0, len(q), 4096):
+        qq = q[a:a + 4096, None]
+        res[a:a + 4096] = np.exp(base + xlogy(k, qq) + xlogy(N - k, 1 - qq)) @ klnk
+    return res
+
+
+def cell_bias(N, q):
+    """Expected plug-in bias of one cell's entropy term: ``E[phi(c / N)] - phi(q)``, ``phi(x) = -x ln x``,
+    for ``c ~ Binomial(N, q)``, elementwise.
+
+    Summed over the cells of a distribution this is ``E[H_plugin] - H`` exactly (by linearity, each cell's
+    count is binomial).  Exact sums over the binomial weights where the count variance ``N q (1 - q)`` is
+    below :data:`_SERIES_VAR`, else the series ``-(1 - q) / 2 - ((1 - q)^2 / 4 - (1 - q)(1 - 2q) / 6) / mu
+    - 1 / (12 mu^2)`` (times ``1 / N``, ``mu = N q``).
+    """
+    q = np.asarray(q, dtype=float)
+    out = np.zeros(q.shape)
+    mu = N * q
+    var = mu * (1 - q)
+    big = var >= _SERIES_VAR
+    m, qb = mu[big], q[big]
+    out[big] = (-(1 - qb) / 2 - ((1 - qb) ** 2 / 4 - (1 - qb) * (1 - 2 * qb) / 6) / m - 1 / (12 * m * m)) / N
+    small = (q > 0) & ~big
+    # the bulk: few expected counts, one window 0..kmax each for mu < 1 and mu < 2 * _SERIES_VAR
+    for hi in (1.0, 2 * _SERIES_VAR):
+        sel = small & (mu < hi)
+        small = small & ~sel
+        if sel.any():
+            kmax = min(int(np.ceil(hi + 12 * np.sqrt(hi) + 30)), N)
+            out[sel] = (xlogy(mu[sel], mu[sel]) - _exact_clnc(N, q[sel], 0, kmax)) / N
+    for i in np.flatnonzero(small):  # q near 1: a narrow window around mu (at most a few such cells)
+        w = 12 * np.sqrt(var[i]) + 30
+        k0, k1 = max(int(mu[i] - w), 0), min(int(np.ceil(mu[i] + w)), N)
+        out[i] = (xlogy(mu[i], mu[i]) - _exact_clnc(N, q[i:i + 1], k0, k1)[0]) / N
+    return out
+
+
+def independence_bias(counts, cells):
+    """Expected plug-in bias of the total correlation under the independence null, per time.
+
+    ``counts`` (n_t, n) joint counts of the cells ``cells`` (n, k) (integer labels of each cell in the
+    k marginals: the level and a window index per bath; the cells that can be occupied, e.g. the
+    reachable states).  The null is the product of the observed marginals restricted to these cells and
+    renormalised, ``q``; the result is ``E_q[I_plugin] - I(q)`` with the expectation exact over the
+    multinomial sampling of ``N`` trajectories (:func:`cell_bias`).  Subtracting it from the plug-in value
+    corrects the bias that rare cells leave after a first-order (jackknife, Miller-Madow) correction; it
+    is exact where the variables are independent and first-order correct otherwise.
+    """
+    counts = np.atleast_2d(np.asarray(counts, dtype=float))
+    cells = np.asarray(cells)
+    labels = [np.unique(cells[:, j], return_inverse=True)[1] for j in range(cells.shape[1])]
+    out = np.zeros(counts.shape[0])
+    for t, c in enumerate(counts):
+        N = int(round(c.sum()))
+        if N <= 1:
+            continue
+        q = np.ones(len(c))
+        for lab in labels:
+            q = q * (np.bincount(lab, c) / N)[lab]
+        tot = q.sum()
+        if tot <= 0:
+            continue
+        q = q / tot
+        b = -np.sum(cell_bias(N, q))
+        for lab in labels:
+            b = b + np.sum(cell_bias(N, np.bincount(lab, q)))
+        out[t] = max(b, 0.0)
+    return out
+
+
+def _mi_estimate(plugin, var, bias, N):
+    """A total correlation from its plug-in value, influence variance and independence-null bias.
+
+    The plug-in influence variance is itself inflated by the sampling noise that makes the bias: under the
+    null ``v ~ 2 I_plugin``, so ``2 * bias`` is taken off it; the second-order (chi-square) term is
+    ``dof / (2 N^2) = bias / N``.
+    """
+    return Estimate(plugin - bias, np.maximum(var - 2.0 * bias, 0.0), bias / N)
 
 
 @dataclass
@@ -206,8 +297,12 @@ def _hist_mean(values, counts, N):
     return Estimate(m, np.maximum(h @ (values * values) - m * m, 0.0))
 
 
-def _bath_estimates(M, nu):
-    """E, S_B, D, I(s; E) of bath nu from its (E, s) marginal."""
+def _bath_estimates(M, nu, support=None):
+    """E, S_B, D, I(s; E) of bath nu from its (E, s) marginal.
+
+    ``support`` (n, 2): the ``(s, E - lo)`` cells that can be occupied (known on the enumerated path); with
+    it ``I`` is corrected by the independence null (:func:`independence_bias`), without it by the jackknife.
+    """
     N = M.N
     c = M.sE[nu].astype(float)  # (n_t, W, n_s)
     cE = c.sum(axis=2)
@@ -239,8 +334,14 @@ def _bath_estimates(M, nu):
     var, _ = _var(pflat, infl)
     Ks = _occupied(cs)
     Kx = _occupied(flat)
-    value = shannon(cs / N) + shannon(pE) - shannon(pflat) + js + jE - jx
-    out["I"] = Estimate(value, var, _chi(np.maximum(Kx - Ks - KE + 1, 2), N), (js - ms) + (jE - mE) - (jx - mx))
+    plugin = shannon(cs / N) + shannon(pE) - shannon(pflat)
+    if support is not None:
+        n_s = c.shape[2]
+        bias = independence_bias(flat[:, support[:, 1] * n_s + support[:, 0]], support)
+        out["I"] = _mi_estimate(plugin, var, bias, N)
+    else:
+        out["I"] = Estimate(plugin + js + jE - jx, var, _chi(np.maximum(Kx - Ks - KE + 1, 2), N),
+                            (js - ms) + (jE - mE) - (jx - mx))
     return out
 
 
@@ -276,11 +377,13 @@ def _diff_var(p, f_t, cross, f0, p0hat, N):
     return np.maximum(var_t + var_0 - 2.0 * cov, 0.0)
 
 
-def _joint_estimates(counts, N, lnV_x, cross, g0, s_idx, E_idx, M, out):
+def _joint_estimates(counts, N, lnV_x, cross, g0, s_idx, E_idx, M, out, reachable=False):
     """S_obs, Sigma, I, lnV (and D) from the full joint counts of the cells ``(s_idx, E_idx)``.
 
     ``cross`` (n_t, n) sums of ``g0(x_0) = ln p0(x_0) - ln V(x_0)`` over trajectories in each cell;
-    ``E_idx`` (n, N) window indices of each cell's bath energies.
+    ``E_idx`` (n, N) window indices of each cell's bath energies.  ``reachable``: the cells are exactly
+    the states that can be occupied (the enumerated network); then ``I`` is corrected by the independence
+    null on them (:func:`independence_bias`), else by the jackknife.
     """
     p = counts / N
     bx, mx = entropy_bias(counts)
@@ -309,8 +412,12 @@ def _joint_estimates(counts, N, lnV_x, cross, g0, s_idx, E_idx, M, out):
         sysb = sysb + (jE - mE)
         KE_sum = KE_sum + _occupied(cE)
     var, _ = _var(p, infl)
-    Ks = _occupied(M.ps)
-    out["I"] = Estimate(val, var, _chi(np.maximum(Kx - Ks - KE_sum + len(M.names), 2), N), sysb)
+    if reachable:
+        plugin = val - js + bx - sum(entropy_bias(M.sE[nu].sum(axis=2))[0] for nu in range(len(M.names)))
+        out["I"] = _mi_estimate(plugin, var, independence_bias(counts, np.column_stack([s_idx, E_idx])), N)
+    else:
+        Ks = _occupied(M.ps)
+        out["I"] = Estimate(val, var, _chi(np.maximum(Kx - Ks - KE_sum + len(M.names), 2), N), sysb)
     out["lnV"] = _linear(p, lnV_x)
     if all(pi is not None for pi in M.pi):
         f = np.zeros_like(p)
@@ -350,8 +457,13 @@ def thermo_estimates(plan, acc) -> pd.DataFrame:
         est["W"] = _hist_mean(M.w.astype(float), M.work, N)
     else:  # undriven: no work, exactly
         est["W"] = Estimate(np.zeros(n_t), np.zeros(n_t))
+    support = [None] * len(M.names)
+    if acc.counts is not None:  # the reachable (s, E_b) cells of every bath, in window coordinates
+        st = plan.network.states
+        for nu in range(len(M.names)):
+            support[nu] = np.unique(np.column_stack([st[:, 0], st[:, 1 + nu] - M.lo[nu]]), axis=0)
     for nu, b in enumerate(M.names):
-        be = _bath_estimates(M, nu)
+        be = _bath_estimates(M, nu, support[nu])
         est[f"E_{b}"] = be["E"]
         est[f"S_B_{b}"] = be["S_B"]
         est[f"D_{b}"] = be["D"]
@@ -363,7 +475,7 @@ def thermo_estimates(plan, acc) -> pd.DataFrame:
     if acc.counts is not None:
         net = plan.network
         _joint_estimates(acc.counts.astype(float), N, net.lnV, acc.cross / plan.g_scale, plan.g0,
-                         net.states[:, 0], net.states[:, 1:], M, est)
+                         net.states[:, 0], net.states[:, 1:], M, est, reachable=True)
     elif acc.cross1 is not None:  # one bath: the (E, s) marginal is the joint
         win = acc.windows
         W = M.sE[0].shape[1]

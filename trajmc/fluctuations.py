@@ -29,6 +29,7 @@ __all__ = [
     "counting_moments",
     "cumulants_from_distribution",
     "cumulants_from_moments",
+    "exchange_distribution",
     "heat_distribution",
     "heat_weights",
     "ift_prediction",
@@ -279,40 +280,85 @@ def heat_distribution(net, nu: int, times, progress=None):
     two-bath shell of m states carries about m / n_levels of them), and each class's final states are
     binned as soon as it is done.  ``net`` is a Network or the protocol segments.
     """
-
     segs = _segments(net)
     net = segs[0][1]
     E = net.states[:, 1 + nu]
+    emax = net.model.baths[nu].emax
+    out = _split_propagate(segs, E, lambda lab0, idx: lab0 - E[idx][:, None] + emax, 2 * emax + 1, times, progress,
+                           f"heat distribution ({net.model.bath_names[nu]})")
+    return None if out is None else (np.arange(-emax, emax + 1), out)
+
+
+def exchange_distribution(net, times, p_levels, betas, progress=None):
+    """Exact distribution of the exchange entropy production of an undriven two-bath run.
+
+    ``sigma = ln p(s_0) - ln p(s_t) - beta_0 Q_0 - beta_1 Q_1`` with ``p = p_levels`` (the initial level
+    distribution), ``Q_0 = E_0(x_0) - E_0(x_t)`` and ``Q_1 = eps(s_t) - eps(s_0) - Q_0`` (energy conservation).
+    The initial distribution is split by (level, energy of bath 0) and propagated as in
+    :func:`heat_distribution`.  Returns ``(sigma values (n_v,), P (n_t, n_v))``, sigma rounded to 1e-9, or
+    None if too large.
+    """
+    segs = _segments(net)
+    net = segs[0][1]
+    if len(segs) > 1 or net.model.n_baths != 2:
+        raise ValueError("exchange_distribution needs an undriven model with two baths")
+    s, E = net.states[:, 0], net.states[:, 1]
+    G = net.model.baths[0].emax + 1
+    eps = net.model.energies.astype(float)
+    with np.errstate(divide="ignore"):
+        lps = np.log(np.asarray(p_levels, dtype=float))
+    # every (s_0, s_t, Q_0) cell, Q_0 = E_0(x_0) - E_0(x_t) in -emax..emax
+    n_s = len(eps)
+    s0g, stg, qg = np.meshgrid(np.arange(n_s), np.arange(n_s), np.arange(-(G - 1), G), indexing="ij")
+    sig = lps[s0g] - lps[stg] - betas[0] * qg - betas[1] * (eps[stg] - eps[s0g] - qg)
+    ok = np.isfinite(sig)
+    vals, inv = np.unique(np.round(sig[ok], 9), return_inverse=True)
+    cell_to_v = np.full(sig.shape, len(vals), dtype=np.int64)  # len(vals): a cell of zero initial weight
+    cell_to_v[ok] = inv
+    cell_to_v = cell_to_v.ravel()
+
+    def bins(lab0, idx):
+        s0, e0 = lab0 // G, lab0 % G
+        q = e0 - E[idx][:, None]
+        return cell_to_v[(s0 * n_s + s[idx][:, None]) * (2 * G - 1) + q + (G - 1)]
+
+    out = _split_propagate(segs, s * G + E, bins, len(vals) + 1, times, progress, "exchange distribution")
+    return None if out is None else (vals, out[:, :-1])
+
+
+def _split_propagate(segs, label, bins, n_bins, times, progress, desc):
+    """Propagate the initial distribution split by ``label`` (one right-hand side per label present in a
+    closed class) and bin each final state by ``bins(label_0 (k, r), idx (k,)) -> (k, r)`` bin indices.
+    Returns (n_t, n_bins) probabilities, or None when the split is too large (:data:`HEAT_EXACT_LIMIT`)."""
+    net = segs[0][1]
     on = net.p0 > 0
     comp = _union_components(segs) if len(segs) > 1 else net.block
-    # column of each initial state: the rank of its bath energy among those present in its class
-    key = np.unique(np.stack([comp[on], E[on]], axis=1), axis=0)  # (groups, 2), sorted by class then E
+    # column of each initial state: the rank of its label among those present in its class
+    key = np.unique(np.stack([comp[on], label[on]], axis=1), axis=0)  # (groups, 2), sorted by class then label
     first = np.searchsorted(key[:, 0], np.arange(int(comp.max()) + 1 if len(comp) else 0))
     counts = np.bincount(key[:, 0], minlength=len(first))
     r = int(counts.max()) if len(counts) else 0
     if r * net.n_states > HEAT_EXACT_LIMIT or r == 0:
         return None
-    e0_of = np.full((len(first), r), -1, dtype=np.int64)  # initial bath energy of column c in class b
-    e0_of[key[:, 0], np.arange(len(key)) - first[key[:, 0]]] = key[:, 1]
+    lab0_of = np.full((len(first), r), -1, dtype=np.int64)  # initial label of column c in class b
+    lab0_of[key[:, 0], np.arange(len(key)) - first[key[:, 0]]] = key[:, 1]
     col = np.zeros(net.n_states, dtype=np.int64)
-    g = np.searchsorted(key[:, 0] * (E.max() + 1) + key[:, 1], comp[on] * (E.max() + 1) + E[on])
+    L = int(label.max()) + 1
+    g = np.searchsorted(key[:, 0] * L + key[:, 1], comp[on] * L + label[on])
     col[on] = g - first[comp[on]]
     P0 = np.zeros((net.n_states, r))
     P0[np.flatnonzero(on), col[on]] = net.p0[on]
-    emax = net.model.baths[nu].emax
-    nq = 2 * emax + 1
-    out = np.zeros((len(times), nq))
+    out = np.zeros((len(times), n_bins))
 
     def sink(tidx, idx, vals):
-        e0 = e0_of[comp[idx]]  # (k, r)
-        q = (e0 - E[idx][:, None] + emax).ravel()
-        live = (e0 >= 0).ravel()
+        lab0 = lab0_of[comp[idx]]  # (k, r)
+        live = (lab0 >= 0).ravel()
+        b = bins(np.where(lab0 >= 0, lab0, 0), idx).ravel()
         for j, ti in enumerate(tidx):
-            out[ti] += np.bincount(q[live], weights=vals[j].ravel()[live], minlength=nq)
+            out[ti] += np.bincount(b[live], weights=vals[j].ravel()[live], minlength=n_bins)
 
-    propagate_segments(segs, P0, times, sink=sink, progress=progress,
-                       desc=f"heat distribution ({net.model.bath_names[nu]})")
-    return np.arange(-emax, emax + 1), out
+    propagate_segments(segs, P0, times, sink=sink, progress=progress, desc=desc)
+    return out
 
 
 def _union_components(segs):
