@@ -6,6 +6,8 @@
   errors: the delta method (the variance of one trajectory's influence), plus the second-order
   chi-square term, plus the disagreement between the jackknife and Miller-Madow corrections (both first
   order: where they differ the run is too sparse to trust either, and the error bar says so).
+  Exception: ``I`` and ``I_<b>`` on the enumerated path, where the reachable cells are known, are corrected
+  by their exact expected plug-in bias under the independence null (:func:`independence_bias`).
 * ``Sigma`` and ``Sigma_tilde`` are differences of estimates from the same trajectories; their
   influence is ``phi_t(x_t) - phi_0(x_0)``, so the time correlation enters: for ``Sigma`` through the
   ``cross`` sums, for ``Sigma_tilde`` through the joint counts of the levels at 0 and t and the heat
