@@ -6,11 +6,34 @@ Messages are one line and start with the offending key path, e.g.
 
 
 class TrajmcError(Exception):
-    """Base class of every error trajmc raises on purpose."""
+    """Base class of every error trajmc raises on purpose.
+
+    The command line prints such an error as one line, ``trajmc: error: <message>``, and exits with
+    code 2; any other exception is a bug.
+    """
 
 
 class ModelError(TrajmcError, ValueError):
-    """A model file or dict is invalid; the message names the key."""
+    """A model file or dict is invalid; the message names the key.
+
+    Also a :class:`ValueError`, so code that catches that keeps working.  The message is
+    ``"<key>: <problem>"`` (or ``problem`` alone when ``key`` is empty), on one line.
+
+    Parameters
+    ----------
+    key : str
+        Path of the offending key in the model file, e.g. ``"baths[0].dos.n"`` (``""`` for the model as a
+        whole, e.g. a file that does not exist).
+    problem : str
+        What is wrong, e.g. ``"must be a positive integer, got -3"``.
+
+    Attributes
+    ----------
+    key : str
+        ``key``, on one line and at most 160 characters.
+    problem : str
+        ``problem``, on one line and at most 1000 characters.
+    """
 
     def __init__(self, key: str, problem: str):
         self.key = key = _one_line(key, 160)

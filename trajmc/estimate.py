@@ -83,11 +83,23 @@ def _var(p, f):
 
 
 def entropy_bias(c):
-    """Bias corrections of the plug-in Shannon entropy of each row of counts ``c`` (rows, K).
+    """Bias corrections of the plug-in Shannon entropy of each row of counts.
 
-    Returns ``(jackknife, miller_madow)``: delete-one jackknife correction (exact from the
-    counts, Zahl 1977) and ``(K_occupied - 1) / (2N)``.  Both are first order; where they
-    disagree the sample is too sparse for either, and the disagreement enters the error bar.
+    Both are first order; where they disagree the sample is too sparse for either, and the
+    disagreement enters the error bar (docs/physics.md §6).
+
+    Parameters
+    ----------
+    c : array_like (rows, K) or (K,) of int
+        Counts of ``K`` cells per row (``N = c.sum(axis=1)`` trajectories).
+
+    Returns
+    -------
+    jackknife : ndarray (rows,) float64
+        ``H_jk - H`` with ``H_jk = N H - (N - 1)/N sum_i H_(-i)`` the delete-one jackknife estimate,
+        exact from the counts (Zahl 1977); 0 for ``N <= 1``.
+    miller_madow : ndarray (rows,) float64
+        ``(K_occupied - 1) / (2 N)``; 0 for ``N = 0``.
     """
     c = np.atleast_2d(np.asarray(c, dtype=float))
     N = c.sum(axis=1)

@@ -105,15 +105,24 @@ def get_example(name: str) -> dict:
     Parameters
     ----------
     name : str
-        One of :func:`list_examples`.
+        One of the names :func:`list_examples` returns (``python -m trajmc examples`` lists them too).
 
     Returns
     -------
     dict
+        A fresh copy of the example's model, in the model-file schema: pass it to :func:`load_model`,
+        :func:`solve` or :func:`simulate`, or change it first.  (It is plain data: the bath names are
+        ``[b["name"] for b in d["baths"]]``, or ``load_model(d).bath_names``.)
+
+    Raises
+    ------
+    trajmc.ModelError
+        Unknown ``name``; the message lists the known examples.
 
     Examples
     --------
-    >>> d = get_example("two-baths")
+    >>> import trajmc
+    >>> d = trajmc.get_example("two-baths")
     >>> d["simulation"]["trajectories"] = 10_000
     >>> [b["name"] for b in d["baths"]]
     ['hot', 'cold']
@@ -146,5 +155,12 @@ def load_example(name: str):
 
 
 def list_examples() -> dict:
-    """``{name: description}`` of the built-in examples."""
+    """The built-in examples.
+
+    Returns
+    -------
+    dict of str to str
+        ``{name: one-line description}``, in a fixed order; the default model of the command line is
+        ``trajmc.examples.DEFAULT_EXAMPLE``.
+    """
     return {k: e["description"] for k, e in EXAMPLES.items()}

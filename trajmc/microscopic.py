@@ -13,7 +13,7 @@ Conventions (one place for all of them)
   dynamics always uses the true ``eps_s``.
 * ``lambda`` (the ``coupling`` argument) is the strength in ``H_SB = lambda S (x) B``; ``S`` is expressed in
   the eigenbasis of ``H_S`` and ``B`` in the eigenbasis of ``H_B`` (``H_B = diag(e_i)``).
-* The golden rule (docs/physics.md §2) gives the MME rates
+* The golden rule (docs/physics.md §2) gives the MME rates::
 
       k((s, E) -> (s', E')) = gamma |S_ss'|^2 f(E, E') / V_E,     E' = E + (eps_s - eps_s') / delta,
       f(E, E') = tr{Pi_E B Pi_E' B} = sum_{i in E, j in E'} |B_ij|^2,
@@ -71,7 +71,20 @@ class SecularWarning(UserWarning):
 
 
 def golden_rule_gamma(coupling, delta) -> float:
-    """``gamma = 2 pi lambda^2 / (hbar delta)`` with ``hbar = 1``: the MME rate constant of ``lambda = coupling``."""
+    """The MME rate constant of a coupling strength, by the golden rule.
+
+    Parameters
+    ----------
+    coupling : float
+        ``lambda`` in ``H_SB = lambda S (x) B``.
+    delta : float
+        Width of the bath energy windows (an energy).
+
+    Returns
+    -------
+    float
+        ``gamma = 2 pi lambda^2 / (hbar delta)`` with ``hbar = 1`` (a rate, per physical time unit).
+    """
     return 2.0 * math.pi * float(coupling) ** 2 / float(delta)
 
 
@@ -349,6 +362,7 @@ class Microscopic:
 
     @property
     def n_levels(self) -> int:
+        """Number of system levels ``n_s``."""
         return len(self.energies)
 
     @property
@@ -367,7 +381,18 @@ class Microscopic:
         return len(self.counts) - 1
 
     def gamma(self, coupling) -> float:
-        """The MME rate constant ``2 pi coupling^2 / delta`` (``hbar = 1``)."""
+        """The MME rate constant of a coupling strength.
+
+        Parameters
+        ----------
+        coupling : float
+            ``lambda`` (finite).
+
+        Returns
+        -------
+        float
+            ``2 pi coupling^2 / delta`` (``hbar = 1``; :func:`golden_rule_gamma`).
+        """
         return golden_rule_gamma(_finite(coupling, "coupling"), self.delta)
 
     def rates(self, coupling):
@@ -376,6 +401,16 @@ class Microscopic:
         ``k((s, E) -> (s2, E2)) = gamma |S_ss2|^2 f(E, E2) / V_E`` with ``E2 = E + levels[s] - levels[s2]``, for
         every pair of distinct levels and every window ``E`` with ``V_E > 0`` whose target window lies on the
         grid and has ``V_E2 > 0``.  The MME of :meth:`mme` must have exactly these rates.
+
+        Parameters
+        ----------
+        coupling : float
+            ``lambda`` (finite).
+
+        Returns
+        -------
+        dict of tuple to float
+            ``{(s, E, s2, E2): k}`` with integer levels and windows; absent jumps are not listed.
         """
         G = self.gamma(coupling)
         out = {}
@@ -526,7 +561,19 @@ class Microscopic:
     # ------------------------------------------------------------------ exact dynamics
 
     def hamiltonian(self, coupling) -> np.ndarray:
-        """The total ``H`` (D x D) in the product basis ``|s> (x) |i>`` (index ``s * N + i``), real when it can be."""
+        """The total Hamiltonian ``H = H_S (x) 1 + 1 (x) H_B + lambda S (x) B``.
+
+        Parameters
+        ----------
+        coupling : float
+            ``lambda`` (finite).
+
+        Returns
+        -------
+        ndarray (D, D) float64 or complex128
+            ``H`` in the product basis ``|s> (x) |i>`` (index ``s * N + i``, ``D = n_s N``); real when ``S``
+            and ``B`` are.
+        """
         lam = _finite(coupling, "coupling")
         D = self.dimension
         H = lam * np.kron(self.S, self.B)
@@ -535,7 +582,7 @@ class Microscopic:
         return H
 
     def evolve(self, coupling, initial, times, *, route="auto", max_dimension=MAX_DIMENSION):
-        """Exact unitary dynamics of ``rho_S(0) (x) rho_B(0)``, measured with ``|s><s| (x) Pi_E`` (the seed's Eq. 8).
+        """Exact unitary dynamics of ``rho_S(0) (x) rho_B(0)``, measured with ``|s><s| (x) Pi_E`` (Eq. 8 of the paper).
 
         Parameters
         ----------

@@ -44,13 +44,35 @@ SHAPES = ("flat", "gaussian", "exponential")
 
 @dataclass(frozen=True)
 class Spectral:
-    """Even spectral function ``J(omega)`` of the energy change ``omega = E' - E``."""
+    """Even spectral function ``J(omega)`` of the energy change ``omega = E' - E`` (docs/physics.md §2).
+
+    Parameters
+    ----------
+    shape : {"flat", "gaussian", "exponential"}
+        ``J = 1``, ``exp(-omega^2 / (2 width^2))`` or ``exp(-abs(omega) / cutoff)``.
+    width : float or None
+        Width of the gaussian shape (grid steps).
+    cutoff : float or None
+        Cutoff of the exponential shape (grid steps).
+    """
 
     shape: str = "flat"
     width: float | None = None
     cutoff: float | None = None
 
     def log_j(self, omega):
+        """``ln J(omega)``.
+
+        Parameters
+        ----------
+        omega : array_like of float
+            Energy changes of the bath (grid steps), any shape.
+
+        Returns
+        -------
+        ndarray of float64
+            ``ln J``, the shape of ``omega`` (``-inf`` where ``J`` underflows).
+        """
         omega = np.asarray(omega, dtype=float)
         with np.errstate(over="ignore"):  # a width or cutoff of 1e-300: ln J = -inf, the jump does not happen
             if self.shape == "gaussian":  # (omega / width)^2: width**2 of a Python float overflowed at 1e300
@@ -60,6 +82,7 @@ class Spectral:
         return np.zeros_like(omega)
 
     def to_dict(self):
+        """The ``spectral`` table of the model file (plain data)."""
         d = {"shape": self.shape}
         if self.shape == "gaussian":
             d["width"] = self.width
@@ -70,7 +93,21 @@ class Spectral:
 
 @dataclass(frozen=True, eq=False)
 class Kernel:
-    """Bath correlation kernel (docs/physics.md §2): sqrt | eth | golden | linear | table."""
+    """Bath correlation kernel (docs/physics.md §2): sqrt | eth | golden | linear | table.
+
+    Parameters
+    ----------
+    model : {"sqrt", "eth", "golden", "linear", "table"}
+        The form of ``f(E, E')``.
+    gamma : float
+        Rate constant (it sets the unit of time).
+    spectral : Spectral
+        The spectral function ``J`` (not used by ``table``).
+    E_ref : float or None
+        ``golden`` only: ``V_ref = V(E_ref)`` (grid steps).
+    lnf : ndarray (emax+1, emax+1) float64 or None
+        ``table`` only: ``ln f(E, E')`` on the grid, symmetric, ``-inf`` where the bath does not couple.
+    """
 
     model: str
     gamma: float
@@ -79,6 +116,7 @@ class Kernel:
     lnf: np.ndarray | None = None  # table only: ln f(E, E') on the grid, (emax+1, emax+1), symmetric
 
     def to_dict(self):
+        """The ``kernel`` table of the model file (plain data)."""
         if self.model == "table":  # f holds everything, the spectral function included
             return {"model": "table", "gamma": self.gamma, "lnf": self.lnf.tolist()}
         d = {"model": self.model, "gamma": self.gamma, "spectral": self.spectral.to_dict()}
@@ -89,7 +127,21 @@ class Kernel:
 
 @dataclass(frozen=True, eq=False)
 class BathState:
-    """Initial state of one bath, resolved to a distribution ``p`` on the grid ``0..emax``."""
+    """Initial state of one bath, resolved to a distribution ``p`` on the grid ``0..emax`` (docs/physics.md §3).
+
+    Parameters
+    ----------
+    state : {"canonical", "microcanonical", "table"}
+        The kind of state.
+    p : ndarray (emax+1,) float64
+        ``p(E)`` on the grid (sums to 1).
+    beta : float or None
+        The canonical ``beta``, or the reference ``beta`` given with a microcanonical or table state.
+    energy : int or None
+        The energy of a microcanonical state (grid steps).
+    truncated : float
+        The canonical probability above ``emax`` that the grid cuts off (at most ``1e-9``).
+    """
 
     state: str  # canonical | microcanonical | table
     p: np.ndarray
@@ -98,6 +150,7 @@ class BathState:
     truncated: float = 0.0  # canonical mass the grid cuts off
 
     def to_dict(self):
+        """The bath's entry of ``initial.baths`` in the model file (plain data)."""
         d = {"state": self.state}
         if self.beta is not None:
             d["beta"] = self.beta
@@ -110,6 +163,24 @@ class BathState:
 
 @dataclass(frozen=True, eq=False)
 class Bath:
+    """One bath of a model: its density of states on the grid, its kernel and its coupling.
+
+    Parameters
+    ----------
+    name : str
+        The bath's name (it names the columns ``E_<name>``, ``Q_<name>``, ...).
+    dos : trajmc.dos.Oscillators, trajmc.dos.Spins, trajmc.dos.Exponential or trajmc.dos.Table
+        The density-of-states model.
+    emax : int
+        Top of the bath's energy grid ``0 .. emax`` (grid steps).
+    kernel : Kernel
+        The correlation kernel.
+    coupling : ndarray (n_ops, n_s, n_s) complex128 or None
+        The bath's own system coupling operators; None: the model's ``coupling``.
+    lnV : ndarray (emax+1,) float64
+        ``ln V_E`` on the grid, ``-inf`` where there are no microstates.
+    """
+
     name: str
     dos: object
     emax: int
@@ -119,9 +190,11 @@ class Bath:
 
     @property
     def quantum(self) -> int:
+        """The bath's quantum ``w`` (grid steps): microstates only at multiples of it."""
         return self.dos.w
 
     def to_dict(self):
+        """The bath's entry of ``baths`` in the model file (plain data)."""
         d = {"name": self.name, "dos": self.dos.to_dict(), "emax": self.emax, "kernel": self.kernel.to_dict()}
         if self.coupling is not None:
             d["coupling"] = _matrices_to_list(self.coupling)
@@ -130,7 +203,17 @@ class Bath:
 
 @dataclass(frozen=True)
 class Step:
-    """One protocol entry: from ``time`` on, the levels have ``energies``."""
+    """One protocol entry: from ``time`` on, the levels have ``energies`` (docs/physics.md §5.7).
+
+    Parameters
+    ----------
+    time : float
+        Switching time (``1/gamma``).
+    energies : tuple of int
+        The level energies from then on (grid steps).
+    given : tuple of float or None
+        The energies as written (energy units), when they were placed on the grid of step ``delta``.
+    """
 
     time: float
     energies: tuple
@@ -139,7 +222,54 @@ class Step:
 
 @dataclass(frozen=True, eq=False)
 class Model:
-    """A validated trajmc model.  Build it with :func:`load_model`."""
+    """A validated trajmc model.  Build it with :func:`load_model`.
+
+    A ``Model`` that exists is valid: every check happens in :func:`load_model`, once.  It is immutable;
+    :meth:`with_times` returns a copy with other sample times.  Energies are integers in units of the
+    grid step ``delta`` (docs/physics.md, Conventions).
+
+    Parameters
+    ----------
+    name : str
+        The model's name (it names run directories).
+    energies : ndarray (n_s,) int64
+        System level energies ``eps_s`` on the grid (the initial ones for a driven model).
+    coupling : ndarray (n_ops, n_s, n_s) complex128
+        The system coupling operators ``S_a`` (Hermitian); a bath without its own ``coupling`` uses these.
+    baths : tuple of trajmc.model.Bath
+        The baths, in model-file order (index ``nu``).
+    p_system : ndarray (n_s,) float64 or None
+        Initial system distribution of a product start; None for a joint initial table.
+    system_gibbs_beta : float or None
+        ``beta`` when the system starts in its Gibbs state, else None.
+    bath_states : tuple of trajmc.model.BathState or None
+        Each bath's initial state (product start); None for a joint initial table.
+    joint : tuple or None
+        ``(states, p)`` of a joint initial table: ``states`` (k, 1+N) int64 rows ``(s, E_1, .., E_N)``,
+        ``p`` (k,) float64; None for a product start.
+    times : ndarray (n_t,) float64
+        Sample times, starting at 0 and increasing, in units of ``1/gamma``.
+    simulation : dict
+        Monte Carlo settings of the model file's ``[simulation]`` table (``trajectories``, ``seed``,
+        ``chunk_size``, ``engine``, ``records``, ...); they do not change the physics.
+    protocol : tuple of trajmc.model.Step
+        Driving protocol (piecewise-constant levels); empty for an undriven model.
+    source : str or None
+        The file the model was read from, if any.
+    given : dict or None
+        The system as written, when its levels were placed on the grid (``delta``, the energies or the
+        Hamiltonian and coupling as given, ``max_error``); None for integer levels.
+
+    Other Parameters
+    ----------------
+    _hash : str
+        Cache of :attr:`digest` (internal).
+
+    See Also
+    --------
+    load_model : read and validate a model file or dict.
+    get_example : the model dicts of the built-in examples.
+    """
 
     name: str
     energies: np.ndarray  # (n_s,) int64
@@ -158,18 +288,33 @@ class Model:
 
     @property
     def n_levels(self) -> int:
+        """Number of system levels ``n_s``."""
         return len(self.energies)
 
     @property
     def n_baths(self) -> int:
+        """Number of baths ``N``."""
         return len(self.baths)
 
     @property
     def bath_names(self) -> list[str]:
+        """The baths' names, in order (they name the columns ``E_<b>``, ``Q_<b>``, ...)."""
         return [b.name for b in self.baths]
 
     def coupling_weight(self, nu: int) -> np.ndarray:
-        """``c[s, s'] = sum_a |S_a[s, s']|^2`` for bath ``nu``, shape (n_s, n_s)."""
+        """Coupling weights of one bath.
+
+        Parameters
+        ----------
+        nu : int
+            Bath index.
+
+        Returns
+        -------
+        ndarray (n_s, n_s) float64
+            ``c[s, s'] = sum_a |S_a[s, s']|^2`` over the bath's coupling operators, with a zero diagonal
+            (diagonal elements cause no jumps).
+        """
         S = self.baths[nu].coupling
         if S is None:
             S = self.coupling
@@ -178,7 +323,20 @@ class Model:
         return c
 
     def beta_ref(self, nu: int) -> float:
-        """Inverse temperature used in ``Sigma_tilde`` for bath ``nu`` (NaN if the model gives none)."""
+        """Reference inverse temperature of one bath (docs/physics.md §3).
+
+        Parameters
+        ----------
+        nu : int
+            Bath index.
+
+        Returns
+        -------
+        float
+            The ``beta`` of the bath's initial state (canonical, or the reference ``beta`` of a
+            microcanonical or table state), else that of an ``exponential`` density of states, else NaN.
+            It enters ``Sigma_tilde``.
+        """
         st = self.bath_states[nu] if self.bath_states is not None else None
         if st is not None and st.beta is not None:
             return st.beta
@@ -188,10 +346,21 @@ class Model:
         return float("nan")
 
     def canonical_pi(self, nu: int):
-        """The canonical reference ``pi_E`` of bath ``nu`` on its grid, or None.
+        """The canonical reference ``pi_E`` of one bath, on its grid.
 
         A canonical start is its own reference; a microcanonical or table start with a reference ``beta``
         has ``pi_E ∝ V_E exp(-beta E)`` normalised on the grid ``0..emax`` (the states a run can visit).
+
+        Parameters
+        ----------
+        nu : int
+            Bath index.
+
+        Returns
+        -------
+        ndarray (emax+1,) float64 or None
+            ``pi_E`` for ``E = 0 .. emax`` (sums to 1); None without a reference (a joint initial table,
+            or a non-canonical state without ``beta``).
         """
         if self.bath_states is None:
             return None
@@ -205,7 +374,14 @@ class Model:
         return np.exp(x - logsumexp(x))
 
     def to_dict(self) -> dict:
-        """The resolved model (every default filled in) as plain data; reloads identically."""
+        """The resolved model as plain data.
+
+        Returns
+        -------
+        dict
+            Every default filled in, in the model-file schema (lists, numbers, strings);
+            ``load_model(model.to_dict())`` gives the same model.
+        """
         d = {"name": self.name,
              "system": {"energies": self.energies.tolist(), "coupling": _matrices_to_list(self.coupling)},
              "baths": [b.to_dict() for b in self.baths]}
@@ -294,7 +470,7 @@ class Model:
 
     @property
     def digest(self) -> str:
-        """SHA-256 of the resolved model (without Monte Carlo settings): identifies the physics."""
+        """SHA-256 (hex str) of the resolved model without its name and Monte Carlo settings: identifies the physics."""
         if not self._hash:
             d = self.to_dict()
             d.pop("simulation")
@@ -303,6 +479,23 @@ class Model:
         return self._hash
 
     def with_times(self, times) -> Model:
+        """A copy of the model with other sample times.
+
+        Parameters
+        ----------
+        times : array_like (n_t,) of float
+            New sample times (must start at 0 and increase).
+
+        Returns
+        -------
+        Model
+            The same model with ``times`` replaced.
+
+        Raises
+        ------
+        trajmc.ModelError
+            The times are not valid (the message names ``times``).
+        """
         t = _parse_times({"values": list(np.asarray(times, dtype=float).ravel())}, "times")
         m = copy.copy(self)
         object.__setattr__(m, "times", t)
@@ -465,15 +658,25 @@ def load_model(source) -> Model:
     ----------
     source : str, os.PathLike, dict or Model
         A TOML file, or a dict with the same keys (the model-file schema: README, model-file reference).
+        Relative file names inside a model file (``lnV`` or ``lnf`` tables) are resolved against the
+        file's folder.  A :class:`Model` is returned unchanged.
 
     Returns
     -------
     Model
+        The validated, resolved model (every default filled in).
 
     Raises
     ------
     trajmc.ModelError
         One line naming the offending key and the problem.
+
+    Examples
+    --------
+    >>> import trajmc
+    >>> m = trajmc.load_model(trajmc.get_example("two-baths"))
+    >>> m.bath_names
+    ['hot', 'cold']
     """
     if isinstance(source, Model):
         return source

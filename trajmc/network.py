@@ -29,19 +29,36 @@ LOG_RATE_MAX = float(np.log(np.finfo(float).max))
 class Network:
     """Reachable joint states and their out-edges (CSR, rows = source state).
 
-    Attributes
+    Built by :func:`build_network`; the fields are read-only arrays.  ``n`` is the number of states,
+    ``m`` the number of edges, ``N`` the number of baths.
+
+    Parameters
     ----------
+    model : Model
+        The model the network belongs to.
+    energies : ndarray (n_levels,) int64
+        System level energies (grid units) under which the rates were computed (for a driven model: one
+        protocol segment's levels).
     states : ndarray (n, 1+N) int64
         ``s, E_1..E_N`` per state, sorted lexicographically.
     lnV : ndarray (n,) float64
-        ``ln V_x = sum_nu ln V^nu_{E_nu}``.
+        ``ln V_x = sum_nu ln V^nu_{E_nu}`` (finite: only states with microstates are built).
     p0 : ndarray (n,) float64
-        Initial distribution.
+        Initial distribution ``p_x(0)`` (sums to 1).
     indptr : ndarray (n+1,) int64
-    target, bath, dE : ndarray (m,) int64
-        Target state, bath index and that bath's energy change of each edge.
-    log_rate, rate : ndarray (m,) float64
+        CSR row pointer: the out-edges of state ``i`` are ``indptr[i]:indptr[i+1]``.
+    target : ndarray (m,) int64
+        Target state index of each edge.
+    bath : ndarray (m,) int64
+        Index of the bath the jump goes through.
+    dE : ndarray (m,) int64
+        That bath's energy change ``E'_b - E_b``; the heat into the system is ``-dE``.
+    log_rate : ndarray (m,) float64
+        ``ln k(x -> y)`` of each edge.
+    rate : ndarray (m,) float64
+        ``k(x -> y) = exp(log_rate)``.
     exit_rate : ndarray (n,) float64
+        ``sum_y k(x -> y)``: the total rate of leaving each state.
     block : ndarray (n,) int64
         Connected component (a closed class of the dynamics) of each state.
     shell : ndarray (n,) int64
@@ -65,35 +82,63 @@ class Network:
 
     @property
     def n_states(self) -> int:
+        """Number of joint states ``n``."""
         return len(self.states)
 
     @property
     def n_edges(self) -> int:
+        """Number of edges (possible jumps) ``m``."""
         return len(self.target)
 
     @property
     def n_blocks(self) -> int:
+        """Number of closed classes (connected components)."""
         return int(self.block.max()) + 1 if len(self.block) else 0
 
     @property
     def source(self) -> np.ndarray:
+        """Source state index of each edge, (m,) int64 (the CSR rows expanded)."""
         return np.repeat(np.arange(self.n_states), np.diff(self.indptr))
 
     def frame(self) -> pd.DataFrame:
-        """States as a DataFrame with columns ``s`` and ``E_<bath>``."""
+        """The joint states as a table.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per state (in the order of :attr:`states`), int64 columns ``s`` and ``E_<bath>``.
+        """
         cols = {"s": self.states[:, 0]}
         for nu, name in enumerate(self.model.bath_names):
             cols[f"E_{name}"] = self.states[:, 1 + nu]
         return pd.DataFrame(cols)
 
     def generator(self) -> sp.csr_matrix:
-        """Sparse generator ``W`` with ``dp/dt = W p``: ``W[y, x] = k(x -> y)``, ``W[x, x] = -exit(x)``."""
+        """Sparse generator of the rate equation.
+
+        Returns
+        -------
+        scipy.sparse.csr_matrix (n, n) float64
+            ``W`` with ``dp/dt = W p``: ``W[y, x] = k(x -> y)``, ``W[x, x] = -exit(x)``; every column
+            sums to 0.
+        """
         n = self.n_states
         W = sp.coo_matrix((self.rate, (self.target, self.source)), shape=(n, n)).tocsr()
         return (W - sp.diags(self.exit_rate)).tocsr()
 
     def index_of(self, states) -> np.ndarray:
-        """Row index of each joint state in ``states`` (k, 1+N); -1 where absent."""
+        """Row index of joint states in :attr:`states`.
+
+        Parameters
+        ----------
+        states : array_like (k, 1+N) or (1+N,) of int
+            Joint states ``(s, E_1, .., E_N)``.
+
+        Returns
+        -------
+        ndarray (k,) int64
+            The index of each state, -1 where the network does not have it.
+        """
         codes = _encode(np.atleast_2d(np.asarray(states, dtype=np.int64)), self.model)
         mine = _encode(self.states, self.model)
         i = np.searchsorted(mine, codes)
@@ -355,16 +400,30 @@ def build_network(model: Model, energies=None, codes=None, edges=None, shared=No
     Parameters
     ----------
     model : Model
-    energies : array of int, optional
-        System level energies (default: the model's initial ones).
-    codes : array of int64, optional
-        The state set (default: everything reachable under ``energies``); a driven model uses
-        one state set, closed under every segment, for all its segment networks.
+        The model (as :func:`load_model` returns it).
+    energies : array_like (n_levels,) of int, optional
+        System level energies in grid units (default: the model's initial ones).
+    codes : ndarray (n,) int64, optional
+        The state set as sorted state codes (default: everything reachable under ``energies``); a driven
+        model uses one state set, closed under every segment, for all its segment networks.
     edges : tuple, optional
-        The out-edges of ``codes`` under ``energies`` as :func:`reachable` returns them (computed here
-        when not given).
+        The out-edges of ``codes`` under ``energies`` as ``trajmc.network.reachable`` returns them
+        (computed here when not given).
     shared : tuple, optional
-        (states, lnV, p0) of ``codes`` when several segment networks share them.
+        ``(states, lnV, p0)`` of ``codes`` when several segment networks share them.
+
+    Returns
+    -------
+    Network
+        The reachable states, their edges with log-space rates (docs/physics.md §2), closed classes and
+        shells.
+
+    Raises
+    ------
+    trajmc.ModelError
+        A rate or exit rate would overflow double precision (the message names the bath's kernel).
+    trajmc.UnsupportedError
+        The joint state space is too large to enumerate.
     """
     energies = model.energies if energies is None else np.asarray(energies, dtype=np.int64)
     if codes is None:

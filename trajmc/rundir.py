@@ -710,7 +710,24 @@ def _read(run_dir, allow_partial=False):
 
 
 def load_run(run_dir) -> Ensemble:
-    """Rebuild the :class:`Ensemble` of a finished run directory, identical to the one that wrote it."""
+    """Rebuild the :class:`Ensemble` of a finished run directory, identical to the one that wrote it.
+
+    Parameters
+    ----------
+    run_dir : str or os.PathLike
+        A directory written by :func:`simulate` (``out=``) or ``python -m trajmc simulate``.
+
+    Returns
+    -------
+    Ensemble
+        The run's estimates, rebuilt from ``accumulators.npz`` and ``model.toml``.
+
+    Raises
+    ------
+    trajmc.RunError
+        The directory is missing or incomplete, or a file does not match the checksums in
+        ``provenance.json`` (the message names the file).
+    """
     plan, acc, prov = _read(run_dir)
     t = prov.get("timings", {}) if isinstance(prov.get("timings"), dict) else {}
     threads = t.get("threads", 1) if isinstance(t.get("threads", 1), int) else 1

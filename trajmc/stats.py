@@ -14,6 +14,24 @@ MIN_EXPECTED = 5.0
 
 @dataclass(frozen=True)
 class GTest:
+    """The result of :func:`g_test`.
+
+    Parameters
+    ----------
+    statistic : float
+        ``G = 2 sum O ln(O / E)`` over the pooled bins (``inf`` for an impossible observation, NaN when the
+        input was not a valid test).
+    df : int
+        Degrees of freedom, ``bins - 1``.
+    pvalue : float
+        ``P(chi2_df >= G)``; 0 for an impossible observation, NaN for invalid input (callers treat it as a
+        failure).
+    bins : int
+        Number of bins after pooling.
+    impossible : int
+        Observations in bins of exact probability 0.
+    """
+
     statistic: float
     df: int
     pvalue: float
@@ -22,7 +40,23 @@ class GTest:
 
 
 def pool_bins(expected, min_expected=MIN_EXPECTED):
-    """Group labels merging sparse bins: ascending expected count, cumulated until >= ``min_expected``."""
+    """Group labels that merge sparse bins.
+
+    Bins are taken in ascending order of expected count and cumulated into a group until the group's
+    expected count reaches ``min_expected``; a sparse remainder joins the last full group.
+
+    Parameters
+    ----------
+    expected : array_like (k,) of float
+        Expected counts per bin.
+    min_expected : float
+        Smallest expected count of a group (default 5).
+
+    Returns
+    -------
+    ndarray (k,) int64
+        The group of each bin, ``0 .. n_groups - 1``.
+    """
     order = np.argsort(expected, kind="stable")
     labels = np.empty(len(expected), dtype=np.int64)
     g, acc = 0, 0.0
@@ -41,6 +75,20 @@ def g_test(observed, prob, min_expected=MIN_EXPECTED) -> GTest:
     """G-test of counts ``observed`` against exact probabilities ``prob``, sparse bins pooled.
 
     An observation in a bin of exact probability 0 is impossible: the p-value is 0.
+
+    Parameters
+    ----------
+    observed : array_like (k,) of int or float
+        Observed counts (non-negative).
+    prob : array_like (k,) of float
+        Exact probabilities of the bins (non-negative; renormalised over the bins with ``prob > 0``).
+    min_expected : float
+        Sparse bins are pooled until each group expects at least this many counts (default 5).
+
+    Returns
+    -------
+    GTest
+        Statistic, degrees of freedom, p-value, pooled bins and impossible observations.
     """
     obs = np.asarray(observed, dtype=float)
     prob = np.asarray(prob, dtype=float)
@@ -66,7 +114,18 @@ def g_test(observed, prob, min_expected=MIN_EXPECTED) -> GTest:
 
 
 def z_pvalue(z):
-    """Two-sided normal p-value of z-scores."""
+    """Two-sided normal p-value of z-scores.
+
+    Parameters
+    ----------
+    z : array_like of float
+        z-scores.
+
+    Returns
+    -------
+    ndarray of float64
+        ``2 P(Z > |z|)``, the shape of ``z``.
+    """
     return 2.0 * sst.norm.sf(np.abs(np.asarray(z, dtype=float)))
 
 
@@ -75,6 +134,16 @@ def holm(pvalues):
 
     A NaN p-value (no valid test) stays NaN and counts as the most significant member of the family, so it
     can only make the other adjusted p-values larger, never pass.
+
+    Parameters
+    ----------
+    pvalues : array_like (m,) of float
+        The family's raw p-values.
+
+    Returns
+    -------
+    ndarray (m,) float64
+        Adjusted p-values, ``max_(j <= rank) min(1, (m - j) p_(j))`` in the original order.
     """
     p = np.asarray(pvalues, dtype=float)
     m = len(p)

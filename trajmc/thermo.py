@@ -18,7 +18,29 @@ __all__ = ["Space", "space_of", "marginal_system", "marginal_bath", "observation
 
 @dataclass(frozen=True, eq=False)
 class Space:
-    """What the functionals need to know about the joint states."""
+    """What the functionals need to know about the joint states (``n`` states, ``N`` baths).
+
+    Parameters
+    ----------
+    s : ndarray (n,) int64
+        Level of each state.
+    E : ndarray (n, N) int64
+        Bath energies of each state (grid steps).
+    lnV : ndarray (n,) float64
+        ``ln V_x``.
+    eps : ndarray (n,) float64
+        System energy of each state (grid steps).
+    n_levels : int
+        Number of system levels.
+    bath_names : tuple of str
+        The baths' names (column suffixes).
+    bath_lnV : tuple of ndarray (emax+1,) float64
+        Per bath, ``ln V_E`` on its grid.
+    beta : ndarray (N,) float64
+        Reference inverse temperatures (NaN: none).
+    pi : tuple of (ndarray (emax+1,) float64 or None)
+        Per bath, the canonical reference ``pi_E`` on its grid, or None.
+    """
 
     s: np.ndarray  # (n,) level of each state
     E: np.ndarray  # (n, N) bath energies
@@ -32,6 +54,19 @@ class Space:
 
 
 def space_of(network, energies=None) -> Space:
+    """The :class:`Space` of a network's states.
+
+    Parameters
+    ----------
+    network : trajmc.Network
+        The enumerated network.
+    energies : array_like (n_levels,) of int, optional
+        Level energies to use (default: the network's).
+
+    Returns
+    -------
+    Space
+    """
     m = network.model
     eps_levels = network.energies if energies is None else np.asarray(energies)
     return Space(s=network.states[:, 0], E=network.states[:, 1:], lnV=network.lnV,
@@ -50,40 +85,135 @@ def _bin(p, idx, size):
 
 
 def marginal_system(p, space: Space):
-    """``p_s``: (n_t, n_levels)."""
+    """The system marginal ``p_s``.
+
+    Parameters
+    ----------
+    p : ndarray (n_t, n) or (n,) float64
+        Distributions over the joint states of ``space`` (one per row).
+    space : Space
+        The states ``p`` is defined on.
+
+    Returns
+    -------
+    ndarray (n_t, n_levels) or (n_levels,) float64
+        ``p_s = sum_(x: level s) p_x``.
+    """
     return _bin(p, space.s, space.n_levels)
 
 
 def marginal_bath(p, space: Space, nu: int):
-    """``p_E`` of bath ``nu`` on its grid: (n_t, emax+1)."""
+    """The energy distribution ``p_E`` of one bath, on its grid.
+
+    Parameters
+    ----------
+    p : ndarray (n_t, n) or (n,) float64
+        Distributions over the joint states of ``space`` (one per row).
+    space : Space
+        The states ``p`` is defined on.
+    nu : int
+        Bath index.
+
+    Returns
+    -------
+    ndarray (n_t, emax+1) or (emax+1,) float64
+        ``p_b(E) = sum_(x: E_b = E) p_x``.
+    """
     return _bin(p, space.E[:, nu], len(space.bath_lnV[nu]))
 
 
 def shannon(q):
-    """``-sum q ln q`` over the last axis."""
+    """Shannon entropy ``-sum q ln q`` over the last axis (``0 ln 0 = 0``).
+
+    Parameters
+    ----------
+    q : array_like of float
+        Probabilities along the last axis.
+
+    Returns
+    -------
+    ndarray or float
+        The entropies (nats), one per row.
+    """
     return -np.sum(xlogy(q, q), axis=-1)
 
 
 def observational_entropy(p, lnV):
-    """``S_obs = -sum_x p_x ln(p_x / V_x)`` (Eq. 9)."""
+    """Observational entropy ``S_obs = -sum_x p_x ln(p_x / V_x)`` (Eq. 9).
+
+    Parameters
+    ----------
+    p : array_like (..., n) of float
+        Distributions over the joint states (last axis).
+    lnV : array_like (n,) of float
+        ``ln V_x`` (finite).
+
+    Returns
+    -------
+    ndarray or float
+        ``S_obs`` (nats) per row.
+    """
     return shannon(p) + np.sum(np.asarray(p) * lnV, axis=-1)
 
 
 def bath_observational_entropy(pE, lnV_grid):
-    """``S_obs^B = -sum_E p_E ln(p_E / V_E)``; grid points without microstates carry no weight."""
+    """Observational entropy of one bath, ``S_obs^B = -sum_E p_E ln(p_E / V_E)``.
+
+    Parameters
+    ----------
+    pE : array_like (..., G) of float
+        Energy distributions on the grid (last axis); no weight where there are no microstates.
+    lnV_grid : array_like (G,) of float
+        ``ln V_E`` on the grid (``-inf`` where there are no microstates).
+
+    Returns
+    -------
+    ndarray or float
+        ``S_obs^B`` (nats) per row.
+    """
     lv = np.where(np.isfinite(lnV_grid), lnV_grid, 0.0)
     return shannon(pE) + np.sum(pE * lv, axis=-1)
 
 
 def relative_entropy(q, r):
-    """``D[q || r] = sum q ln(q / r)`` over the last axis."""
+    """Relative entropy ``D[q || r] = sum q ln(q / r)`` over the last axis.
+
+    Parameters
+    ----------
+    q : array_like (..., G) of float
+        Distributions (last axis).
+    r : array_like (G,) or (..., G) of float
+        The reference distribution.
+
+    Returns
+    -------
+    ndarray or float
+        ``D`` (nats) per row; ``inf`` where ``q > 0`` and ``r = 0``.
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(q > 0, xlogy(q, q) - xlogy(q, np.where(q > 0, r, 1.0)), 0.0)
     return np.sum(terms, axis=-1)
 
 
 def total_correlation(p, space: Space, ps=None, pEs=None):
-    """``I = sum_x p_x ln(p_x / (p_s prod_nu p_{E_nu}))`` (mutual information for one bath)."""
+    """Total correlation ``I = sum_x p_x ln(p_x / (p_s prod_nu p_{E_nu}))`` (mutual information for one bath).
+
+    Parameters
+    ----------
+    p : ndarray (n_t, n) or (n,) float64
+        Distributions over the joint states of ``space`` (one per row).
+    space : Space
+        The states ``p`` is defined on.
+    ps : ndarray (n_t, n_levels) float64, optional
+        The system marginal, if already computed.
+    pEs : list of ndarray (n_t, emax+1) float64, optional
+        The bath marginals, if already computed.
+
+    Returns
+    -------
+    ndarray (n_t,) or float
+        ``I`` (nats).
+    """
     p2 = np.atleast_2d(p)
     ps = marginal_system(p2, space) if ps is None else np.atleast_2d(ps)
     pEs = [marginal_bath(p2, space, nu) for nu in range(space.E.shape[1])] if pEs is None else pEs
@@ -97,7 +227,26 @@ def total_correlation(p, space: Space, ps=None, pEs=None):
 
 
 def pairwise_information(p, space: Space, nu: int, ps=None, pE=None):
-    """``I(s; E_nu)``: mutual information of the system level and one bath's energy (n_t,)."""
+    """Mutual information ``I(s; E_nu)`` of the system level and one bath's energy.
+
+    Parameters
+    ----------
+    p : ndarray (n_t, n) or (n,) float64
+        Distributions over the joint states of ``space`` (one per row).
+    space : Space
+        The states ``p`` is defined on.
+    nu : int
+        Bath index.
+    ps : ndarray (n_t, n_levels) float64, optional
+        The system marginal, if already computed.
+    pE : ndarray (n_t, emax+1) float64, optional
+        The bath's marginal, if already computed.
+
+    Returns
+    -------
+    ndarray (n_t,) float64
+        ``S_sh + H(p_E) - H(p_(s, E))`` (nats).
+    """
     p2 = np.atleast_2d(p)
     ps = marginal_system(p2, space) if ps is None else np.atleast_2d(ps)
     pE = marginal_bath(p2, space, nu) if pE is None else np.atleast_2d(pE)
@@ -118,6 +267,25 @@ def thermo_table(times, p, space: Space, levels=None, work=None) -> pd.DataFrame
     when the baths start canonical, D(0) = 0).
     Driven models: ``levels`` (n_t, n_levels) are the energies in force at each time and ``work``
     the mean work so far; the table gains ``W`` and the first law ``dE_S + sum dE_<b> = W``.
+    The columns are described in docs/columns.md.
+
+    Parameters
+    ----------
+    times : array_like (n_t,) of float
+        Sample times (the first is the reference time of every difference).
+    p : ndarray (n_t, n) float64
+        The distribution at each time.
+    space : Space
+        The states ``p`` is defined on.
+    levels : ndarray (n_t, n_levels), optional
+        Level energies in force at each time (driven models).
+    work : array_like (n_t,) of float, optional
+        Mean work done on the system up to each time; adds ``W`` and ``first_law``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``t`` (float64), one float64 column per quantity.
     """
     cols = functionals(p, space, levels)
     if work is not None:
