@@ -58,12 +58,7 @@ numpydoc_attributes_as_param_list = True
 numpydoc_validation_checks = {"GL08", "PR01", "PR02", "PR04", "SS01"}
 # Objects whose docstrings are maintained with their code elsewhere and do not pass these checks yet.
 # They are documented in full all the same; remove an entry once its docstrings pass.
-numpydoc_validation_exclude = {
-    r"^trajmc\.Ensemble(\..*)?$",  # trajmc/ensemble.py: constructor and several methods lack Parameters
-    r"^trajmc\.Solution(\..*)?$",  # trajmc/solver.py: constructor parameters documented as Attributes only
-    r"^trajmc\.microscopic\.QuantumSolution(\..*)?$",  # the same
-    r"^trajmc\.simulate$",  # trajmc/simulation.py: ``quiet`` is not documented
-}
+numpydoc_validation_exclude: set = set()
 
 # --- HTML ---------------------------------------------------------------------------------------------
 html_theme = "alabaster"

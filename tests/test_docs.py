@@ -32,7 +32,7 @@ PUBLIC = [(trajmc, n) for n in trajmc.__all__] + [(mic, n) for n in mic.__all__]
 #: parameter yet (Ensemble, Solution, QuantumSolution: constructor and some methods; simulate: ``quiet``).
 #: The xfail is strict: remove a name here (and from ``numpydoc_validation_exclude`` in docs/conf.py) once
 #: its docstrings are complete.
-KNOWN_GAPS = {"Ensemble", "Solution", "QuantumSolution", "simulate"}
+KNOWN_GAPS = set()
 
 
 def _id(item):

@@ -25,6 +25,16 @@ class Ensemble(ResultMixin):
     The full joint distribution (:attr:`p`, :attr:`p_se`, :attr:`counts`, :attr:`states`) exists on the
     enumerated path only (:attr:`joint`); everything else exists on both paths.
 
+    Parameters
+    ----------
+    plan : trajmc.engine.Plan
+        The run's plan (made by :func:`trajmc.simulate` or rebuilt by :func:`trajmc.load_run`; an Ensemble
+        is not meant to be built by hand).
+    acc : trajmc.engine.Accumulators
+        Its accumulators after the last chunk.
+    stats : dict
+        Run statistics (see :attr:`stats`).
+
     Attributes
     ----------
     model : Model

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 
 from .errors import ModelError
+from .model import load_model
 
 __all__ = ["EXAMPLES", "DEFAULT_EXAMPLE", "get_example", "load_example", "list_examples"]
 
@@ -146,11 +147,10 @@ def load_example(name: str):
 
     Examples
     --------
-    >>> load_example("two-baths").bath_names
+    >>> import trajmc
+    >>> trajmc.load_example("two-baths").bath_names
     ['hot', 'cold']
     """
-    from .model import load_model
-
     return load_model(get_example(name))
 
 

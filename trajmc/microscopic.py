@@ -817,6 +817,21 @@ class QuantumSolution(ResultMixin):
     initial and final bath windows, which ``p_{sE}(t)`` does not hold: they raise
     :class:`trajmc.UnsupportedError`.
 
+    Parameters
+    ----------
+    micro : Microscopic
+        The model evolved (a QuantumSolution is made by :meth:`Microscopic.evolve`, not by hand).
+    times : ndarray of float64, shape (n_t,)
+        Sample times.
+    states : pandas.DataFrame
+        One row per ``(s, E)`` cell: columns ``s`` and ``E_<bath>``.
+    p : ndarray of float64, shape (n_t, n_states)
+        ``p_{sE}(t)``.
+    initial : object
+        The resolved initial state.
+    info : dict
+        Diagnostics (see :attr:`info`).
+
     Attributes
     ----------
     times : ndarray of float64, shape (n_t,)

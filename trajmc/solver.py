@@ -107,6 +107,23 @@ class Solution(ResultMixin):
     :meth:`work_distribution` and the long-format tables :meth:`p_system_table` and :meth:`heat_table`
     (their standard-error columns are 0 on an exact result).
 
+    Parameters
+    ----------
+    model : Model
+        The model solved (a Solution is made by :func:`trajmc.solve`, not by hand).
+    network : Network
+        Its enumerated network (first protocol segment).
+    times : ndarray of float64, shape (n_t,)
+        Sample times.
+    p : ndarray of float64, shape (n_t, n_states)
+        ``p_x(t)``.
+    info : dict
+        Route statistics (see :attr:`info`).
+    segments : list of (float, Network), optional
+        Protocol segments; default: one segment, ``network`` from t = 0.
+    switch_states : list of ndarray, optional
+        ``p`` just before each protocol switch.
+
     Attributes
     ----------
     model : Model
