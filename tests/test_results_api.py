@@ -16,8 +16,8 @@ import trajmc
 from trajmc import fluctuations as fl
 from trajmc import microscopic as mic
 from trajmc import tables
-from trajmc.ensemble import extended
 from trajmc.examples import EXAMPLES
+from trajmc.simulation import extended
 
 CHUNK = 512
 

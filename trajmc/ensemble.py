@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 
 from . import _kernel as K
-from .errors import ModelError
 from .estimate import marginals, thermo_estimates
 from .results import ResultMixin, times_text
 
@@ -346,7 +345,7 @@ class Ensemble(ResultMixin):
         pathlib.Path
             The run directory.
         """
-        from .rundir import save_new_run
+        from .rundir import save_new_run  # cycle: the run-directory layer above builds Ensembles (load_run)
 
         return save_new_run(self, run_dir, overwrite=overwrite)
 
@@ -377,12 +376,9 @@ class Ensemble(ResultMixin):
             trajectories is not a multiple of the chunk size), or the longer run would sum at another
             fixed-point scale (the message gives the largest number that can be reached).
         """
-        from . import engine as eng
-        from .simulation import execute
+        from .simulation import extend  # cycle: the run layer above builds Ensembles
 
-        threads = eng.resolve_threads(threads)
-        plan, acc = extended(self.plan, self.acc, trajectories, threads)
-        return execute(plan, acc, threads, bool(progress))
+        return extend(self, trajectories, threads, progress)
 
     def summary(self) -> dict:
         """What :func:`repr` and the notebook summary show.
@@ -401,57 +397,3 @@ class Ensemble(ResultMixin):
         if st.get("run_dir"):
             d["run_dir"] = st["run_dir"]
         return d
-
-
-def extended(plan, acc, trajectories, threads=1):
-    """(plan, accumulators) of the longer run of ``trajectories`` with ``plan``'s seed and chunking, holding
-    ``acc``'s finished chunks (copied) and ready to run the rest.  Refuses what would not be bit-identical."""
-    from .engine import _count, new_accumulators
-    from .simulation import plan_run
-    from .tables import fixed_point_scale
-
-    n = _count(trajectories, "trajectories")
-    if acc.chunks_done != plan.n_chunks:
-        raise ModelError("trajectories", f"the run is unfinished ({acc.chunks_done} of {plan.n_chunks} chunks): "
-                                         "finish it (resume) before extending it")
-    if n <= plan.trajectories:
-        raise ModelError("trajectories", f"must exceed the {plan.trajectories} trajectories already run, got {n}")
-    if plan.trajectories % plan.chunk_size:
-        raise ModelError("trajectories", f"this run's last chunk is partial ({plan.trajectories} trajectories in "
-                                         f"chunks of {plan.chunk_size}): a longer run draws that chunk in full, so "
-                                         "it cannot be extended bit-identically (extend runs whose trajectories "
-                                         "are a multiple of chunk_size)")
-    # the longer run's plan, built as simulate builds it (the exact entropy reference is the same: reused)
-    new = plan_run(plan.model, n, plan.entropy, None, plan.chunk_size, plan.record, plan.paths, plan.path, threads,
-                   trajectory_entropy=False)
-    if plan.trajectory_entropy:
-        new.tables = new.tables._replace(lnq=plan.tables.lnq, dsbin=plan.tables.dsbin)
-        new.trajectory_entropy = True
-    if new.g_scale != plan.g_scale:  # the entropy sums are fixed-point integers at a scale set by the run size
-        gmax = float(np.abs(plan.g0).max()) if plan.g0 is not None else None
-        top = ""
-        if gmax is not None:
-            lo, hi = plan.trajectories, n
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if fixed_point_scale(gmax, mid) == plan.g_scale else (lo, mid)
-            top = f"; it extends bit-identically to at most {lo} trajectories"
-        raise ModelError("trajectories", f"a run of {n} trajectories sums the streamed entropy terms at a coarser "
-                                         f"fixed-point scale than this run of {plan.trajectories}, so extending it "
-                                         f"could not be bit-identical to that run{top}")
-    out = new_accumulators(new)
-    for k, a in acc.arrays().items():
-        if k.startswith("rec_"):
-            continue
-        if k in ("jumps", "fingerprint"):
-            getattr(out, k)[:len(a)] = a
-        else:
-            setattr(out, k, a.copy())
-    out.windows = acc.windows
-    for k in ("rec_x", "rec_n", "rec_w", "rec_E"):
-        a = getattr(acc, k)
-        if a is not None:
-            getattr(out, k)[:len(a)] = a
-    out.chunks_done = acc.chunks_done
-    out.wall_s = acc.wall_s
-    return new, out

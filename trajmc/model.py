@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import csv
 import hashlib
+import html
 import math
 import os
 import re
@@ -513,7 +514,6 @@ def _short_list(a, limit=8) -> str:
 
 def html_table(title, rows) -> str:
     """A compact HTML summary: a bold title over a two-column table of ``(label, value)`` rows (escaped)."""
-    import html
 
     body = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
                    f"<td style='text-align:left'>{html.escape(str(val))}</td></tr>" for k, val in rows)

@@ -38,16 +38,19 @@ import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numba
 import numpy as np
 import pandas as pd
+import scipy
 
 from . import engine
 from ._version import __version__
+from .cluster import DaskSession
 from .ensemble import Ensemble
 from .errors import RunError, TrajmcError
 from .model import load_model, toml_dumps
 from .runlock import LOCK_NAME, run_lock
-from .simulation import execute, make_stats, plan_run
+from .simulation import execute, extended, make_stats, plan_run
 from .tables import windows_from
 
 __all__ = ["RunWriter", "save_run", "save_new_run", "extend_run", "load_run", "resume_run",
@@ -146,9 +149,6 @@ def _records_of(plan, acc):
 
 
 def provenance(plan, acc, stats=None, status="running", files=None) -> dict:
-    import numba
-    import scipy
-
     d = {"schema_version": SCHEMA, "status": status,
          "created": datetime.now(UTC).isoformat(timespec="seconds"),
          "software": {"trajmc": __version__, "python": platform.python_version(), "numpy": np.__version__,
@@ -484,7 +484,6 @@ def extend_run(run_dir, trajectories, out=None, threads=None, progress=False, ov
     trajmc.ModelError
         ``trajectories`` cannot be reached bit-identically (one line saying why).
     """
-    from .ensemble import extended
 
     threads = engine.resolve_threads(threads)
     w, prov = RunWriter.resume(run_dir)
@@ -749,8 +748,6 @@ def resume_run(run_dir, threads, progress=False, backend="threads", scheduler=No
                            f"--resume {run_dir} --trajectories N`)")
         if backend != "dask":
             return w.run(threads, progress)
-        from .cluster import DaskSession
-
         session = DaskSession(scheduler, workers)  # connect before the run directory is touched
         try:
             return w.run(threads, progress, backend=backend, scheduler=session)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import functools
 import time
 
+import numpy as np
+
 from . import engine as eng
 from .cluster import DaskSession, run_plan_dask
 from .ensemble import Ensemble
@@ -11,6 +13,7 @@ from .errors import ModelError
 from .estimate import BIAS_CORRECTION, SE_METHOD
 from .progress import Progress, progress_mode
 from .solver import propagate_segments
+from .tables import fixed_point_scale
 
 __all__ = ["simulate", "plan_run", "execute", "make_stats", "check_backend", "backend_kwargs"]
 
@@ -157,3 +160,60 @@ def make_stats(plan, acc, threads, compile_s, run_s):
             "ns_per_jump": 1e9 * acc.wall_s * threads / max(jumps, 1), "records": plan.record,
             "trajectory_entropy": plan.trajectory_entropy, "memory_estimate": plan.memory.get("total"),
             "bias_correction": BIAS_CORRECTION, "se_method": SE_METHOD, "last_session_s": float(run_s)}
+
+
+def extend(ens, trajectories, threads=None, progress=None):
+    """:meth:`trajmc.Ensemble.extend`: the longer run of ``trajectories``, bit-identical to running it at once."""
+    threads = eng.resolve_threads(threads)
+    plan, acc = extended(ens.plan, ens.acc, trajectories, threads)
+    return execute(plan, acc, threads, bool(progress))
+
+
+def extended(plan, acc, trajectories, threads=1):
+    """(plan, accumulators) of the longer run of ``trajectories`` with ``plan``'s seed and chunking, holding
+    ``acc``'s finished chunks (copied) and ready to run the rest.  Refuses what would not be bit-identical."""
+    n = eng._count(trajectories, "trajectories")
+    if acc.chunks_done != plan.n_chunks:
+        raise ModelError("trajectories", f"the run is unfinished ({acc.chunks_done} of {plan.n_chunks} chunks): "
+                                         "finish it (resume) before extending it")
+    if n <= plan.trajectories:
+        raise ModelError("trajectories", f"must exceed the {plan.trajectories} trajectories already run, got {n}")
+    if plan.trajectories % plan.chunk_size:
+        raise ModelError("trajectories", f"this run's last chunk is partial ({plan.trajectories} trajectories in "
+                                         f"chunks of {plan.chunk_size}): a longer run draws that chunk in full, so "
+                                         "it cannot be extended bit-identically (extend runs whose trajectories "
+                                         "are a multiple of chunk_size)")
+    # the longer run's plan, built as simulate builds it (the exact entropy reference is the same: reused)
+    new = plan_run(plan.model, n, plan.entropy, None, plan.chunk_size, plan.record, plan.paths, plan.path, threads,
+                   trajectory_entropy=False)
+    if plan.trajectory_entropy:
+        new.tables = new.tables._replace(lnq=plan.tables.lnq, dsbin=plan.tables.dsbin)
+        new.trajectory_entropy = True
+    if new.g_scale != plan.g_scale:  # the entropy sums are fixed-point integers at a scale set by the run size
+        gmax = float(np.abs(plan.g0).max()) if plan.g0 is not None else None
+        top = ""
+        if gmax is not None:
+            lo, hi = plan.trajectories, n
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if fixed_point_scale(gmax, mid) == plan.g_scale else (lo, mid)
+            top = f"; it extends bit-identically to at most {lo} trajectories"
+        raise ModelError("trajectories", f"a run of {n} trajectories sums the streamed entropy terms at a coarser "
+                                         f"fixed-point scale than this run of {plan.trajectories}, so extending it "
+                                         f"could not be bit-identical to that run{top}")
+    out = eng.new_accumulators(new)
+    for k, a in acc.arrays().items():
+        if k.startswith("rec_"):
+            continue
+        if k in ("jumps", "fingerprint"):
+            getattr(out, k)[:len(a)] = a
+        else:
+            setattr(out, k, a.copy())
+    out.windows = acc.windows
+    for k in ("rec_x", "rec_n", "rec_w", "rec_E"):
+        a = getattr(acc, k)
+        if a is not None:
+            getattr(out, k)[:len(a)] = a
+    out.chunks_done = acc.chunks_done
+    out.wall_s = acc.wall_s
+    return new, out

@@ -60,7 +60,7 @@ from .network import (
 from .progress import Progress, progress_mode
 from .resources import check_memory, memory_budget
 from .results import ResultMixin, times_text
-from .thermo import marginal_system, space_of, thermo_table
+from .thermo import marginal_bath, marginal_system, space_of, thermo_table
 
 __all__ = ["ROUTES", "Solution", "propagate", "propagate_segments", "solve"]
 
@@ -238,7 +238,6 @@ class Solution(ResultMixin):
             Probabilities (float64) indexed by ``E`` (int64, grid steps), energies with ``p > 0`` only;
             named ``p(E_<bath>)``.
         """
-        from .thermo import marginal_bath
 
         nu = self._bath(bath)
         k = self._t_index(t_index)
@@ -261,7 +260,7 @@ class Solution(ResultMixin):
             Probabilities (float64) indexed by ``W`` (int64, grid steps), values with ``P > 0`` only; named
             ``P(W)``.  An undriven model has ``P(W = 0) = 1``.
         """
-        from .fluctuations import work_distribution
+        from .fluctuations import work_distribution  # cycle: fluctuations builds on the solver
 
         k = self._t_index(t_index)
         if len(self.segments) == 1:
@@ -270,7 +269,7 @@ class Solution(ResultMixin):
 
     def _heat_matrix(self, nu):
         if nu not in self._heat:
-            from .fluctuations import heat_distribution
+            from .fluctuations import heat_distribution  # cycle: fluctuations builds on the solver
 
             d = heat_distribution(self.segments, nu, self.times, progress=False)
             if d is None:
