@@ -205,6 +205,11 @@ def test_cell_bias_is_the_exact_binomial_expectation(N, q):
     assert cell_bias(N, np.array([q]))[0] == pytest.approx(exact, rel=1e-5, abs=1e-11)
 
 
+def test_cell_bias_of_a_certain_cell_is_zero():
+    """Regression: a marginal probability of 1 + 1 ulp (a sum of cells) made the window NaN and crashed."""
+    assert np.all(cell_bias(100_000, np.array([1.0, np.nextafter(1.0, 2.0), 0.0])) == 0.0)
+
+
 def _multinomial_outcomes(N, K):
     if K == 1:
         yield (N,)

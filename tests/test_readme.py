@@ -141,7 +141,7 @@ def update(path=README):
         outs = [run(c, Path(d)) for c in cmds]
     for c, out in sorted(zip(cmds, outs, strict=True), key=lambda x: -x[0].line):
         keep_blank = [""] if c.shown and c.shown[-1] == "" else []
-        lines[c.line:c.last if c.shown else c.line] = out + keep_blank
+        lines[c.line:c.last if c.shown else c.line] = [ln.rstrip() for ln in out] + keep_blank
     path.write_text("\n".join(lines) + "\n")
     print(f"{path}: {len(cmds)} command outputs regenerated")
 

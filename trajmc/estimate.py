@@ -170,7 +170,8 @@ def cell_bias(N, q):
     the series ``-(1 - q) / 2 - ((1 - q)^2 / 4 - (1 - q)(1 - 2q) / 6) / mu - 1 / (12 mu^2)`` (times
     ``1 / N``, ``mu = N q``).
     """
-    q = np.asarray(q, dtype=float)
+    # a probability 1 (to rounding: a sum of others can exceed it by an ulp) is a certain count: no bias
+    q = np.clip(np.asarray(q, dtype=float), 0.0, 1.0)
     out = np.zeros(q.shape)
     mu = N * q
     var = mu * (1 - q)
@@ -179,7 +180,7 @@ def cell_bias(N, q):
     out[big] = (-(1 - qb) / 2 - ((1 - qb) ** 2 / 4 - (1 - qb) * (1 - 2 * qb) / 6) / m - 1 / (12 * m * m)) / N
     small = (q > 0) & ~big & (q <= 0.5)
     out[small] = (xlogy(mu[small], mu[small]) - _clnc_recurrence(int(N), q[small])) / N
-    for i in np.flatnonzero((q > 0.5) & ~big):  # q near 1: a narrow window around mu (few such cells)
+    for i in np.flatnonzero((q > 0.5) & (q < 1.0) & ~big):  # q near 1: a narrow window around mu (few such cells)
         w = 12 * np.sqrt(var[i]) + 30
         k0, k1 = max(int(mu[i] - w), 0), min(int(np.ceil(mu[i] + w)), N)
         out[i] = (xlogy(mu[i], mu[i]) - _exact_clnc(N, q[i:i + 1], k0, k1)[0]) / N
