@@ -202,6 +202,28 @@ class Ensemble:
                  np.column_stack([a.path_x[i, :a.path_len[i]], a.path_E[i, :a.path_len[i]]]))
                 for i in range(len(a.path_len))]
 
+    def plot(self, what="thermo", ax=None, exact=None, **kwargs):
+        """Draw one quantity (Monte Carlo markers with 95% error bars) and return the matplotlib axes.
+
+        Parameters
+        ----------
+        what : {"thermo", "p_system", "S_obs", "energy", "heat", "work", "bath", "activity"}, optional
+            The quantity (see :func:`trajmc.plotting.plot`); default ``"thermo"`` (``Sigma``, ``Sigma_tilde``).
+        ax : matplotlib.axes.Axes, optional
+            Axes to draw into (default: a new figure).
+        exact : Solution, optional
+            Exact lines (stems for distributions) under the Monte Carlo points.
+        **kwargs
+            E.g. ``bath``, ``t_index``, ``log``, ``title``; see :func:`trajmc.plotting.plot`.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+        """
+        from . import plotting  # layering: keeps matplotlib out of the core import
+
+        return plotting.plot(self, what=what, ax=ax, exact=exact, **kwargs)
+
     def __repr__(self):
         what = f"{self.plan.n_states} states" if self.joint else "marginals only"
         return (f"<Ensemble {self.model.name!r}: {self.trajectories} trajectories, {self.stats.get('jumps')} jumps, "

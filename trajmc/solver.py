@@ -154,6 +154,26 @@ class Solution:
         """System marginal ``p_s(t)``: (n_t, n_levels)."""
         return marginal_system(self.p, space_of(self.network))
 
+    def plot(self, what="thermo", ax=None, **kwargs):
+        """Draw one exact quantity (lines; stems for distributions) and return the matplotlib axes.
+
+        Parameters
+        ----------
+        what : {"thermo", "p_system", "S_obs", "energy", "heat", "work", "bath", "activity"}, optional
+            The quantity (see :func:`trajmc.plotting.plot`); default ``"thermo"`` (``Sigma``, ``Sigma_tilde``).
+        ax : matplotlib.axes.Axes, optional
+            Axes to draw into (default: a new figure).
+        **kwargs
+            E.g. ``bath``, ``t_index``, ``log``, ``title``; see :func:`trajmc.plotting.plot`.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+        """
+        from . import plotting  # layering: keeps matplotlib out of the core import
+
+        return plotting.plot(self, what=what, ax=ax, **kwargs)
+
     def __repr__(self):
         return (f"<Solution {self.model.name!r}: {self.network.n_states} states, "
                 f"{self.network.n_blocks} shells, {len(self.times)} times>")
