@@ -163,6 +163,23 @@ def test_one_exact_line_per_distinct_quantity(runs, name):
     assert len(exact_lines(ax)) == distinct(sol.p_system().T)
 
 
+def test_a_gap_too_small_to_see_gets_an_inset(runs):
+    """qubit-oscillators: Sigma_tilde - Sigma is ~1e-3 of Sigma (one curve to the eye): the inset draws the
+    exact difference; for the ideal bath (identical curves) there is none."""
+    ens, sol = runs["qubit-oscillators"]
+    th = sol.thermo()
+    gap = (th["Sigma_tilde"] - th["Sigma"]).to_numpy()
+    assert 0 < np.max(np.abs(gap)) < 0.05 * th["Sigma"].abs().max()
+    ax = ens.plot("thermo", exact=sol)
+    (ins,) = ax.child_axes
+    (line,) = exact_lines(ins)
+    np.testing.assert_allclose(line.get_ydata(), gap, rtol=0, atol=1e-15)
+    assert r"\tilde\Sigma - \Sigma" in ins.get_title() and "[$k_B$]" in ins.get_title()
+    assert not ens.plot("thermo", exact=sol, inset=False).child_axes
+    ens3, sol3 = runs["three-level-ideal"]
+    assert not ens3.plot("thermo", exact=sol3).child_axes
+
+
 def test_sigma_and_sigma_tilde_markers_differ(runs):
     ens, sol = runs["qubit-oscillators"]
     ax = ens.plot("thermo", exact=sol)

@@ -33,7 +33,8 @@ import numpy as np
 
 from .rundir import atomic_write
 
-__all__ = ["PLOTS", "analysis_figures", "plot", "summary_figure", "validation_figures"]
+__all__ = ["PLOTS", "analysis_figures", "plot", "plot_activity", "plot_bath", "plot_energy", "plot_heat",
+           "plot_p_system", "plot_s_obs", "plot_thermo", "plot_work", "summary_figure", "validation_figures"]
 
 #: half-width of the Monte Carlo error bars, in standard errors (95%)
 Z95 = 1.96
@@ -254,7 +255,8 @@ def plot_p_system(result, ax=None, exact=None, levels=None, title=None):
 
 
 def _thermo_curves(result, exact, columns, ax):
-    """Monte Carlo markers of ``columns`` (from an Ensemble), then each distinct exact curve once."""
+    """Monte Carlo markers of ``columns`` (from an Ensemble), then each distinct exact curve once; returns the
+    exact table (or None)."""
     t = result.times
     th = result.thermo()
     mc = _is_mc(result)
@@ -266,9 +268,29 @@ def _thermo_curves(result, exact, columns, ax):
                 ms=st.get("ms", 4))
     if ex is not None:
         _exact_lines(ax, t, [(STYLE[c]["label"], ex[c], STYLE[c]) for c in columns if c in ex and c in STYLE])
+    return ex
 
 
-def plot_thermo(result, ax=None, exact=None, columns=("Sigma", "Sigma_tilde", "Sigma_upper"), title=None):
+def _gap_inset(ax, t, ex):
+    """Where exact ``Sigma`` and ``Sigma_tilde`` differ by less than 5% of their size (one curve to the eye)
+    but are not equal, an inset shows the exact gap ``Sigma_tilde - Sigma`` (= I + D - D(0), docs/physics.md §4)."""
+    gap = np.asarray(ex["Sigma_tilde"], dtype=float) - np.asarray(ex["Sigma"], dtype=float)
+    size = float(np.nanmax(np.abs(ex["Sigma"]), initial=0.0))
+    if not np.isfinite(gap).any() or _same(ex["Sigma"], ex["Sigma_tilde"]) or np.nanmax(np.abs(gap)) > 0.05 * size:
+        return None
+    ins = ax.inset_axes([0.5, 0.3, 0.46, 0.3])
+    (line,) = ins.plot(t, gap, color="k", lw=1.0)
+    line.set_gid(EXACT_GID)
+    ins.axhline(0.0, color="0.6", lw=0.6)
+    ins.set_title(r"exact $\tilde\Sigma - \Sigma$ [$k_B$]", fontsize=7.5)
+    ins.tick_params(labelsize=6.5)
+    ins.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    ins.yaxis.get_offset_text().set_fontsize(6.5)
+    return ins
+
+
+def plot_thermo(result, ax=None, exact=None, columns=("Sigma", "Sigma_tilde", "Sigma_upper"), title=None,
+                inset=True):
     """Entropy production: the paper's ``Sigma = S_obs(t) - S_obs(0)`` against the conventional
     ``Sigma_tilde`` (and the bound ``Sigma_upper`` of a run without the joint distribution).
 
@@ -283,16 +305,22 @@ def plot_thermo(result, ax=None, exact=None, columns=("Sigma", "Sigma_tilde", "S
         Columns of ``thermo()`` to draw (those a result does not have are skipped).
     title : str, optional
         Axes title (default: the model's name and what is shown).
+    inset : bool, optional
+        Where the exact ``Sigma`` and ``Sigma_tilde`` differ, but by less than 5% (one curve to the eye), an
+        inset shows the exact difference ``Sigma_tilde - Sigma`` (default True).
 
     Returns
     -------
     matplotlib.axes.Axes
     """
     ax = _new_ax(ax)
-    _thermo_curves(result, exact, columns, ax)
+    ex = _thermo_curves(result, exact, columns, ax)
+    ins = None
+    if inset and ex is not None and {"Sigma", "Sigma_tilde"} <= set(columns):
+        ins = _gap_inset(ax, result.times, ex)
     ax.set(xlabel=TIME, ylabel=ENTROPY,
            title=_title(result, r"$\Sigma$ vs $\tilde\Sigma$") if title is None else title)
-    _legend(ax)
+    _legend(ax, **({} if ins is None else {"loc": "lower right"}))
     return ax
 
 
