@@ -155,7 +155,7 @@ def test_one_exact_line_per_distinct_quantity(runs, name):
     if len(lines) == 2:  # Sigma and Sigma_tilde differ: distinct colour and line style
         a, b = lines
         assert a.get_color() != b.get_color() and a.get_linestyle() != b.get_linestyle()
-    else:  # they coincide (an ideal bath): one line, and its legend names both
+    else:  # they coincide (each shell's bath energy is fixed by the level): one line, its legend names both
         assert name == "three-level-ideal"
         label = lines[0].get_label()
         assert r"\Sigma" in label and r"\tilde\Sigma" in label

@@ -15,10 +15,10 @@ Two layers:
 Conventions of every figure (docs/physics.md, "Conventions"): energies (heat, work, bath energies) in grid
 steps :math:`\\delta`, time in units of :math:`1/\\gamma`, entropies in units of :math:`k_B` (nats); heat
 is the heat *into* the system.  Labels are mathtext.  Each exact quantity is drawn once: where two exact
-curves coincide (e.g. :math:`\\Sigma = \\tilde\\Sigma` for an ideal bath) one line is drawn and the legend
-names both.  Discrete distributions (heat, work, bath energy) are drawn as stems (exact; on a linear axis
-those below 1e-3 of the largest are left out) and markers with error bars (Monte Carlo).  Exact lines
-carry the artist gid ``"exact"``.
+curves coincide (e.g. :math:`\\Sigma = \\tilde\\Sigma` in the example ``three-level-ideal``) one line is
+drawn and the legend names both.  Discrete distributions (heat, work, bath energy) are drawn as stems
+(exact; on a linear axis those below 1e-3 of the largest are left out) and markers with error bars (Monte
+Carlo).  Exact lines carry the artist gid ``"exact"``.
 
 Only the command line and the ``plot`` methods import this module (inside a function), so ``import trajmc``
 does not import matplotlib.
