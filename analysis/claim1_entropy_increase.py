@@ -20,6 +20,7 @@ Out:  runs/analysis/claim1/claim1_sigma.png, claim1_sigma.csv, claim1_summary.cs
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -109,10 +110,10 @@ def main():
             rate = np.gradient(fine, T_FINE)
             axr.semilogy(T_FINE[1:], rate[1:], color=col, label=f"n = {n}")
         ax.axhline(0.0, color="k", lw=0.7)
-        ax.set_title(f"{case}: {CASES[case]}", fontsize=8.5)
-        ax.set_ylabel(r"$\Sigma(t) = \Delta S_{\rm obs}(t)$")
-        axr.set_ylabel(r"$d\Sigma/dt$ (exact, finite diff.)")
-        axr.set_xlabel(r"time $t$ [$1/\gamma$]")
+        ax.set_title(f"{case}: " + re.sub(r"beta ([0-9.]+)", r"$\\beta = \1$", CASES[case]), fontsize=8.5)
+        ax.set_ylabel(r"$\Sigma(t) = \Delta S_{\rm obs}(t)$ " + C.S_UNIT)
+        axr.set_ylabel(r"$d\Sigma/dt$ [$k_B\,\gamma$] (exact, finite diff.)")
+        axr.set_xlabel(C.T_LABEL)
         leg = ax.legend(loc="center right", title="oscillators", title_fontsize=7.5)
         ax.add_artist(leg)
         C.exact_mc_legend_note(ax, loc="lower right")

@@ -43,8 +43,7 @@ CASES = {
     "C": dict(n=2, beta=0.3, ps={"gibbs": True, "beta": 3.0},
               label=r"n = 2, Gibbs system $\beta_S$ = 3, bath $\beta$ = 0.3"),
 }
-STYLE = {"Sigma": (C.COLORS[0], r"$\Sigma$"), "Sigma_tilde": (C.COLORS[3], r"$\tilde\Sigma$"),
-         "I": (C.COLORS[2], r"$I$"), "D": (C.COLORS[1], r"$D[p_E\|\pi_E]$")}
+STYLE = {"I": (C.COLORS[2], r"$I$"), "D": (C.COLORS[1], r"$D[p_E\|\pi_E]$")}
 
 
 def main():
@@ -93,11 +92,11 @@ def main():
         fine, th, err = res[case]
         ax, ax2, ax3 = axes[:, j]
         for col in ("Sigma", "Sigma_tilde"):
-            color, lab = STYLE[col]
-            ax.plot(T_FINE, fine[col], color=color, label=lab)
-            C.mc_errorbar(ax, T_MC, th[col], th[f"{col}_se"], color)
+            st = C.SIGMA_STYLE[col]
+            ax.plot(T_FINE, fine[col], color=st["color"], ls=st["ls"], label=st["label"])
+            C.mc_errorbar(ax, T_MC, th[col], th[f"{col}_se"], st["color"], marker=st["marker"])
         ax.set_title(f"{case}: {c['label']}", fontsize=9)
-        ax.set_ylabel("entropy production")
+        ax.set_ylabel(C.ENTROPY_LABEL)
         ax.legend(loc="lower right")
         for col in ("I", "D"):
             color, lab = STYLE[col]
@@ -105,12 +104,12 @@ def main():
             C.mc_errorbar(ax2, T_MC, th[col], th[f"{col}_se"], color)
         ax2.plot(T_FINE, fine["Sigma_tilde"] - fine["Sigma"], color="k", ls="--", lw=1.2,
                  label=r"$\tilde\Sigma - \Sigma$")
-        ax2.set_ylabel("correlation terms")
+        ax2.set_ylabel("correlation terms " + C.S_UNIT)
         ax2.legend(loc="center right")
         ax3.semilogy(T_FINE, np.maximum(err, 1e-18), color="k", lw=1.0)
         ax3.set_ylim(1e-18, 1e-10)
-        ax3.set_ylabel(r"$|\Sigma - \tilde\Sigma + I + D|$" + "\n(exact)")
-        ax3.set_xlabel(r"time $t$ [$1/\gamma$]")
+        ax3.set_ylabel(r"$|\Sigma - \tilde\Sigma + I + D|$" + f"\n(exact) {C.S_UNIT}")
+        ax3.set_xlabel(C.T_LABEL)
         ax3.text(0.98, 0.9, f"max = {err.max():.1e}", transform=ax3.transAxes, ha="right", va="top", fontsize=8)
     axes[0, 0].add_artist(axes[0, 0].legend(loc="lower right"))
     C.exact_mc_legend_note(axes[0, 0], loc="center right")

@@ -127,12 +127,13 @@ def main():
 
     hs = [Line2D([], [], color="k", lw=2.6, alpha=0.35, label=r"Pauli ME ($n\to\infty$)")]
     hs += [Line2D([], [], color=colors[n], label=f"MME n = {n}") for n in MC_SIZES]
-    hs += [Line2D([], [], color="0.3", ls=lev_ls[s], label=f"level s = {s} (eps = {C.ENERGIES3[s]})") for s in range(3)]
+    hs += [Line2D([], [], color="0.3", ls=lev_ls[s],
+                  label=rf"level $s = {s}$ ($\epsilon_s = {C.ENERGIES3[s]}\,\delta$)") for s in range(3)]
     hs += [Line2D([], [], color="0.3", marker="o", mfc="white", ls="none", label=f"MC ± {C.Z95} SE")]
     ax_p.legend(handles=hs, loc="upper right", ncol=1)
-    ax_p.set_xlabel(r"time $t$ [$1/\gamma$]")
+    ax_p.set_xlabel(C.T_LABEL)
     ax_p.set_ylabel(r"$p_s(t)$")
-    ax_p.set_title(r"(a) system populations, $\beta = 0.5$, system starts in s = 2")
+    ax_p.set_title(r"(a) system populations, $\beta = 0.5$, system starts in $s = 2$")
     # (b) deviation from the Pauli ME of the level with the largest deviation
     s_dev = int(g.level_at_max_ps_gap.mode()[0])
     for n in SIZES:
@@ -141,9 +142,10 @@ def main():
         pm, pse, _ = mcs[n]
         C.mc_errorbar(ax_d, T_MC, pm[:, s_dev] - pauli_mc[:, s_dev], pse[:, s_dev], colors[n], ms=3)
     ax_d.axhline(0, color="k", lw=0.7)
-    ax_d.set_xlabel(r"time $t$ [$1/\gamma$]")
+    ax_d.set_xlabel(C.T_LABEL)
     ax_d.set_ylabel(rf"$p_{s_dev}^{{\rm MME}}(t) - p_{s_dev}^{{\rm Pauli}}(t)$")
-    ax_d.set_title(f"(b) deviation from the Pauli ME (level s = {s_dev}); MC for n = {', '.join(map(str, MC_SIZES))}")
+    ax_d.set_title(f"(b) deviation from the Pauli ME (level $s = {s_dev}$); "
+                   f"MC for $n$ = {', '.join(map(str, MC_SIZES))}")
     lo = min(curves[n][1][:, s_dev].min() for n in SIZES)
     hi = max(curves[n][1][:, s_dev].max() for n in SIZES)
     ax_d.set_ylim(lo - 0.5 * (hi - lo), hi + 0.08 * (hi - lo))
@@ -157,12 +159,13 @@ def main():
         C.mc_errorbar(ax_s, T_MC, tm["Sigma"], tm["Sigma_se"], colors[n], ms=3)
         C.mc_errorbar(ax_s, T_MC, tm["Sigma_tilde"], tm["Sigma_tilde_se"], colors[n], marker="s", ms=3)
     hs = [Line2D([], [], color=colors[n], label=f"n = {n}") for n in MC_SIZES]
-    hs += [Line2D([], [], color="0.3", marker="o", mfc="white", label=r"$\Sigma$ (line: exact, o: MC)"),
+    hs += [Line2D([], [], color="0.3", marker="o", mfc="white",
+                  label=r"$\Sigma = \Delta S_{\rm obs}$ (solid: exact, o: MC)"),
            Line2D([], [], color="0.3", ls="--", marker="s", mfc="white",
                   label=r"$\tilde\Sigma$ (dashed: exact, s: MC)")]
     ax_s.legend(handles=hs, loc="lower right")
-    ax_s.set_xlabel(r"time $t$ [$1/\gamma$]")
-    ax_s.set_ylabel("entropy production")
+    ax_s.set_xlabel(C.T_LABEL)
+    ax_s.set_ylabel(C.ENTROPY_LABEL)
     ax_s.set_title(r"(c) $\Sigma$ vs $\tilde\Sigma$")
     # (d) gaps vs n
     nn = np.array(SIZES, dtype=float)
@@ -172,8 +175,8 @@ def main():
     ax_g.loglog(g.n, g.max_ps_gap, "s", color=C.COLORS[0],
                 label=r"$\max_{t,s}\,|p_s^{\rm MME} - p_s^{\rm Pauli}|$ (exact)")
     ax_g.loglog(nn, a2 * nn ** b2, color=C.COLORS[0], lw=1, label=rf"fit $n\geq{FIT_MIN}$: ${a2:.3f}\,n^{{{b2:.3f}}}$")
-    ax_g.set_xlabel("bath size n (oscillators)")
-    ax_g.set_ylabel("gap")
+    ax_g.set_xlabel(r"bath size $n$ (oscillators)")
+    ax_g.set_ylabel(r"gap (exact; $\Sigma$ in $k_B$)")
     ax_g.set_title(r"(d) gaps vs bath size at fixed $\beta = 0.5$")
     ax_g.legend(loc="lower left")
     fig.suptitle("Claim 3: large-bath limit — the MME becomes the Pauli master equation and "

@@ -117,29 +117,30 @@ def main():
             ax_t.plot(T_FINE, curves[n][:, s], color=lev_col[s], ls=size_ls[n], lw=1.3)
             pm, pse, _, _ = mcs[n]
             C.mc_errorbar(ax_t, T_MC[:-1], pm[:-1, s], pse[:-1, s], lev_col[s], ms=3)
-    hs = [Line2D([], [], color=lev_col[s], lw=2, label=f"s = {s} (eps = {C.ENERGIES3[s]})") for s in range(3)]
-    hs += [Line2D([], [], color="0.3", ls=size_ls[n], label=f"exact, n = {n}") for n in MC_SIZES]
+    hs = [Line2D([], [], color=lev_col[s], lw=2, label=rf"$s = {s}$ ($\epsilon_s = {C.ENERGIES3[s]}\,\delta$)")
+          for s in range(3)]
+    hs += [Line2D([], [], color="0.3", ls=size_ls[n], label=f"exact, $n = {n}$") for n in MC_SIZES]
     hs += [Line2D([], [], color="0.3", lw=4, alpha=0.25, label=r"Gibbs $e^{-\beta\epsilon_s}/Z$"),
            Line2D([], [], color="0.3", marker="o", mfc="white", ls="none", label=f"MC ± {C.Z95} SE")]
     ax_t.legend(handles=hs, loc="upper right", ncol=2)
     ax_t.set_ylim(-0.03, 1.28)
-    ax_t.set_xlabel(r"time $t$ [$1/\gamma$]")
+    ax_t.set_xlabel(C.T_LABEL)
     ax_t.set_ylabel(r"$p_s(t)$")
     ax_t.set_title(r"(a) relaxation from $s_0 = 2$, bath at sharp $E_0$")
     # (b) steady state vs n
     for s in range(3):
-        ax_p.semilogx(d.n, d[f"p{s}_shell"], color=lev_col[s], lw=1.2, label=f"Eq. 54 shell formula, s = {s}")
-        ax_p.semilogx(d.n, d[f"p{s}_inf"], "x", color=lev_col[s], ms=6, label=f"solve(t = {T_INF:g}), s = {s}")
+        ax_p.semilogx(d.n, d[f"p{s}_shell"], color=lev_col[s], lw=1.2, label=f"Eq. 54 shell formula, $s = {s}$")
+        ax_p.semilogx(d.n, d[f"p{s}_inf"], "x", color=lev_col[s], ms=6, label=f"solve($t = {T_INF:g}$), $s = {s}$")
         ax_p.axhline(g[s], color=lev_col[s], lw=4, alpha=0.25)
         nm = np.array(MC_SIZES, dtype=float)
         C.mc_errorbar(ax_p, nm, [mcs[n][0][-1, s] for n in MC_SIZES], [mcs[n][1][-1, s] for n in MC_SIZES], lev_col[s])
     hs = [Line2D([], [], color="0.3", lw=1.2, label=r"shell formula $\propto V_{E_0+\epsilon_{s_0}-\epsilon_s}$"),
-          Line2D([], [], color="0.3", marker="x", ls="none", label=f"exact solve at t = {T_INF:g}"),
+          Line2D([], [], color="0.3", marker="x", ls="none", label=f"exact solve at $t = {T_INF:g}$"),
           Line2D([], [], color="0.3", lw=4, alpha=0.25, label=r"Gibbs $e^{-\beta\epsilon_s}/Z$"),
-          Line2D([], [], color="0.3", marker="o", mfc="white", ls="none", label=f"MC at t = {T_LATE:g} ± {C.Z95} SE")]
-    hs += [Line2D([], [], color=lev_col[s], lw=2, label=f"s = {s}") for s in range(3)]
+          Line2D([], [], color="0.3", marker="o", mfc="white", ls="none", label=f"MC at $t = {T_LATE:g}$ ± {C.Z95} SE")]
+    hs += [Line2D([], [], color=lev_col[s], lw=2, label=f"$s = {s}$") for s in range(3)]
     ax_p.legend(handles=hs, loc="center right", ncol=1)
-    ax_p.set_xlabel("bath size n (oscillators)")
+    ax_p.set_xlabel(r"bath size $n$ (oscillators)")
     ax_p.set_ylabel(r"$p_s(\infty)$")
     ax_p.set_title(r"(b) steady state vs bath size, $\beta = 0.5$")
     # (c) TV gap
@@ -150,10 +151,10 @@ def main():
     tvse = np.array([mcs[n][3] for n in MC_SIZES])
     lower = np.minimum(C.Z95 * tvse, tvm * 0.999)  # clip the bar at the log axis
     ax_g.errorbar(MC_SIZES, tvm, yerr=[lower, C.Z95 * tvse], fmt="s", ms=5, mfc="white", mec="k", ecolor="k",
-                  label=f"MC (plug-in) at t = {T_LATE:g} ± {C.Z95} SE", zorder=3)
-    ax_g.set_xlabel("bath size n (oscillators)")
+                  label=f"MC (plug-in) at $t = {T_LATE:g}$ ± {C.Z95} SE", zorder=3)
+    ax_g.set_xlabel(r"bath size $n$ (oscillators)")
     ax_g.set_ylabel("total variation distance to Gibbs")
-    ax_g.set_title("(c) microcanonical -> canonical: gap vs n")
+    ax_g.set_title(r"(c) microcanonical $\to$ canonical: gap vs $n$")
     ax_g.legend(loc="lower left")
     fig.suptitle(r"Claim 4 (Eq. 54): microcanonical start relaxes to $p_s \propto V_{E_0+\epsilon_{s_0}-\epsilon_s}"
                  r"\to e^{-\beta\epsilon_s}/Z$ as the bath grows (3-level system 0,1,3 + n oscillators, "

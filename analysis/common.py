@@ -162,11 +162,39 @@ def style():
 
 COLORS = plt.get_cmap("tab10").colors
 
+# Axis labels with units (docs/physics.md, "Conventions": energies in grid steps delta, time in 1/gamma,
+# entropies in k_B), shared by every script so that the figures agree.
+T_LABEL = r"time $t$ [$1/\gamma$]"
+TAU_LABEL = r"driving time $\tau$ [$1/\gamma$]"
+S_UNIT = r"[$k_B$]"
+E_UNIT = r"[$\delta$]"
+ENTROPY_LABEL = r"entropy production [$k_B$]"
+#: Sigma and Sigma_tilde are told apart by colour, line style (exact) and marker (Monte Carlo)
+SIGMA_STYLE = {"Sigma": dict(color=COLORS[0], ls="-", marker="o", label=r"$\Sigma = \Delta S_{\rm obs}$"),
+               "Sigma_tilde": dict(color=COLORS[3], ls="--", marker="s", label=r"$\tilde\Sigma$")}
 
-def mc_errorbar(ax, t, y, se, color, label=None, marker="o", ms=3.5, **kw):
-    """Monte Carlo estimate with a 95% (``Z95`` SE) error bar, open marker."""
-    return ax.errorbar(t, y, yerr=Z95 * np.asarray(se), fmt=marker, ms=ms, mfc="white", mec=color, ecolor=color,
+
+def mc_errorbar(ax, t, y, se, color, label=None, marker="o", ms=3.5, mfc="white", **kw):
+    """Monte Carlo estimate with a 95% (``Z95`` SE) error bar, open marker (``mfc=color``: filled)."""
+    return ax.errorbar(t, y, yerr=Z95 * np.asarray(se), fmt=marker, ms=ms, mfc=mfc, mec=color, ecolor=color,
                        elinewidth=1.0, label=label, zorder=3, **kw)
+
+
+def exact_stems(ax, x, p, color, label=None, min_p=0.0, ms=5):
+    """An exact discrete distribution (heat, work, bath energy): stems from 0 with open markers; values
+    below ``min_p`` are left out (invisible on a linear axis)."""
+    x, p = np.asarray(x, dtype=float), np.asarray(p, dtype=float)
+    keep = p > min_p
+    st = ax.stem(x[keep], p[keep], linefmt="-", markerfmt="o", basefmt=" ", label=label)
+    st.markerline.set(color=color, mfc="none", ms=ms)
+    st.stemlines.set(color=color, lw=1.2, alpha=0.6)
+    return st
+
+
+def mc_points(ax, x, p, se, color, label=None, ms=3, **kw):
+    """Monte Carlo frequencies of a discrete distribution: filled markers with 95% error bars, no line."""
+    return ax.errorbar(x, p, yerr=Z95 * np.asarray(se), fmt="o", ms=ms, color=color, ecolor=color, elinewidth=1.0,
+                       ls="none", label=label, zorder=3, **kw)
 
 
 def exact_mc_legend_note(ax, loc="lower right"):

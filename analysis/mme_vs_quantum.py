@@ -257,7 +257,7 @@ def figure(err, fits, ps_curves, sig_curves, exact, out):
                 label="MME, golden (nearest)")
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xlabel(r"$\Gamma t$")
-        ax.set_ylabel(r"$\Sigma(t) = \Delta S_{\rm obs}$")
+        ax.set_ylabel(r"$\Sigma(t) = \Delta S_{\rm obs}$ [$k_B$]")
         ax.set_title(f"({'de'[col]}) {name} start: entropy production (exact: " + r"$\Delta S_{\rm obs} \geq 0$)")
         ax.legend(loc="lower right")
     ax = axes[0, 2]

@@ -380,6 +380,28 @@ class Ensemble(ResultMixin):
 
         return extend(self, trajectories, threads, progress)
 
+    def plot(self, what="thermo", ax=None, exact=None, **kwargs):
+        """Draw one quantity (Monte Carlo markers with 95% error bars) and return the matplotlib axes.
+
+        Parameters
+        ----------
+        what : {"thermo", "p_system", "S_obs", "energy", "heat", "work", "bath", "activity"}, optional
+            The quantity (see :func:`trajmc.plotting.plot`); default ``"thermo"`` (``Sigma``, ``Sigma_tilde``).
+        ax : matplotlib.axes.Axes, optional
+            Axes to draw into (default: a new figure).
+        exact : Solution, optional
+            Exact lines (stems for distributions) under the Monte Carlo points.
+        **kwargs
+            E.g. ``bath``, ``t_index``, ``log``, ``title``; see :func:`trajmc.plotting.plot`.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+        """
+        from . import plotting  # layering: keeps matplotlib out of the core import
+
+        return plotting.plot(self, what=what, ax=ax, exact=exact, **kwargs)
+
     def summary(self) -> dict:
         """What :func:`repr` and the notebook summary show.
 

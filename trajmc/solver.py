@@ -290,6 +290,26 @@ class Solution(ResultMixin):
                 "baths": self.bath_names, "times": times_text(self.times),
                 "states": f"{self.network.n_states} ({self.network.n_blocks} closed classes, exact)"}
 
+    def plot(self, what="thermo", ax=None, **kwargs):
+        """Draw one exact quantity (lines; stems for distributions) and return the matplotlib axes.
+
+        Parameters
+        ----------
+        what : {"thermo", "p_system", "S_obs", "energy", "heat", "work", "bath", "activity"}, optional
+            The quantity (see :func:`trajmc.plotting.plot`); default ``"thermo"`` (``Sigma``, ``Sigma_tilde``).
+        ax : matplotlib.axes.Axes, optional
+            Axes to draw into (default: a new figure).
+        **kwargs
+            E.g. ``bath``, ``t_index``, ``log``, ``title``; see :func:`trajmc.plotting.plot`.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+        """
+        from . import plotting  # layering: keeps matplotlib out of the core import
+
+        return plotting.plot(self, what=what, ax=ax, **kwargs)
+
 
 def solve(model, times=None, memory_budget=None, progress=None) -> Solution:
     """Solve the rate equation exactly at the sample times.
