@@ -350,13 +350,15 @@ class RunWriter:
             raise _not_ours(run_dir, bad, overwrite)
         acc = engine.new_accumulators(plan)  # allocate first: a request too large writes nothing
         made = not run_dir.exists()
-        run_dir.mkdir(parents=True, exist_ok=True)
         lock = contextlib.ExitStack()
         try:
-            lock.enter_context(locked(run_dir))
-            _claim(run_dir, overwrite)
-            w = cls(run_dir, plan, acc, lock)
-            with engine.StopFlag() as stop:  # Ctrl-C waits for the first checkpoint: the directory is resumable
+            # Ctrl-C / SIGTERM wait from the directory's creation to its first checkpoint: the directory is then
+            # resumable (a signal between mkdir and the lock used to leave a directory holding only a lock file)
+            with engine.StopFlag() as stop:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                lock.enter_context(locked(run_dir))
+                _claim(run_dir, overwrite)
+                w = cls(run_dir, plan, acc, lock)
                 atomic_text(run_dir / "model.toml", _resolved_model_toml(plan))
                 _save_reference(run_dir, plan)
                 w.checkpoint(w.acc)
