@@ -202,6 +202,7 @@ def _kill_the_worker_at(session, chunks):
     return progress, killed
 
 
+@pytest.mark.slow  # fault recovery, 6-7 s each: pre-release tier (CI time)
 # Regression test: BUG cluster.run_plan_dask scattered the plan once; a worker that died with the only copy
 # (--workers 1, or the last worker that had it) ended the run in FutureCancelledError ... (exit 1).  The plan is
 # now scattered again and the lost chunks resubmitted.
@@ -220,6 +221,7 @@ def test_losing_the_only_worker_is_survived(one_worker, threaded, path):
     assert_same_run(plan, acc, ref)
 
 
+@pytest.mark.slow  # fault recovery, 6-7 s each: pre-release tier (CI time)
 @pytest.mark.filterwarnings("ignore:Port .* is already in use")
 def test_a_cluster_that_cannot_recover_stops_with_a_resumable_checkpoint(one_worker, threaded, tmp_path):
     """With no recovery allowed, the same loss ends in one WorkerLost line; the checkpoint holds exactly the
@@ -279,6 +281,7 @@ def test_ctrl_c_on_the_client_then_resume_on_threads(tmp_path, session, threaded
     assert_same_run(plan, ens.acc, ref)
 
 
+@pytest.mark.slow  # fault recovery, 6-7 s each: pre-release tier (CI time)
 # Regression test: BUG cluster.run_plan_dask looked at the stop flag only when a task finished, so SIGINT/SIGTERM
 # on the client did nothing while a chunk ran (hours for a stiff model); it now polls while it waits
 @pytest.mark.regression

@@ -247,7 +247,12 @@ def test_heat_stems_are_the_exact_distribution(runs):
 # --------------------------------------------------------------------------- the built-in examples
 
 
-@pytest.mark.parametrize("name", list(trajmc.list_examples()))
+#: examples drawn in every run; the others in the slow tier (CI time)
+FAST_EXAMPLES = ("qubit-oscillators", "driven-qubit")
+
+
+@pytest.mark.parametrize("name", [n if n in FAST_EXAMPLES else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in trajmc.list_examples()])
 def test_built_in_examples_draw_every_figure_without_warnings(tmp_path, name):
     """The figures of simulate, validate and analyze (with and without the exact reference) and the one
     helper they do not use, for every built-in example: rendered, and no warning on the way."""
