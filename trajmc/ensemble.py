@@ -6,7 +6,7 @@ import pandas as pd
 
 from . import _kernel as K
 from .estimate import marginals, thermo_estimates
-from .results import ResultMixin, times_text
+from .results import ResultMixin, positive_series, times_text
 
 __all__ = ["Ensemble"]
 
@@ -161,10 +161,8 @@ class Ensemble(ResultMixin):
         k = self._t_index(t_index)
         M = marginals(self.plan, self.acc)
         c = M.sE[nu][k].sum(axis=1)
-        E = (M.lo[nu] + np.arange(len(c))).astype(np.int64)
-        keep = c > 0
-        return pd.Series(c[keep] / self.trajectories, index=pd.Index(E[keep], name="E"),
-                         name=f"p(E_{self.bath_names[nu]})")
+        return positive_series(M.lo[nu] + np.arange(len(c)), c / self.trajectories, "E",
+                               f"p(E_{self.bath_names[nu]})")
 
     def work_distribution(self, t_index=-1) -> pd.Series:
         """Histogram of the work done on the system up to ``times[t_index]``.
@@ -184,8 +182,7 @@ class Ensemble(ResultMixin):
         h = self.acc.work[k]
         w = np.arange(-self.plan.woff, self.plan.woff + 1, dtype=np.int64) if self.plan.driven \
             else np.zeros(1, np.int64)
-        keep = h > 0
-        return pd.Series(h[keep] / self.trajectories, index=pd.Index(w[keep], name="W"), name="P(W)")
+        return positive_series(w, h / self.trajectories, "W", "P(W)")
 
     # ------------------------------------------------------------------ estimates
     def thermo(self) -> pd.DataFrame:

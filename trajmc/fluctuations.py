@@ -24,6 +24,7 @@ from scipy.special import comb, ive, logsumexp
 from . import solver as so
 from .model import load_model
 from .network import Network, build_segments
+from .results import positive_series, positive_table
 from .solver import _one_blas_thread, propagate_segments
 
 __all__ = [
@@ -43,19 +44,6 @@ __all__ = [
 COUNTING_DENSE_MAX = 32
 #: largest (groups x states) for which the exact heat distribution is computed
 HEAT_EXACT_LIMIT = 20_000_000
-
-
-def _series(values, P, t_index, name, label):
-    row = np.asarray(P)[t_index]
-    keep = row > 0
-    return pd.Series(row[keep], index=pd.Index(np.asarray(values, dtype=np.int64)[keep], name=name), name=label)
-
-
-def _table(values, P, times, name):
-    P = np.asarray(P)
-    ti, vi = np.nonzero(P > 0)
-    return pd.DataFrame({"t": np.asarray(times, dtype=float)[ti], name: np.asarray(values, dtype=np.int64)[vi],
-                         "P": P[ti, vi], "P_se": np.zeros(len(ti))})
 
 
 class HeatDistribution(NamedTuple):
@@ -87,7 +75,7 @@ class HeatDistribution(NamedTuple):
         pandas.Series
             Probabilities indexed by ``Q`` (int64), values with ``P > 0`` only.
         """
-        return _series(self.Q, self.P, t_index, "Q", f"P(Q_{bath})" if bath is not None else "P(Q)")
+        return positive_series(self.Q, self.P[t_index], "Q", f"P(Q_{bath})" if bath is not None else "P(Q)")
 
     def table(self, times) -> pd.DataFrame:
         """Long format as :meth:`trajmc.Solution.heat_table`: columns ``t, Q, P, P_se`` (``P_se`` = 0).
@@ -101,7 +89,7 @@ class HeatDistribution(NamedTuple):
         -------
         pandas.DataFrame
         """
-        return _table(self.Q, self.P, times, "Q")
+        return positive_table(self.Q, self.P, times, "Q")
 
 
 class WorkDistribution(NamedTuple):
@@ -133,7 +121,7 @@ class WorkDistribution(NamedTuple):
         pandas.Series
             Probabilities indexed by ``W`` (int64), values with ``P > 0`` only; named ``P(W)``.
         """
-        return _series(self.W, self.P, t_index, name, "P(W)")
+        return positive_series(self.W, self.P[t_index], name, "P(W)")
 
     def table(self, times) -> pd.DataFrame:
         """Long format: columns ``t, W, P, P_se`` (``P_se`` = 0).
@@ -147,7 +135,7 @@ class WorkDistribution(NamedTuple):
         -------
         pandas.DataFrame
         """
-        return _table(self.W, self.P, times, "W")
+        return positive_table(self.W, self.P, times, "W")
 
 
 def heat_weights(net: Network, nu: int) -> np.ndarray:

@@ -47,7 +47,7 @@ import scipy.linalg
 from scipy.special import logsumexp
 
 from .errors import UnsupportedError
-from .results import ResultMixin, times_text
+from .results import ResultMixin, positive_series, times_text
 from .thermo import Space, marginal_bath, marginal_system, thermo_table
 
 __all__ = ["random_matrix_bath", "Microscopic", "QuantumSolution", "deviation", "golden_rule_gamma",
@@ -933,8 +933,7 @@ class QuantumSolution(ResultMixin):
         """
         self._bath(bath)
         pE = self.p_bath()[self._t_index(t_index)]
-        keep = np.flatnonzero(pE > 0)
-        return pd.Series(pE[keep], index=pd.Index(keep.astype(np.int64), name="E"), name=f"p(E_{self.micro.name})")
+        return positive_series(np.arange(len(pE)), pE, "E", f"p(E_{self.micro.name})")
 
     def _heat_matrix(self, nu):
         raise UnsupportedError("the exact dynamics gives p_sE(t), not the joint distribution of the initial and "

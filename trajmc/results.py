@@ -19,7 +19,24 @@ import pandas as pd
 from .errors import ModelError, UnsupportedError
 from .model import _short_list, html_table
 
-__all__ = ["ResultMixin"]
+__all__ = ["ResultMixin", "positive_series", "positive_table"]
+
+
+def positive_series(values, p, index_name, name) -> pd.Series:
+    """A distribution over integer ``values`` as a Series of its entries with ``p > 0`` (the type every
+    ``*_distribution`` method returns): probabilities indexed by ``index_name`` (int64), named ``name``."""
+    p = np.asarray(p)
+    keep = p > 0
+    return pd.Series(p[keep], index=pd.Index(np.asarray(values, dtype=np.int64)[keep], name=index_name), name=name)
+
+
+def positive_table(values, P, times, value_name, se=None) -> pd.DataFrame:
+    """Distributions ``P`` (n_t, n_v) over integer ``values`` in long format: columns ``t``, ``value_name``,
+    ``P`` and ``P_se`` (``se`` (n_t, n_v), or 0), one row per entry with ``P > 0``, ordered by ``t`` then value."""
+    P = np.asarray(P)
+    ti, vi = np.nonzero(P > 0)
+    return pd.DataFrame({"t": np.asarray(times, dtype=float)[ti], value_name: np.asarray(values, dtype=np.int64)[vi],
+                         "P": P[ti, vi], "P_se": se[ti, vi] if se is not None else np.zeros(len(ti))})
 
 
 class ResultMixin:
@@ -76,11 +93,8 @@ class ResultMixin:
             (float64, standard error; 0 on an exact result).  Only values with ``P > 0`` are listed,
             ordered by ``t`` then ``Q``; at each time ``P`` sums to 1 (up to rounding).
         """
-        nu = self._bath(bath)
-        q, P, se = self._heat_matrix(nu)
-        ti, qi = np.nonzero(P > 0)
-        return pd.DataFrame({"t": np.asarray(self.times, dtype=float)[ti], "Q": np.asarray(q, dtype=np.int64)[qi],
-                             "P": P[ti, qi], "P_se": se[ti, qi] if se is not None else np.zeros(len(ti))})
+        q, P, se = self._heat_matrix(self._bath(bath))
+        return positive_table(q, P, self.times, "Q", se)
 
     def heat_distribution(self, bath=0, t_index=-1) -> pd.Series:
         """The distribution of the heat ``Q`` into the system from ``bath`` up to ``times[t_index]``.
@@ -101,9 +115,7 @@ class ResultMixin:
         nu = self._bath(bath)
         k = self._t_index(t_index)
         q, P, _ = self._heat_matrix(nu)
-        keep = P[k] > 0
-        return pd.Series(P[k, keep], index=pd.Index(np.asarray(q, dtype=np.int64)[keep], name="Q"),
-                         name=f"P(Q_{self.bath_names[nu]})")
+        return positive_series(q, P[k], "Q", f"P(Q_{self.bath_names[nu]})")
 
     def _heat_matrix(self, nu):  # pragma: no cover - every result overrides it or refuses
         raise UnsupportedError(f"{type(self).__name__} has no heat distribution")

@@ -59,7 +59,7 @@ from .network import (
 )
 from .progress import Progress, progress_mode
 from .resources import check_memory, memory_budget
-from .results import ResultMixin, times_text
+from .results import ResultMixin, positive_series, times_text
 from .thermo import marginal_bath, marginal_system, space_of, thermo_table
 
 __all__ = ["ROUTES", "Solution", "propagate", "propagate_segments", "solve"]
@@ -242,9 +242,7 @@ class Solution(ResultMixin):
         nu = self._bath(bath)
         k = self._t_index(t_index)
         pE = marginal_bath(self.p[k:k + 1], space_of(self.network), nu)[0]
-        keep = np.flatnonzero(pE > 0)
-        return pd.Series(pE[keep], index=pd.Index(keep.astype(np.int64), name="E"),
-                         name=f"p(E_{self.bath_names[nu]})")
+        return positive_series(np.arange(len(pE)), pE, "E", f"p(E_{self.bath_names[nu]})")
 
     def work_distribution(self, t_index=-1) -> pd.Series:
         """Exact distribution of the work done on the system up to ``times[t_index]``.
@@ -264,7 +262,7 @@ class Solution(ResultMixin):
 
         k = self._t_index(t_index)
         if len(self.segments) == 1:
-            return pd.Series([1.0], index=pd.Index([0], dtype=np.int64, name="W"), name="P(W)")
+            return positive_series([0], [1.0], "W", "P(W)")
         return work_distribution(self.segments, self.times[k:k + 1]).series(0, "W")
 
     def _heat_matrix(self, nu):
