@@ -30,7 +30,12 @@ import re
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
+from . import fluctuations as fl
+from .analyze import COUNTING_LIMIT
+from .errors import ModelError
 from .rundir import atomic_write
 
 __all__ = ["PLOTS", "analysis_figures", "plot", "plot_activity", "plot_bath", "plot_energy", "plot_heat",
@@ -396,8 +401,6 @@ def plot_energy(result, ax=None, exact=None, title=None):
 
 
 def _bath_index(model, bath) -> int:
-    from .errors import ModelError
-
     names = list(model.bath_names)
     if isinstance(bath, str):
         if bath not in names:
@@ -415,8 +418,6 @@ def _time_indices(times, t_index):
     out = []
     for i in idx:
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -n <= i < n:
-            from .errors import ModelError
-
             raise ModelError("t_index", f"must be an index into the {n} sample times (or a list of them), got {i!r}")
         out.append(int(i) % n)
     return out
@@ -456,8 +457,6 @@ def _discrete(ax, series, *, xlabel, ylabel, title, log=False):
     else:
         ax.set_ylim(bottom=0.0)
     if np.all(xs == np.round(xs)):  # integer energies: integer ticks, each at the centre of its group
-        from matplotlib.ticker import MaxNLocator
-
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     _legend(ax)
@@ -490,8 +489,6 @@ def plot_heat(result, bath=0, t_index=-1, ax=None, exact=None, log=False, title=
     -------
     matplotlib.axes.Axes
     """
-    from . import fluctuations as fl
-
     ax = _new_ax(ax)
     nu = _bath_index(result.model, bath)
     name = result.model.bath_names[nu]
@@ -534,8 +531,6 @@ def plot_work(result, t_index=-1, ax=None, exact=None, log=False, title=None):
     -------
     matplotlib.axes.Axes
     """
-    from . import fluctuations as fl
-
     ax = _new_ax(ax)
     idx = _time_indices(result.times, t_index)
     mc = _is_mc(result)
@@ -601,9 +596,6 @@ def plot_bath(result, bath=0, t_index=-1, ax=None, exact=None, log=False, title=
 
 def _exact_activity(sol, times):
     """Exact mean and variance of the number of jumps (counting field), or None for a network too large."""
-    from . import fluctuations as fl
-    from .analyze import COUNTING_LIMIT
-
     if 4 * sol.network.n_states > COUNTING_LIMIT:
         return None
     k = fl.cumulants_from_moments(fl.counting_moments(sol.segments, lambda nk: np.ones(nk.n_edges), times))
@@ -704,8 +696,6 @@ def plot(result, what="thermo", ax=None, exact=None, **kwargs):
 
 def _figure(nrows=1, ncols=1, figsize=(5.5, 4.0)):
     """A figure outside pyplot (Agg canvas when saved): no display, no global state, the backend untouched."""
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=figsize, layout="constrained")
     return fig, fig.subplots(nrows, ncols, squeeze=False)
 
