@@ -434,7 +434,8 @@ def _joint_estimates(counts, N, lnV_x, cross, g0, s_idx, E_idx, M, out, reachabl
     lnps = _log(ps)[:, s_idx]
     js, ms = entropy_bias(M.ps)
     infl = _log(p) - lnps
-    val = shannon(ps) - shannon(p) + js - bx
+    plugin = shannon(ps) - shannon(p)
+    jk = js - bx  # the jackknife correction of the plug-in value
     sysb = (js - ms) - (bx - mx)
     KE_sum = 0
     for nu in range(len(M.names)):
@@ -442,16 +443,16 @@ def _joint_estimates(counts, N, lnV_x, cross, g0, s_idx, E_idx, M, out, reachabl
         pE = cE / N
         jE, mE = entropy_bias(cE)
         infl = infl - _log(pE)[:, E_idx[:, nu]]
-        val = val + shannon(pE) + jE
+        plugin = plugin + shannon(pE)
+        jk = jk + jE
         sysb = sysb + (jE - mE)
         KE_sum = KE_sum + _occupied(cE)
     var, _ = _var(p, infl)
     if reachable:
-        plugin = val - js + bx - sum(entropy_bias(M.sE[nu].sum(axis=2))[0] for nu in range(len(M.names)))
         out["I"] = _mi_estimate(plugin, var, independence_bias(counts, np.column_stack([s_idx, E_idx])), N)
     else:
         Ks = _occupied(M.ps)
-        out["I"] = Estimate(val, var, _chi(np.maximum(Kx - Ks - KE_sum + len(M.names), 2), N), sysb)
+        out["I"] = Estimate(plugin + jk, var, _chi(np.maximum(Kx - Ks - KE_sum + len(M.names), 2), N), sysb)
     out["lnV"] = _linear(p, lnV_x)
     if all(pi is not None for pi in M.pi):
         f = np.zeros_like(p)
