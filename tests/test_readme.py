@@ -19,6 +19,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,8 +133,6 @@ def test_mask_keeps_words_and_drops_numbers():
 
 def update(path=README):
     """Run every console command in a fresh directory and write its output into the README."""
-    import tempfile
-
     text = path.read_text()
     lines = text.splitlines()
     cmds = console_commands(text)
