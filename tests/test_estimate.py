@@ -18,7 +18,14 @@ import pytest
 from conftest import THREADS, get_model_dict
 
 import trajmc
-from trajmc.estimate import cell_bias, entropy_bias, independence_bias
+from trajmc.estimate import (
+    cell_bias,
+    cell_residual,
+    entropy_bias,
+    entropy_residual,
+    independence_bias,
+    independence_correction,
+)
 from trajmc.stats import g_test, holm
 
 ALPHA = 1e-6
@@ -186,12 +193,17 @@ def test_entropy_bias_rows_independent():
 
 
 def _binomial_expectation(N, q, f):
-    """E[f(c)] for c ~ Binomial(N, q) by summing every outcome (mpmath, 40 digits)."""
+    """E[f(c)] for c ~ Binomial(N, q) by summing the outcomes within 40 standard deviations (+ 60) of the mean
+    (the rest weigh below 1e-300; mpmath, 40 digits)."""
     import mpmath  # test-only dependency
 
     mpmath.mp.dps = 40
+    w = 40 * np.sqrt(N * q * (1 - q)) + 60
+    k0, k1 = max(int(N * q - w), 0), min(int(N * q + w) + 1, N)
     q = mpmath.mpf(q)
-    return float(sum(mpmath.binomial(N, k) * q**k * (1 - q) ** (N - k) * f(mpmath.mpf(k)) for k in range(N + 1)))
+    log_pmf = [mpmath.loggamma(N + 1) - mpmath.loggamma(k + 1) - mpmath.loggamma(N - k + 1)
+               + k * mpmath.log(q) + (N - k) * mpmath.log1p(-q) for k in range(k0, k1 + 1)]
+    return float(sum(mpmath.exp(lp) * f(mpmath.mpf(k)) for lp, k in zip(log_pmf, range(k0, k1 + 1), strict=True)))
 
 
 @pytest.mark.parametrize("N, q", [(7, 0.3), (50, 0.01), (50, 0.9), (400, 0.05), (400, 0.2), (2000, 0.02),
@@ -251,6 +263,86 @@ def test_independence_bias_restricted_support():
     b = independence_bias(c, cells)
     q = (c[0] / 100) ** 2 / np.sum((c[0] / 100) ** 2)
     assert b[0] == pytest.approx(np.sum(cell_bias(100, q)), rel=1e-12) and b[0] < 0
+
+
+@pytest.mark.parametrize("N, q", [(7, 0.3), (50, 0.01), (50, 0.9), (400, 0.2), (2000, 0.5), (300, 1e-4), (2, 0.5),
+                                  (5000, 0.999), (60, 0.99), (3000, 1e-7), (6000, 0.5), (20000, 0.9999)])
+def test_cell_residual_is_the_exact_binomial_expectation(N, q):
+    """rho(q) = E[phi(c/N)] - phi(q) + (E[u(c)] + N q) / N, u(c) = c (c - 1) ln((c - 1)/c), against mpmath sums,
+    on both sides of the switch to the series (count variance 1000: (6000, 0.5) and (20000, 0.9999) are above)."""
+    import mpmath
+
+    def u(k):
+        return k * (k - 1) * mpmath.log((k - 1) / k) if k > 1 else 0
+
+    plug = _binomial_expectation(N, q, lambda k: -(k / N) * mpmath.log(k / N) if k > 0 else 0) + q * np.log(q)
+    exact = plug + (_binomial_expectation(N, q, u) + N * q) / N
+    series = N * q * (1 - q) >= 1000
+    assert cell_residual(N, np.array([q]))[0] == pytest.approx(exact, rel=1e-7 if series else 1e-10, abs=1e-15)
+    assert cell_bias(N, np.array([q]))[0] == pytest.approx(plug, rel=1e-7 if series else 1e-10, abs=1e-15)
+
+
+def test_certain_cell_residual_makes_a_zero_entropy_residual():
+    """One certain cell: the jackknife entropy is exactly 0 = H, so the residual vanishes."""
+    assert entropy_residual(1000, np.array([1.0, 0.0])) == pytest.approx(0.0, abs=1e-15)
+
+
+def test_entropy_residual_is_the_expected_error_of_the_jackknife():
+    """E[H_plugin + jackknife] - H over every multinomial outcome of N = 8 draws from 3 cells."""
+    from math import factorial
+
+    from trajmc.thermo import shannon
+
+    p = np.array([0.6, 0.3, 0.1])
+    N = 8
+    expected = 0.0
+    for c in _multinomial_outcomes(N, len(p)):
+        w = factorial(N) * np.prod([pi**ci / factorial(ci) for pi, ci in zip(p, c, strict=True)])
+        expected += w * (shannon(np.asarray(c, float) / N) + entropy_bias(np.array([c]))[0][0])
+    assert entropy_residual(N, p) == pytest.approx(expected - shannon(p), rel=1e-10)
+
+
+def test_independence_correction_is_the_exact_jackknife_residual_under_the_null():
+    """Without the bootstrap, R = E_q[I_jk] - I(q) for the product q of the observed marginals, over every
+    multinomial outcome of N = 9 draws on 2 x 3 cells; b is the plug-in bias of independence_bias."""
+    from math import factorial
+
+    from trajmc.thermo import shannon
+
+    cells = np.array([(s, e) for s in range(2) for e in range(3)])
+    q = np.array([0.7, 0.3])[cells[:, 0]] * np.array([0.5, 0.3, 0.2])[cells[:, 1]]
+    N = 9
+
+    def i_jk(c):
+        c = np.asarray(c, float)
+        marg = [np.bincount(cells[:, j], c) for j in range(2)]
+        plug = sum(shannon(m / N) for m in marg) - shannon(c / N)
+        return plug + sum(entropy_bias(m[None, :])[0][0] for m in marg) - entropy_bias(c[None, :])[0][0]
+
+    expected = 0.0
+    for c in _multinomial_outcomes(N, len(q)):
+        w = factorial(N) * np.prod([qi**ci / factorial(ci) for qi, ci in zip(q, c, strict=True)])
+        expected += w * i_jk(c)
+    counts = (q * N)[None, :]  # marginals exactly q's
+    R, b, v = independence_correction(counts, cells, resamples=0)
+    assert R[0] == pytest.approx(expected, rel=1e-9)
+    assert b[0] == pytest.approx(independence_bias(counts, cells)[0], rel=1e-12) and v[0] == 0.0
+
+
+def test_independence_correction_is_deterministic_and_vanishes_for_a_certain_level():
+    """The bootstrap has a fixed seed (the estimate is a function of the counts); with one level certain the
+    jackknife total correlation is exactly 0, and so is its residual (and the bootstrap's spread)."""
+    rng = np.random.default_rng(5)
+    cells = np.array([(s, e) for s in range(3) for e in range(40)])
+    counts = rng.multinomial(5000, rng.dirichlet(np.ones(len(cells)) * 0.2), size=2).astype(float)
+    a, b = independence_correction(counts, cells), independence_correction(counts, cells)
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x, y)
+    assert np.all(a[2] > 0)  # the bootstrap's Monte Carlo noise is reported
+    certain = np.zeros((1, len(cells)))
+    certain[0, :40] = rng.multinomial(5000, np.ones(40) / 40)
+    R, bias, v = independence_correction(certain, cells)
+    assert abs(R[0]) < 1e-15 and abs(bias[0]) < 1e-15 and v[0] < 1e-28
 
 
 def test_standard_errors_match_trajectory_influences():
