@@ -330,8 +330,8 @@ def test_independence_correction_is_the_exact_jackknife_residual_under_the_null(
 
 
 def test_independence_correction_is_deterministic_and_vanishes_for_a_certain_level():
-    """The bootstrap has a fixed seed (the estimate is a function of the counts); with one level certain the
-    jackknife total correlation is exactly 0, and so is its residual (and the bootstrap's spread)."""
+    """The bootstrap is seeded by the counts (the estimate is a function of them; other counts draw otherwise);
+    with one level certain the jackknife total correlation is exactly 0, and so is its residual."""
     rng = np.random.default_rng(5)
     cells = np.array([(s, e) for s in range(3) for e in range(40)])
     counts = rng.multinomial(5000, rng.dirichlet(np.ones(len(cells)) * 0.2), size=2).astype(float)
@@ -339,6 +339,10 @@ def test_independence_correction_is_deterministic_and_vanishes_for_a_certain_lev
     for x, y in zip(a, b, strict=True):
         assert np.array_equal(x, y)
     assert np.all(a[2] > 0)  # the bootstrap's Monte Carlo noise is reported
+    other = counts.copy()
+    other[0, np.argmax(other[0])] -= 1
+    other[0, np.argmin(other[0])] += 1
+    assert independence_correction(other, cells)[0][0] != a[0][0]
     certain = np.zeros((1, len(cells)))
     certain[0, :40] = rng.multinomial(5000, np.ones(40) / 40)
     R, bias, v = independence_correction(certain, cells)
