@@ -6,6 +6,10 @@ and time, over the S seeds,
 * ``mean_z``: the mean of z = (estimate - exact) / SE (0 for an unbiased estimate), ± its standard
   error sd(z) / sqrt(S), and the two-sided t-test p-value of mean_z = 0;
 * ``bias``: mean(estimate) - exact, ± sd(estimate) / sqrt(S);
+* ``exact_bias`` (S_obs, Sigma, D): the exact expected bias of the estimator, E[estimate] - exact, computed without
+  sampling (the jackknife entropy is a sum of cell terms, so its expectation is a sum of binomial expectations:
+  ``trajmc.estimate.entropy_residual``); ``exact_bias_z`` = exact_bias / scatter, the bias in z units that the
+  seeds' ``mean_z`` estimates with noise;
 * ``scatter``: the true scatter, sd(estimate) across seeds (ddof = 1);
 * ``se_ratio``: mean(reported SE) / scatter, with a 95% interval from the chi-square distribution of the
   sample variance (the spread of the reported SE over seeds is far smaller and is left out);
@@ -15,7 +19,8 @@ Issue 13's targets are |mean_z| <= 0.1 and se_ratio within [0.8, 1.2]; the colum
 measured interval for each lies inside its target (``ok``), outside it (``FAIL``) or straddles an edge
 (``?``).  For the entropies with a bias correction the reported SE is the square root of
 ``var/(N-1) + chi2 + sysb^2`` (docs/physics.md §6: for S_obs and Sigma ``sysb`` is the jackknife - Miller-Madow
-disagreement; ``I`` is corrected by the independence null, its ``var`` and ``chi2`` from that null, ``sysb = 0``);
+disagreement; ``I`` is the jackknife less its residual under the independence null, its ``var`` and ``chi2`` from
+that null, ``sysb = 0``);
 ``share_*`` give the mean share of each
 term in SE^2, read from the estimator's own records (a diagnostic, trajmc.estimate internals).
 
@@ -102,15 +107,27 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=40)
     ap.add_argument("--trajectories", type=int, default=200_000)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed0", type=int, default=SEED0, help="first seed (default %(default)s)")
+    ap.add_argument("--out", default="se_accuracy", help="output folder under runs/analysis (default %(default)s)")
     a = ap.parse_args(argv)
     timer = C.Timer()
-    out = C.out_dir("se_accuracy")
+    out = C.out_dir(a.out)
+    seed0 = a.seed0
     md = sparse_two_baths()
     sol = trajmc.solve(md)
     ex = sol.thermo()
+    # the exact expected bias of the jackknife S_obs (and so of Sigma), by linearity over the cells
+    pex = np.clip(sol.p, 0.0, None)
+    pex = pex / pex.sum(axis=1, keepdims=True)
+    resid = np.array([est_mod.entropy_residual(a.trajectories, p) for p in pex])
+    exact_bias = {"S_obs": resid, "Sigma": resid - resid[0]}
+    st = sol.network.states
+    if all(b.get("state") == "canonical" for b in md["initial"]["baths"]):  # D = sum_b KL(p_b || pi_b) - jackknife
+        exact_bias["D"] = -sum(np.array([est_mod.entropy_residual(a.trajectories, np.bincount(st[:, 1 + nu], p))
+                                         for p in pex]) for nu in range(st.shape[1] - 1))
     rows = []
     for i in range(a.seeds):
-        ens = trajmc.simulate(md, trajectories=a.trajectories, seed=SEED0 + i, threads=a.threads)
+        ens = trajmc.simulate(md, trajectories=a.trajectories, seed=seed0 + i, threads=a.threads)
         th = ens.thermo()
         parts = se_parts(ens)
         K = np.count_nonzero(ens.counts, axis=1)
@@ -120,7 +137,7 @@ def main(argv=None):
             k = slice(1, None) if c in ("Sigma", "Sigma_tilde") else slice(None)
             np.testing.assert_allclose(np.sqrt(se2)[k], th[f"{c}_se"].to_numpy()[k], rtol=1e-9, atol=1e-15)
             for j, t in enumerate(TIMES):
-                rows.append({"seed": SEED0 + i, "col": c, "t": t, "est": th[c].iloc[j], "se": th[f"{c}_se"].iloc[j],
+                rows.append({"seed": seed0 + i, "col": c, "t": t, "est": th[c].iloc[j], "se": th[f"{c}_se"].iloc[j],
                              "exact": ex[c].iloc[j], "occupied": K[j],
                              **{f"share_{n}": parts[c][m, j] / se2[j] if se2[j] > 0 else np.nan
                                 for m, n in enumerate(("delta", "chi2", "bias"))}})
@@ -142,7 +159,10 @@ def main(argv=None):
         tq = stats.t.ppf(0.975, S - 1)
         r_lo, r_hi = g["se"].mean() / sd_hi, g["se"].mean() / sd_lo
         table.append({"col": c, "t": t, "exact": g["exact"].iloc[0], "bias": g["est"].mean() - g["exact"].iloc[0],
-                      "bias_se": sd / np.sqrt(S), "mean_z": mz, "mean_z_se": mz_se,
+                      "bias_se": sd / np.sqrt(S),
+                      "exact_bias": exact_bias[c][TIMES.index(t)] if c in exact_bias else np.nan,
+                      "exact_bias_z": exact_bias[c][TIMES.index(t)] / sd if c in exact_bias else np.nan,
+                      "mean_z": mz, "mean_z_se": mz_se,
                       "t_test_p": stats.ttest_1samp(z, 0.0).pvalue, "sd_z": z.std(ddof=1),
                       "mean_SE": g["se"].mean(), "scatter": sd, "se_ratio": ratio,
                       "ratio_lo95": r_lo, "ratio_hi95": r_hi,
@@ -154,7 +174,7 @@ def main(argv=None):
     tab.to_csv(out / "se_accuracy.csv", index=False)
     occ = runs.groupby("t")["occupied"].mean()
     print(f"SE accuracy on {md['name']}: {sol.network.n_states} joint states, {a.trajectories} trajectories, "
-          f"{S} seeds ({SEED0}..{SEED0 + S - 1}); occupied states per time: "
+          f"{S} seeds ({seed0}..{seed0 + S - 1}); occupied states per time: "
           + ", ".join(f"t={t:g}: {v:.0f}" for t, v in occ.items()))
     print(f"targets (issue 13): |mean_z| <= {Z_TARGET} (95% t-interval inside), "
           f"SE / scatter in {list(RATIO_TARGET)} (95% chi-square interval inside)")

@@ -37,8 +37,8 @@ Measured coverages (slow tier, 2044 seeds each; the fast tier's 1000 seeds in br
 
 The mutual information ``I`` used to over-cover (0.989-0.998 in these configurations, 0.966 in small_bath)
 where it is in its second-order regime (I ~ 0): its jackknife correction left a bias and its error bar carried the
-jackknife/Miller-Madow disagreement.  With the independence-null correction (trajmc.estimate.independence_bias)
-it is tested like every other column, in both tiers.
+jackknife/Miller-Madow disagreement.  Corrected by the exact residual of the jackknife under the independence null
+(trajmc.estimate.independence_correction), it is tested like every other column, in both tiers.
 """
 from __future__ import annotations
 
