@@ -328,9 +328,37 @@ def test_independence_correction_is_the_exact_jackknife_residual_under_the_null(
         w = factorial(N) * np.prod([qi**ci / factorial(ci) for qi, ci in zip(q, c, strict=True)])
         expected += w * i_jk(c)
     counts = (q * N)[None, :]  # marginals exactly q's
-    R, b, v = independence_correction(counts, cells, resamples=0)
+    R, b, v, _ = independence_correction(counts, cells, resamples=0)
     assert R[0] == pytest.approx(expected, rel=1e-9)
     assert b[0] == pytest.approx(independence_bias(counts, cells)[0], rel=1e-12) and v[0] == 0.0
+
+
+def test_loo_variances_are_the_delete_one_jackknife_variances():
+    """The O(K) pseudo-values of I_plugin and I_jk equal deleting each trajectory and recomputing."""
+    from trajmc.estimate import _labels, _loo_variances
+    from trajmc.thermo import shannon
+
+    rng = np.random.default_rng(8)
+    cells = np.array([(s, e) for s in range(3) for e in range(5)])
+    c = rng.multinomial(60, rng.dirichlet(np.ones(len(cells)))).astype(float)
+    labels = _labels(cells)
+
+    def both(x):
+        n = x.sum()
+        marg = [np.bincount(lab, x) for lab in labels]
+        plug = sum(shannon(m / n) for m in marg) - shannon(x / n)
+        jk = sum(entropy_bias(m[None])[0][0] for m in marg) - entropy_bias(x[None])[0][0]
+        return plug, plug + jk
+
+    loo = []
+    for i in np.flatnonzero(c):
+        d = c.copy()
+        d[i] -= 1
+        loo += [both(d)] * int(c[i])
+    loo = np.array(loo)
+    n = c.sum()
+    brute = (n - 1) / n * ((loo - loo.mean(axis=0)) ** 2).sum(axis=0)
+    np.testing.assert_allclose(_loo_variances(c, labels), brute, rtol=1e-9)
 
 
 def test_independence_correction_is_deterministic_and_vanishes_for_a_certain_level():
@@ -349,7 +377,7 @@ def test_independence_correction_is_deterministic_and_vanishes_for_a_certain_lev
     assert independence_correction(other, cells)[0][0] != a[0][0]
     certain = np.zeros((1, len(cells)))
     certain[0, :40] = rng.multinomial(5000, np.ones(40) / 40)
-    R, bias, v = independence_correction(certain, cells)
+    R, bias, v, _ = independence_correction(certain, cells)
     assert abs(R[0]) < 1e-15 and abs(bias[0]) < 1e-15 and v[0] < 1e-28
 
 

@@ -10,7 +10,9 @@
   exact residual bias under the independence null (the product of the observed marginals on the reachable
   states, :func:`independence_correction`; bootstrap-corrected for the sampling of those marginals).  The
   jackknife alone leaves several standard errors there, because its rare cells are many and ``I`` itself is
-  small.  Its SE: the influence variance less its null inflation, plus the chi-square term of the null.
+  small.  Its SE: the influence variance less its null inflation, plus the chi-square term of the null,
+  scaled by the ratio of the delete-one jackknife variances of ``I_jk`` and ``I_plugin`` (what the
+  correction adds).
 * ``Sigma`` and ``Sigma_tilde`` are differences of estimates from the same trajectories; their
   influence is ``phi_t(x_t) - phi_0(x_0)``, so the time correlation enters: for ``Sigma`` through the
   ``cross`` sums, for ``Sigma_tilde`` through the joint counts of the levels at 0 and t and the heat
@@ -30,11 +32,13 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numba
 import numpy as np
 import pandas as pd
 from scipy import sparse
+from scipy.special import xlogy
 
 from . import _kernel as K
 from .thermo import bath_observational_entropy, observational_entropy, relative_entropy, shannon
@@ -45,7 +49,8 @@ BIAS_CORRECTION = ("delete-one jackknife (exact from counts); its disagreement w
                    "I on an enumerated network: the jackknife less its exact residual bias under the independence "
                    "null")
 SE_METHOD = ("delta method (influence functions, time correlations included) + second-order chi-square term "
-             "+ |jackknife - Miller-Madow| bias-correction uncertainty")
+             "+ |jackknife - Miller-Madow| bias-correction uncertainty; I on an enumerated network: the plug-in's, "
+             "times the variance ratio of the delete-one jackknife")
 
 
 @dataclass(frozen=True)
@@ -339,6 +344,41 @@ def independence_bias(counts, cells):
     return out
 
 
+def _loo_variances(c, labels):
+    """Delete-one jackknife variances of the plug-in and of the jackknife total correlation from one row of
+    joint counts: each entropy is ``f(n) + (1/n) sum_cells w(c)``, so deleting a trajectory changes one joint
+    cell and one cell of each marginal, and every pseudo-value is O(1) (grouped by the occupied cells)."""
+    n = float(c.sum())
+    occ = np.flatnonzero(c > 0)
+    cw = c[occ]
+
+    def w_plug(x):
+        return -xlogy(x, x)
+
+    def w_jk(x):  # (counts are integers; below 1 the first term is 0)
+        return xlogy(np.where(x >= 1.0, x * (x - 1.0), 0.0), np.maximum(x - 1.0, 0.0)) - xlogy(x * x, x)
+
+    out = []
+    for w, f in ((w_plug, lambda m: np.log(m)), (w_jk, lambda m: np.log(m) - (m - 1.0) * np.log1p(-1.0 / m))):
+        loo = -(f(n - 1) + (np.sum(w(c)) - w(cw) + w(np.maximum(cw - 1.0, 0.0))) / (n - 1))
+        for lab in labels:
+            m = np.bincount(lab, c)
+            mv = m[lab[occ]]
+            loo = loo + f(n - 1) + (np.sum(w(m)) - w(mv) + w(np.maximum(mv - 1.0, 0.0))) / (n - 1)
+        mean = np.sum(cw * loo) / n
+        out.append((n - 1) / n * np.sum(cw * (loo - mean) ** 2))
+    return out
+
+
+class NullCorrection(NamedTuple):
+    """What :func:`independence_correction` returns, each (n_t,)."""
+
+    residual: np.ndarray  # R_corr: subtracted from the jackknife value
+    bias: np.ndarray  # b = E_q[I_plugin] - I(q): sizes the plug-in's error bar
+    boot_var: np.ndarray  # the bootstrap's Monte Carlo variance in R_corr
+    inflation: np.ndarray  # V_jk(I_jk) / V_jk(I_plugin) >= 1: the variance the correction adds
+
+
 def independence_correction(counts, cells, resamples=NULL_BOOTSTRAP):
     """The residual bias of the jackknife total correlation ``I_jk``, per time, and the null's plug-in bias.
 
@@ -353,14 +393,17 @@ def independence_correction(counts, cells, resamples=NULL_BOOTSTRAP):
     between the marginals that a dependence gives them (drawing from ``q_hat`` left +0.12 scatters at small
     ``I > 0``, measured).  The estimate is ``I_jk - R_corr``.
 
-    Returns ``(R_corr, b, v)``, each (n_t,): ``b = E_q[I_plugin] - I(q)`` (:func:`independence_bias`) sizes the
-    standard error; ``v`` is the variance of the bootstrap mean (its Monte Carlo noise), added to it.
+    Returns a :class:`NullCorrection`: ``b = E_q[I_plugin] - I(q)`` (:func:`independence_bias`) sizes the
+    standard error of the plug-in; the jackknife correction adds variance of its own (its cell terms follow
+    the occupancy of rare cells), measured by the ratio of the delete-one jackknife variances of ``I_jk`` and of
+    ``I_plugin`` (each overstates its own variance in a similar way, so their ratio is the robust part);
+    the variance of the bootstrap mean is added.
     """
     counts = np.atleast_2d(np.asarray(counts, dtype=float))
     labels = _labels(cells)
     onehots = _onehots(labels)
     n_t = counts.shape[0]
-    R, b, var = np.zeros(n_t), np.zeros(n_t), np.zeros(n_t)
+    R, b, var, infl = np.zeros(n_t), np.zeros(n_t), np.zeros(n_t), np.ones(n_t)
     for t, c in enumerate(counts):
         N = int(round(c.sum()))
         if N <= 1:
@@ -387,18 +430,23 @@ def independence_correction(counts, cells, resamples=NULL_BOOTSTRAP):
             var[t] = Rt[1:].var(ddof=1) / resamples if resamples > 1 else 0.0
         else:
             R[t] = Rt[0]
-    return R, b, var
+        v_plug, v_jk = _loo_variances(c, labels)
+        if v_plug > 0:
+            infl[t] = max(v_jk / v_plug, 1.0)
+    return NullCorrection(R, b, var, infl)
 
 
-def _mi_estimate(value, var, bias, N, boot_var=0.0):
-    """A total correlation from its corrected value, plug-in influence variance and independence-null bias.
+def _mi_estimate(value, var, null, N):
+    """A total correlation from its corrected value, plug-in influence variance and :class:`NullCorrection`.
 
-    The plug-in influence variance is itself inflated by the sampling noise that makes the bias: under the
-    null ``v ~ 2 I_plugin``, so ``2 * bias`` is taken off it; the second-order (chi-square) term is
-    ``dof / (2 N^2) = bias / N``; ``boot_var``, the noise of the bootstrap in the correction, is added to it.
+    The plug-in's variance: its influence variance is itself inflated by the sampling noise that makes the
+    bias (under the null ``v ~ 2 I_plugin``), so ``2 * bias`` is taken off it, and the second-order
+    (chi-square) term is ``dof / (2 N^2) = bias / N``.  Both are scaled by the jackknife's ``inflation`` (the
+    variance the correction adds), and the bootstrap's noise is added.
     """
-    pos = np.maximum(bias, 0.0)  # a support that forces dependence can make the bias negative
-    return Estimate(value, np.maximum(var - 2.0 * pos, 0.0), pos / N + boot_var)
+    pos = np.maximum(null.bias, 0.0)  # a support that forces dependence can make the bias negative
+    k = null.inflation
+    return Estimate(value, k * np.maximum(var - 2.0 * pos, 0.0), k * pos / N + null.boot_var)
 
 
 @dataclass
@@ -536,8 +584,8 @@ def _bath_estimates(M, nu, support=None):
     plugin = shannon(cs / N) + shannon(pE) - shannon(pflat)
     if support is not None:
         n_s = c.shape[2]
-        R, bias, bv = independence_correction(flat[:, support[:, 1] * n_s + support[:, 0]], support)
-        out["I"] = _mi_estimate(plugin + js + jE - jx - R, var, bias, N, bv)
+        null = independence_correction(flat[:, support[:, 1] * n_s + support[:, 0]], support)
+        out["I"] = _mi_estimate(plugin + js + jE - jx - null.residual, var, null, N)
     else:
         out["I"] = Estimate(plugin + js + jE - jx, var, _chi(np.maximum(Kx - Ks - KE + 1, 2), N),
                             (js - ms) + (jE - mE) - (jx - mx))
@@ -614,8 +662,8 @@ def _joint_estimates(counts, N, lnV_x, cross, g0, s_idx, E_idx, M, out, reachabl
         KE_sum = KE_sum + _occupied(cE)
     var, _ = _var(p, infl)
     if reachable:
-        R, bias, bv = independence_correction(counts, np.column_stack([s_idx, E_idx]))
-        out["I"] = _mi_estimate(plugin + jk - R, var, bias, N, bv)
+        null = independence_correction(counts, np.column_stack([s_idx, E_idx]))
+        out["I"] = _mi_estimate(plugin + jk - null.residual, var, null, N)
     else:
         Ks = _occupied(M.ps)
         out["I"] = Estimate(plugin + jk, var, _chi(np.maximum(Kx - Ks - KE_sum + len(M.names), 2), N), sysb)
