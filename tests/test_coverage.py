@@ -30,10 +30,10 @@ on one thread) and has the lower power its design states (``FAST``; numbers in t
 
 Measured coverages (slow tier, 2044 seeds each; the fast tier's 1000 seeds in brackets):
   coverage3   S_obs 0.948 (0.952)  Sigma 0.956 (0.946)  Sigma_tilde 0.951 (0.942)  S_sh 0.947 (0.934)
-              I 0.938 (0.939)  D 0.953 (0.958)  E_S 0.944 (0.937)
-  small_runs  S_obs 0.941  Sigma 0.967  Sigma_tilde 0.959  S_sh 0.951  I 0.950  D 0.978  E_S 0.950
-  small_bath  S_obs 0.946  Sigma 0.948  Sigma_tilde 0.947  S_sh 0.945  I 0.942  D 0.946  E_S 0.947
-  two_baths   S_obs 0.940  Sigma 0.952  Sigma_tilde 0.939  S_sh 0.949  I 0.952  D 0.958  E_S 0.954
+              I 0.947 (0.944)  D 0.947 (0.942)  E_S 0.944 (0.937)
+  small_runs  S_obs 0.941  Sigma 0.967  Sigma_tilde 0.959  S_sh 0.951  I 0.962  D 0.952  E_S 0.950
+  small_bath  S_obs 0.946  Sigma 0.948  Sigma_tilde 0.947  S_sh 0.945  I 0.946  D 0.944  E_S 0.947
+  two_baths   S_obs 0.940  Sigma 0.952  Sigma_tilde 0.939  S_sh 0.949  I 0.957  D 0.956  E_S 0.954
 
 The mutual information ``I`` used to over-cover (0.989-0.998 in these configurations, 0.966 in small_bath)
 where it is in its second-order regime (I ~ 0): its jackknife correction left a bias and its error bar carried the
