@@ -43,7 +43,8 @@ from scipy.special import xlogy
 from . import _kernel as K
 from .thermo import bath_observational_entropy, observational_entropy, relative_entropy, shannon
 
-__all__ = ["Estimate", "Marginals", "thermo_estimates", "entropy_bias", "BIAS_CORRECTION", "SE_METHOD"]
+__all__ = ["Estimate", "Marginals", "thermo_estimates", "entropy_bias", "entropy_residual", "cell_residual",
+           "independence_correction", "NullCorrection", "BIAS_CORRECTION", "SE_METHOD"]
 
 BIAS_CORRECTION = ("delete-one jackknife (exact from counts); its disagreement with Miller-Madow enters the SE. "
                    "I on an enumerated network: the jackknife less its exact residual bias under the independence "
@@ -249,6 +250,18 @@ def cell_residual(N, q):
     ``rho(q) = cell_bias(N, q) + (E[u(c)] + N q C) / N`` (``sum_c q_c = 1`` spreads the constant over the
     cells).  ``rho`` vanishes like ``1 / (12 N^2 q)`` in well-filled cells and is 0 for a certain one; the rare
     cells carry the residual.
+
+    Parameters
+    ----------
+    N : int
+        Number of draws (trajectories).
+    q : array_like of float
+        Cell probabilities (any shape; flattened).
+
+    Returns
+    -------
+    ndarray (q.size,) float64
+        ``rho(q)`` per cell.
     """
     q = np.ascontiguousarray(np.clip(np.asarray(q, dtype=float).ravel(), 0.0, 1.0))
     return _cell_terms(int(N), q)[1] / N
@@ -256,7 +269,20 @@ def cell_residual(N, q):
 
 def entropy_residual(N, p):
     """The exact expected bias ``E[H_jk] - H(p)`` of the jackknife-corrected plug-in entropy (:func:`entropy_bias`)
-    of ``N`` multinomial draws from ``p`` (``N >= 2``; see :func:`cell_residual`)."""
+    of ``N`` multinomial draws from ``p`` (see :func:`cell_residual`).
+
+    Parameters
+    ----------
+    N : int
+        Number of draws (trajectories), at least 2.
+    p : array_like of float
+        A probability distribution over cells.
+
+    Returns
+    -------
+    float
+        ``E[H_jk] - H(p)`` in nats.
+    """
     return float(np.sum(cell_residual(N, p)))
 
 
@@ -393,11 +419,23 @@ def independence_correction(counts, cells, resamples=NULL_BOOTSTRAP):
     between the marginals that a dependence gives them (drawing from ``q_hat`` left +0.12 scatters at small
     ``I > 0``, measured).  The estimate is ``I_jk - R_corr``.
 
-    Returns a :class:`NullCorrection`: ``b = E_q[I_plugin] - I(q)`` (:func:`independence_bias`) sizes the
-    standard error of the plug-in; the jackknife correction adds variance of its own (its cell terms follow
-    the occupancy of rare cells), measured by the ratio of the delete-one jackknife variances of ``I_jk`` and of
-    ``I_plugin`` (each overstates its own variance in a similar way, so their ratio is the robust part);
-    the variance of the bootstrap mean is added.
+    Parameters
+    ----------
+    counts : array_like (n_t, n) or (n,)
+        Joint counts of the cells, per time.
+    cells : array_like (n, k) of int
+        Labels of each cell in the ``k`` variables (the cells that can be occupied).
+    resamples : int
+        Bootstrap draws (0: no bootstrap, ``R_corr = R(q_hat)``).
+
+    Returns
+    -------
+    NullCorrection
+        ``residual`` (``R_corr``), ``bias`` (``b = E_q[I_plugin] - I(q)``, :func:`independence_bias`: it sizes the
+        standard error of the plug-in), ``inflation`` (the jackknife correction adds variance of its own, its
+        cell terms following the occupancy of rare cells: measured by the ratio of the delete-one jackknife
+        variances of ``I_jk`` and of ``I_plugin``, each of which overstates its own variance in a similar way)
+        and ``boot_var`` (the variance of the bootstrap mean), each (n_t,).
     """
     counts = np.atleast_2d(np.asarray(counts, dtype=float))
     labels = _labels(cells)
