@@ -29,8 +29,10 @@ of 8 oscillators each, sqrt kernel, flat J) with the hot bath canonical at beta 
 cold bath at beta 1.0 on a grid to 35: 13,608 joint states, about 3,000 occupied at each time by 2e5
 trajectories (docs/physics.md §6 regime: many cells with few counts).
 
-Run:  python analysis/se_accuracy.py [--seeds 40] [--trajectories 200000]   (~5 s per seed on one core)
-Out:  runs/analysis/se_accuracy/se_accuracy.csv (the table), se_accuracy_runs.csv (every seed)
+Run:  python analysis/se_accuracy.py [--seeds 40] [--trajectories 200000] [--seed0 130000] [--out se_accuracy]
+      (~1 s per seed on one core; independent batches, e.g. --seed0 190000 and 200000 with different --out,
+      can be pooled from their se_accuracy_runs.csv)
+Out:  runs/analysis/<out>/se_accuracy.csv (the table), se_accuracy_runs.csv (every seed)
 """
 from __future__ import annotations
 
