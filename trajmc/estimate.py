@@ -165,6 +165,16 @@ def _c_minus_1(N):
     return -acc
 
 
+@numba.njit(cache=True, inline="always")
+def _count_terms(k, mu, lmu):
+    """``k ln(k / mu)`` and ``u(k) + k`` for a count ``k`` (tables below :data:`_TAB`; 0 for k = 0)."""
+    if k >= _TAB:
+        return k * math.log(k / mu), k * (k - 1.0) * math.log1p(-1.0 / k) + k
+    if k >= 1:
+        return k * (_LNK[k] - lmu), _UK[k]
+    return 0.0, 0.0
+
+
 @numba.njit(cache=True, nogil=True)
 def _cell_terms(N, q):
     """Per cell ``N cb(q)`` (:func:`cell_bias`) and ``N rho(q)`` (:func:`cell_residual`), for c ~ Binomial(N, q).
@@ -212,12 +222,9 @@ def _cell_terms(N, q):
         k = m
         while True:  # upward from the mode (inclusive)
             sp += p
-            if k >= _TAB:
-                sa += p * k * math.log(k / mu)
-                su += p * (k * (k - 1.0) * math.log1p(-1.0 / k) + k)
-            elif k >= 1:
-                sa += p * k * (_LNK[k] - lmu)
-                su += p * _UK[k]
+            a, u = _count_terms(k, mu, lmu)
+            sa += p * a
+            su += p * u
             if k >= N:
                 break
             p *= (N - k) / (k + 1.0) * r
@@ -230,12 +237,9 @@ def _cell_terms(N, q):
             p *= k / ((N - k + 1.0) * r)
             k -= 1
             sp += p
-            if k >= _TAB:
-                sa += p * k * math.log(k / mu)
-                su += p * (k * (k - 1.0) * math.log1p(-1.0 / k) + k)
-            elif k >= 1:
-                sa += p * k * (_LNK[k] - lmu)
-                su += p * _UK[k]
+            a, u = _count_terms(k, mu, lmu)
+            sa += p * a
+            su += p * u
             if p < 1e-18 * p0:
                 break
         cb[i] = -sa / sp
@@ -288,13 +292,13 @@ def entropy_residual(N, p):
     return float(np.sum(cell_residual(N, p)))
 
 
-def _null_terms(N, qs, labels, onehots=None):
+def _null_terms(N, qs, onehots):
     """For each row of ``qs`` (rows, n), a distribution on the cells: ``b = E_q[I_plugin] - I(q)`` (the plug-in
     bias of the total correlation) and ``R = E_q[I_jk] - I(q)`` (the residual bias of its jackknife), exact over
     the multinomial sampling of ``N`` trajectories.  One kernel call for all rows and their marginals."""
     qs = np.atleast_2d(qs)
     rows, n = qs.shape
-    margs = _row_marginals(qs, _onehots(labels) if onehots is None else onehots)
+    margs = _row_marginals(qs, onehots)
     sizes = [n] + [m.shape[1] for m in margs]
     cb, rho = _cell_terms(int(N), np.ascontiguousarray(np.concatenate([qs.ravel()] + [m.ravel() for m in margs])))
     b = np.zeros(rows)
@@ -320,17 +324,12 @@ def _row_marginals(rows, onehots):
 
 
 def _product(marg, labels):
-    q = np.ones(len(labels[0]))
+    """The product of the marginals on the cells, renormalised; ``marg`` of (L_j,) or of (rows, L_j) arrays."""
+    q = np.ones(np.shape(marg[0])[:-1] + (len(labels[0]),))
     for lab, m in zip(labels, marg, strict=True):
-        q = q * m[lab]
-    tot = q.sum()
-    return q / tot if tot > 0 else q
-
-
-def _null_bias(N, marg, labels):
-    """``E_q[I_plugin] - I(q)`` for the product ``q`` of the marginal probabilities ``marg`` on the cells."""
-    q = _product(marg, labels)
-    return _null_terms(N, q, labels)[0][0] if q.sum() > 0 else 0.0
+        q = q * m[..., lab]
+    tot = q.sum(axis=-1, keepdims=True)
+    return np.divide(q, tot, out=q, where=tot > 0)
 
 
 #: resamples of the parametric bootstrap over the marginals in :func:`independence_correction`
@@ -362,14 +361,7 @@ def independence_bias(counts, cells):
     (:func:`_mi_estimate`); the correction itself is :func:`independence_correction`.
     A support that forces dependence can make ``b`` negative; it is not clipped.
     """
-    counts = np.atleast_2d(np.asarray(counts, dtype=float))
-    labels = _labels(cells)
-    out = np.zeros(counts.shape[0])
-    for t, c in enumerate(counts):
-        N = int(round(c.sum()))
-        if N > 1:
-            out[t] = _null_bias(N, [np.bincount(lab, c) / N for lab in labels], labels)
-    return out
+    return independence_correction(counts, cells, resamples=0).bias
 
 
 def _loo_variances(c, labels):
@@ -386,15 +378,15 @@ def _loo_variances(c, labels):
     def w_jk(x):  # (counts are integers; below 1 the first term is 0)
         return xlogy(np.where(x >= 1.0, x * (x - 1.0), 0.0), np.maximum(x - 1.0, 0.0)) - xlogy(x * x, x)
 
-    out = []
     def f_jk(m):  # (one trajectory left: its jackknife is 0)
         return np.log(m) - (m - 1.0) * np.log1p(-1.0 / m) if m > 1 else 0.0
 
+    margs = [(np.bincount(lab, c), lab[occ]) for lab in labels]
+    out = []
     for w, f in ((w_plug, np.log), (w_jk, f_jk)):
         loo = -(f(n - 1) + (np.sum(w(c)) - w(cw) + w(np.maximum(cw - 1.0, 0.0))) / (n - 1))
-        for lab in labels:
-            m = np.bincount(lab, c)
-            mv = m[lab[occ]]
+        for m, at in margs:
+            mv = m[at]
             loo = loo + f(n - 1) + (np.sum(w(m)) - w(mv) + w(np.maximum(mv - 1.0, 0.0))) / (n - 1)
         mean = np.sum(cw * loo) / n
         out.append((n - 1) / n * np.sum(cw * (loo - mean) ** 2))
@@ -462,11 +454,8 @@ def independence_correction(counts, cells, resamples=NULL_BOOTSTRAP):
             occ = np.flatnonzero(c)
             draws = _row_marginals(_counts_rng(c).multinomial(N, c[occ] / N, size=resamples) / N,
                                    [oh[occ] for oh in onehots])
-            boot = np.ones((resamples, len(q)))
-            for lab, m in zip(labels, draws, strict=True):
-                boot *= m[:, lab]
-            rows = np.vstack([rows, boot / boot.sum(axis=1, keepdims=True)])
-        bt, Rt = _null_terms(N, rows, labels, onehots)
+            rows = np.vstack([rows, _product(draws, labels)])
+        bt, Rt = _null_terms(N, rows, onehots)
         b[t] = bt[0]
         if resamples:
             R[t] = 2.0 * Rt[0] - Rt[1:].mean()
